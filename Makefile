@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh clone:
+#   make generate   # builds .venv if needed, then writes crystals with the shipped model
+#   make test       # builds .venv if needed, then runs ruff and the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint generate clean-venv
+
+venv: $(STAMP)
+
+# torch is installed first and pinned: the 2.13.0 CPU wheel kept on this machine. Letting pip
+# resolve an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+generate: $(STAMP)
+	$(BIN)/pccd roundtrip ../shared/data/mp_pccd/val.csv.gz -n 10 --out out/roundtrip
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,623 @@
+"""Crystal data layer: read structures from the usual sources, filter them, explain every rejection.
+
+Sources understood by :func:`load`:
+
+* the CDVAE / DiffCSP "MP-20" CSV format (``.csv`` or ``.csv.gz``) with a ``cif`` column,
+* a directory of CIF / POSCAR files,
+* any file ASE can read (extxyz, trajectory, ASE database ``.db``).
+
+Why a table and not just a list of ``Structure``: the training set has 41k crystals and building
+41k pymatgen objects costs seconds every run. Parsed crystals are kept as flat numpy arrays
+(:class:`CrystalTable`) that are cached on disk, encode directly into the point-cloud
+representation, and turn into pymatgen ``Structure`` objects only when asked.
+
+Bad input never stops a load: each rejected row or file becomes a :class:`Rejection` naming the
+item and the reason, and everything else loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import DummySpecies, Lattice, Structure
+from pymatgen.core.periodic_table import Element
+
+from pccd.conditioning import MAGNETIC_ORDERINGS
+
+CACHE_VERSION = 1
+CIF_SUFFIXES = (".cif",)
+POSCAR_NAMES = ("POSCAR", "CONTCAR")
+POSCAR_SUFFIXES = (".vasp", ".poscar")
+MAGNETIC_COLUMNS = ("magnetic_ordering", "ordering")
+
+
+class RejectReason(StrEnum):
+    """Why a crystal was not loaded (stable strings, used in reports and the cache)."""
+
+    UNPARSABLE = "unparsable"
+    PARTIAL_OCCUPANCY = "partial_occupancy"
+    TOO_MANY_SITES = "too_many_sites"
+    TOO_MANY_ELEMENTS = "too_many_elements"
+    UNKNOWN_ELEMENT = "unknown_element"
+    ZERO_VOLUME = "zero_volume"
+    OVERLAPPING_ATOMS = "overlapping_atoms"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """Which crystals to keep. Defaults are the PCCD paper's filter (≤16 sites, ≤3 elements).
+
+    Attributes:
+        max_sites: largest number of sites in the cell.
+        max_elements: largest number of distinct elements.
+        min_distance: atoms closer than this (Å, minimum image) count as overlapping.
+        min_volume: cells with a smaller volume (Å³) count as degenerate.
+    """
+
+    max_sites: int = 16
+    max_elements: int = 3
+    min_distance: float = 0.5
+    min_volume: float = 0.1
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One item that was not loaded: its id (row id or file name), reason and a human detail."""
+
+    id: str
+    reason: RejectReason
+    detail: str
+
+
+@dataclass
+class CrystalRecord:
+    """A loaded crystal: pymatgen ``Structure``, an id, and optional properties.
+
+    ``properties`` holds ``band_gap`` (eV) and ``magnetic_ordering`` (one of NM/FM/AFM/FiM) when
+    the source provides them; missing values are absent, never zero.
+    """
+
+    id: str
+    structure: Structure
+    properties: dict[str, float | str] = field(default_factory=dict)
+
+
+class InvalidCrystal(ValueError):
+    """Raised by :func:`check_structure` with the reason a crystal is rejected."""
+
+    def __init__(self, reason: RejectReason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def check_structure(structure: Structure, options: FilterOptions = FilterOptions()) -> None:
+    """Raise :class:`InvalidCrystal` unless ``structure`` passes the filter.
+
+    Checks run cheapest first so that a large or disordered cell is rejected before any
+    distance matrix is computed.
+    """
+    if len(structure) == 0:
+        raise InvalidCrystal(RejectReason.EMPTY, "no sites")
+    if not structure.is_ordered:
+        raise InvalidCrystal(
+            RejectReason.PARTIAL_OCCUPANCY, "site occupancies below 1 (disordered structure)"
+        )
+    for sp in structure.composition.elements:
+        # Unknown CIF symbols ("Xx", "Q") parse as DummySpecies with a meaningless Z.
+        if isinstance(sp, DummySpecies) or not 1 <= getattr(sp, "Z", 0) <= 118:
+            raise InvalidCrystal(RejectReason.UNKNOWN_ELEMENT, f"species {sp!s} is not an element")
+    if len(structure) > options.max_sites:
+        raise InvalidCrystal(
+            RejectReason.TOO_MANY_SITES, f"{len(structure)} sites > {options.max_sites}"
+        )
+    n_el = len(structure.composition.elements)
+    if n_el > options.max_elements:
+        raise InvalidCrystal(
+            RejectReason.TOO_MANY_ELEMENTS, f"{n_el} elements > {options.max_elements}"
+        )
+    volume = structure.lattice.volume
+    if not math.isfinite(volume) or volume < options.min_volume:
+        raise InvalidCrystal(RejectReason.ZERO_VOLUME, f"cell volume {volume:.3g} Å³")
+    if len(structure) > 1:
+        dm = structure.distance_matrix
+        iu = np.triu_indices(len(structure), 1)
+        dmin = float(dm[iu].min())
+        if dmin < options.min_distance:
+            raise InvalidCrystal(
+                RejectReason.OVERLAPPING_ATOMS,
+                f"two atoms {dmin:.3f} Å apart (< {options.min_distance} Å)",
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# The compact table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CrystalTable:
+    """Crystals as flat arrays: cheap to cache, slice and encode.
+
+    Attributes:
+        ids: (n,) item ids.
+        lattices: (n, 3, 3) lattice matrices, rows are a, b, c in Å.
+        offsets: (n + 1,) start of each crystal's sites in ``frac_coords`` / ``numbers``.
+        frac_coords: (n_sites_total, 3) fractional coordinates.
+        numbers: (n_sites_total,) atomic numbers.
+        band_gap: (n,) eV, NaN where unknown.
+        magnetic: (n,) index into ``MAGNETIC_ORDERINGS``, -1 where unknown.
+    """
+
+    ids: np.ndarray
+    lattices: np.ndarray
+    offsets: np.ndarray
+    frac_coords: np.ndarray
+    numbers: np.ndarray
+    band_gap: np.ndarray
+    magnetic: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_records(cls, records: Sequence[CrystalRecord]) -> CrystalTable:
+        """Flatten records (the inverse of :meth:`record`)."""
+        sizes = [len(r.structure) for r in records]
+        offsets = np.zeros(len(records) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(sizes)
+        frac = np.zeros((offsets[-1], 3))
+        numbers = np.zeros(offsets[-1], dtype=np.int16)
+        lattices = np.zeros((len(records), 3, 3))
+        band_gap = np.full(len(records), np.nan)
+        magnetic = np.full(len(records), -1, dtype=np.int8)
+        for i, r in enumerate(records):
+            s = r.structure
+            frac[offsets[i] : offsets[i + 1]] = s.frac_coords
+            numbers[offsets[i] : offsets[i + 1]] = s.atomic_numbers
+            lattices[i] = s.lattice.matrix
+            if "band_gap" in r.properties:
+                band_gap[i] = float(r.properties["band_gap"])
+            if "magnetic_ordering" in r.properties:
+                magnetic[i] = MAGNETIC_ORDERINGS.index(str(r.properties["magnetic_ordering"]))
+        return cls(
+            ids=np.array([r.id for r in records], dtype=object),
+            lattices=lattices,
+            offsets=offsets,
+            frac_coords=frac,
+            numbers=numbers,
+            band_gap=band_gap,
+            magnetic=magnetic,
+        )
+
+    def sites(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fractional coordinates and atomic numbers of crystal ``i``."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.frac_coords[lo:hi], self.numbers[lo:hi]
+
+    def num_sites(self) -> np.ndarray:
+        """(n,) number of sites of every crystal."""
+        return np.diff(self.offsets)
+
+    def structure(self, i: int) -> Structure:
+        """Crystal ``i`` as a pymatgen ``Structure``."""
+        frac, numbers = self.sites(i)
+        return Structure(Lattice(self.lattices[i]), numbers.tolist(), frac)
+
+    def properties(self, i: int) -> dict[str, float | str]:
+        """Known properties of crystal ``i`` (missing ones are absent)."""
+        props: dict[str, float | str] = {}
+        if not np.isnan(self.band_gap[i]):
+            props["band_gap"] = float(self.band_gap[i])
+        if self.magnetic[i] >= 0:
+            props["magnetic_ordering"] = MAGNETIC_ORDERINGS[self.magnetic[i]]
+        return props
+
+    def record(self, i: int) -> CrystalRecord:
+        """Crystal ``i`` as a :class:`CrystalRecord`."""
+        return CrystalRecord(str(self.ids[i]), self.structure(i), self.properties(i))
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> CrystalTable:
+        """A new table with the crystals at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sizes = np.diff(self.offsets)[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(sizes)
+        rows = (
+            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+            if len(idx)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return CrystalTable(
+            ids=self.ids[idx],
+            lattices=self.lattices[idx],
+            offsets=offsets,
+            frac_coords=self.frac_coords[rows],
+            numbers=self.numbers[rows],
+            band_gap=self.band_gap[idx],
+            magnetic=self.magnetic[idx],
+        )
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load` returns: the crystals that passed and the rejections with reasons."""
+
+    source: str
+    table: CrystalTable
+    rejected: list[Rejection]
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def records(self) -> list[CrystalRecord]:
+        """All loaded crystals as records (builds pymatgen objects; costs ~0.1 ms each)."""
+        return [self.table.record(i) for i in range(len(self.table))]
+
+    def __iter__(self) -> Iterator[CrystalRecord]:
+        return (self.table.record(i) for i in range(len(self.table)))
+
+    def rejection_counts(self) -> Counter[str]:
+        """Number of rejections per reason."""
+        return Counter(r.reason.value for r in self.rejected)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_cif_text(text: str) -> list[Structure]:
+    """All structures of a CIF text, without symmetrising to a primitive cell."""
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parser = CifParser.from_str(text)
+        structures = parser.parse_structures(primitive=False, on_error="raise")
+    return structures
+
+
+def _classify_parse_error(exc: Exception, text: str | None = None) -> InvalidCrystal:
+    """Turn a parser exception into a reason; unknown symbols get their own reason."""
+    msg = str(exc) or exc.__class__.__name__
+    lowered = msg.lower()
+    if "not a valid element" in lowered or "unknown element" in lowered or "symbol" in lowered:
+        return InvalidCrystal(RejectReason.UNKNOWN_ELEMENT, msg)
+    if "occupanc" in lowered:
+        return InvalidCrystal(RejectReason.PARTIAL_OCCUPANCY, msg)
+    return InvalidCrystal(RejectReason.UNPARSABLE, f"{exc.__class__.__name__}: {msg}")
+
+
+def _structures_from_cif(text: str) -> list[Structure]:
+    try:
+        structures = _parse_cif_text(text)
+    except Exception as exc:  # pymatgen raises many types for malformed CIFs
+        raise _classify_parse_error(exc) from exc
+    if not structures:
+        raise InvalidCrystal(RejectReason.UNPARSABLE, "no structure in CIF")
+    return structures
+
+
+def _property_value(value: object) -> float | None:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _magnetic_value(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    for name in MAGNETIC_ORDERINGS:
+        if text.upper() == name.upper():
+            return name
+    return None
+
+
+def _accept(
+    item_id: str,
+    structure: Structure,
+    props: dict[str, float | str],
+    options: FilterOptions,
+    records: list[CrystalRecord],
+    rejected: list[Rejection],
+) -> None:
+    try:
+        check_structure(structure, options)
+    except InvalidCrystal as err:
+        rejected.append(Rejection(item_id, err.reason, err.detail))
+        return
+    records.append(CrystalRecord(item_id, structure, props))
+
+
+def _read_csv(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
+    import pandas as pd
+
+    df = pd.read_csv(path, index_col=0)
+    if "cif" not in df.columns:
+        raise ValueError(f"{path}: no 'cif' column (expected the CDVAE/DiffCSP CSV format)")
+    id_col = "material_id" if "material_id" in df.columns else None
+    mag_col = next((c for c in MAGNETIC_COLUMNS if c in df.columns), None)
+    records: list[CrystalRecord] = []
+    rejected: list[Rejection] = []
+    gaps = df["band_gap"].to_numpy() if "band_gap" in df.columns else None
+    mags = df[mag_col].to_numpy() if mag_col else None
+    ids = df[id_col].astype(str).to_numpy() if id_col else df.index.astype(str).to_numpy()
+    for row, (item_id, cif) in enumerate(zip(ids, df["cif"].to_numpy(), strict=True)):
+        if not isinstance(cif, str) or not cif.strip():
+            rejected.append(Rejection(item_id, RejectReason.UNPARSABLE, "empty CIF cell"))
+            continue
+        try:
+            structure = _structures_from_cif(cif)[0]
+        except InvalidCrystal as err:
+            rejected.append(Rejection(item_id, err.reason, err.detail))
+            continue
+        props: dict[str, float | str] = {}
+        if gaps is not None and (g := _property_value(gaps[row])) is not None:
+            props["band_gap"] = g
+        if mags is not None and (m := _magnetic_value(mags[row])) is not None:
+            props["magnetic_ordering"] = m
+        _accept(item_id, structure, props, options, records, rejected)
+    return records, rejected
+
+
+def _is_structure_file(p: Path) -> bool:
+    name = p.name
+    return (
+        p.suffix.lower() in CIF_SUFFIXES
+        or p.suffix.lower() in POSCAR_SUFFIXES
+        or any(name.startswith(n) for n in POSCAR_NAMES)
+    )
+
+
+def _read_structure_file(
+    f: Path, options: FilterOptions, records: list[CrystalRecord], rejected: list[Rejection]
+) -> None:
+    """One CIF (possibly several data blocks) or POSCAR file; ids are the file stem."""
+    try:
+        if f.suffix.lower() in CIF_SUFFIXES:
+            structures = _structures_from_cif(f.read_text(errors="replace"))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structures = [Structure.from_file(f)]
+    except InvalidCrystal as err:
+        rejected.append(Rejection(f.stem, err.reason, f"{f.name}: {err.detail}"))
+        return
+    except Exception as exc:
+        err = _classify_parse_error(exc)
+        rejected.append(Rejection(f.stem, err.reason, f"{f.name}: {err.detail}"))
+        return
+    for k, s in enumerate(structures):
+        item_id = f.stem if len(structures) == 1 else f"{f.stem}:{k}"
+        _accept(item_id, s, {}, options, records, rejected)
+
+
+def _read_files(
+    files: Iterable[Path], options: FilterOptions
+) -> tuple[list[CrystalRecord], list[Rejection]]:
+    records: list[CrystalRecord] = []
+    rejected: list[Rejection] = []
+    for f in files:
+        _read_structure_file(f, options, records, rejected)
+    return records, rejected
+
+
+def _structure_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and _is_structure_file(p))
+
+
+def _atoms_props(info: dict) -> dict[str, float | str]:
+    props: dict[str, float | str] = {}
+    if (g := _property_value(info.get("band_gap"))) is not None:
+        props["band_gap"] = g
+    for key in MAGNETIC_COLUMNS:
+        if (m := _magnetic_value(info.get(key))) is not None:
+            props["magnetic_ordering"] = m
+    return props
+
+
+def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    records: list[CrystalRecord] = []
+    rejected: list[Rejection] = []
+    items: list[tuple[str, object, dict]] = []
+    try:
+        if path.suffix == ".db":
+            from ase.db import connect
+
+            for row in connect(path).select():
+                info = dict(row.key_value_pairs)
+                item_id = str(info.get("material_id", f"{path.name}:{row.id}"))
+                items.append((item_id, row.toatoms(), info))
+        else:
+            for k, atoms in enumerate(read(path, index=":")):
+                info = dict(atoms.info)
+                item_id = str(info.get("material_id", info.get("id", f"{path.name}:{k}")))
+                items.append((item_id, atoms, info))
+    except Exception as exc:
+        raise ValueError(f"{path}: ASE cannot read this file ({exc})") from exc
+    for item_id, atoms, info in items:
+        try:
+            if not all(atoms.pbc):  # type: ignore[attr-defined]
+                raise InvalidCrystal(RejectReason.UNPARSABLE, "not periodic in all directions")
+            structure = AseAtomsAdaptor.get_structure(atoms)  # type: ignore[arg-type]
+        except InvalidCrystal as err:
+            rejected.append(Rejection(item_id, err.reason, err.detail))
+            continue
+        except Exception as exc:
+            err = _classify_parse_error(exc)
+            rejected.append(Rejection(item_id, err.reason, err.detail))
+            continue
+        _accept(item_id, structure, _atoms_props(info), options, records, rejected)
+    return records, rejected
+
+
+def _read_any(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
+    if path.is_dir():
+        return _read_files(_structure_files(path), options)
+    if path.name.lower().endswith((".csv", ".csv.gz")):
+        return _read_csv(path, options)
+    if _is_structure_file(path):
+        return _read_files([path], options)
+    return _read_ase(path, options)
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where parsed tables are cached: ``$PCCD_CACHE_DIR`` or ``~/.cache/pccd``."""
+    return Path(os.environ.get("PCCD_CACHE_DIR", Path.home() / ".cache" / "pccd"))
+
+
+def _source_digest(path: Path) -> str:
+    """Content hash of a file, or of every structure file (name + bytes) in a directory."""
+    h = hashlib.sha256()
+    files = _structure_files(path) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_key(path: Path, options: FilterOptions) -> str:
+    payload = json.dumps(
+        {"v": CACHE_VERSION, "src": _source_digest(path), "filter": asdict(options)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _save_cache(file: Path, table: CrystalTable, rejected: list[Rejection]) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(
+        tmp,
+        ids=table.ids.astype(str),
+        lattices=table.lattices,
+        offsets=table.offsets,
+        frac_coords=table.frac_coords,
+        numbers=table.numbers,
+        band_gap=table.band_gap,
+        magnetic=table.magnetic,
+        rej_ids=np.array([r.id for r in rejected], dtype=str),
+        rej_reasons=np.array([r.reason.value for r in rejected], dtype=str),
+        rej_details=np.array([r.detail for r in rejected], dtype=str),
+    )
+    os.replace(tmp, file)  # atomic: an interrupted write never leaves a corrupt cache
+
+
+def _load_cache(file: Path) -> tuple[CrystalTable, list[Rejection]]:
+    with np.load(file, allow_pickle=False) as z:
+        table = CrystalTable(
+            ids=z["ids"].astype(object),
+            lattices=z["lattices"],
+            offsets=z["offsets"],
+            frac_coords=z["frac_coords"],
+            numbers=z["numbers"],
+            band_gap=z["band_gap"],
+            magnetic=z["magnetic"],
+        )
+        rejected = [
+            Rejection(str(i), RejectReason(r), str(d))
+            for i, r, d in zip(z["rej_ids"], z["rej_reasons"], z["rej_details"], strict=True)
+        ]
+    return table, rejected
+
+
+def load(
+    path: str | os.PathLike[str],
+    options: FilterOptions = FilterOptions(),
+    *,
+    cache: bool = True,
+) -> LoadResult:
+    """Load crystals from a CSV, a directory of CIF/POSCAR files, or an ASE-readable file.
+
+    Args:
+        path: the source.
+        options: the filter (paper defaults).
+        cache: reuse / write a parsed copy under :func:`cache_dir`, keyed by the source's content
+            hash and the filter options, so a second load of the 41k training set takes seconds.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file as a whole cannot be read (individual bad items are only rejected).
+    """
+    src = Path(path)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or directory")
+    cache_file = cache_dir() / f"{src.name}-{_cache_key(src, options)}.npz" if cache else None
+    if cache_file is not None and cache_file.exists():
+        try:
+            table, rejected = _load_cache(cache_file)
+            return LoadResult(str(src), table, rejected, from_cache=True)
+        except (OSError, ValueError, KeyError):
+            cache_file.unlink(missing_ok=True)  # unreadable cache: rebuild below
+    records, rejected = _read_any(src, options)
+    table = CrystalTable.from_records(records)
+    if cache_file is not None:
+        try:
+            _save_cache(cache_file, table, rejected)
+        except OSError as exc:
+            warnings.warn(f"could not write cache {cache_file}: {exc}", stacklevel=2)
+    return LoadResult(str(src), table, rejected)
+
+
+def load_structures(
+    items: Iterable[Structure | CrystalRecord], options: FilterOptions = FilterOptions()
+) -> LoadResult:
+    """Filter in-memory structures the same way :func:`load` filters files."""
+    records: list[CrystalRecord] = []
+    rejected: list[Rejection] = []
+    for k, item in enumerate(items):
+        if isinstance(item, CrystalRecord):
+            _accept(item.id, item.structure, item.properties, options, records, rejected)
+        else:
+            _accept(str(k), item, {}, options, records, rejected)
+    return LoadResult("<memory>", CrystalTable.from_records(records), rejected)
+
+
+def summarize(result: LoadResult) -> dict[str, object]:
+    """Counts, rejection reasons and element / size histograms of a load (``pccd data inspect``)."""
+    table = result.table
+    sizes = Counter(int(n) for n in table.num_sites())
+    element_counts: Counter[str] = Counter()
+    n_elements: Counter[int] = Counter()
+    for i in range(len(table)):
+        zs = np.unique(table.sites(i)[1])
+        n_elements[len(zs)] += 1
+        element_counts.update(Element.from_Z(int(z)).symbol for z in zs)
+    return {
+        "source": result.source,
+        "loaded": len(table),
+        "rejected": len(result.rejected),
+        "reasons": dict(result.rejection_counts().most_common()),
+        "sites": dict(sorted(sizes.items())),
+        "n_elements": dict(sorted(n_elements.items())),
+        "elements": dict(element_counts.most_common()),
+        "with_band_gap": int(np.sum(~np.isnan(table.band_gap))),
+        "with_magnetic": int(np.sum(table.magnetic >= 0)),
+    }

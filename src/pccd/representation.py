@@ -1,0 +1,355 @@
+"""The PCCD point-cloud representation: a crystal ⇄ a 3×128×3 array in [-1, 1].
+
+Layout (Li et al., arXiv 2401.13192, Fig. 1), one "image" of 128 rows × 3 columns per channel:
+
+* channel 0 — fractional coordinates x, y, z mapped from [0, 1) to [-1, 1); atom *i* fills a
+  contiguous block of rows. Block sizes differ by at most one row (``round(k·128/N)``
+  boundaries), unlike the authors' code that gave the whole remainder to the last atom.
+* channel 1 — per row a one-hot over the ≤3 element slots, written as ±1. Slots are in
+  canonical order (ascending atomic number, see :func:`slot_elements`), the order the model's
+  element conditioning uses; unused slots are −1 in every row.
+* channel 2 — lattice: rows ``[0, 64)`` hold the lengths (a, b, c), rows ``[64, 128)`` the
+  angles (α, β, γ), each copied over its rows. Angles are ``angle/180°`` (the paper's /π).
+  Lengths follow a named scheme: ``"paper"`` is ``length/15 Å`` (cells longer than 15 Å
+  cannot be represented — kept for comparison), ``"log"`` (default) maps ``ln(length)`` from
+  [ln 1 Å, ln 128 Å], which covers every cell of Materials Project's ≤16-site crystals with a
+  constant relative resolution.
+
+Decoding clusters the 128 points into atoms with DBSCAN on periodic (minimum-image) Cartesian
+distances in Å computed from the decoded lattice, so an atom that straddles the 0/1 boundary is
+one cluster. DBSCAN noise points are not atoms (the authors' code counted them as one). Each
+cluster's element is the vote of its rows' channel-1 argmax; its position is the circular mean
+of its rows (so 0.99 and 0.01 average to 0.0, not 0.5). The lattice is the median of its rows.
+Failures come back as a :class:`DecodeFailure` with a reason, never as an exception or a
+broken structure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from pymatgen.core.periodic_table import Element
+from sklearn.cluster import DBSCAN
+
+from pccd.conditioning import MAX_SLOTS
+
+N_ROWS = 128
+N_CHANNELS = 3
+WIDTH = 3
+ARRAY_SHAPE = (N_CHANNELS, N_ROWS, WIDTH)
+
+
+class LatticeScheme(StrEnum):
+    """How lattice lengths are scaled into [-1, 1]."""
+
+    PAPER = "paper"  # length / 15 Å, clipped: the published scheme
+    LOG = "log"  # log-length between LOG_MIN and LOG_MAX Å: represents long cells too
+
+
+@dataclass(frozen=True)
+class RepresentationConfig:
+    """Options of encoding and decoding. Stored with a model so samples decode the same way.
+
+    Attributes:
+        lattice_scheme: ``"log"`` (default) or ``"paper"``.
+        paper_max_length: Å that maps to +1 in the paper scheme.
+        log_min_length, log_max_length: Å that map to -1 / +1 in the log scheme.
+        eps: DBSCAN neighbourhood radius in Å (periodic Cartesian distance).
+        min_samples: DBSCAN core-point size; smaller groups of points are noise, not atoms.
+        max_atoms: more clusters than this is a failure (the training data has ≤16 sites).
+        min_distance: decoded atoms closer than this (Å) is a failure.
+        min_volume: decoded cells smaller than this (Å³) are degenerate.
+    """
+
+    lattice_scheme: LatticeScheme = LatticeScheme.LOG
+    paper_max_length: float = 15.0
+    log_min_length: float = 1.0
+    log_max_length: float = 128.0
+    eps: float = 0.5
+    min_samples: int = 3
+    max_atoms: int = 16
+    min_distance: float = 0.5
+    min_volume: float = 1.0
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["lattice_scheme"] = self.lattice_scheme.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> RepresentationConfig:
+        d = dict(d)
+        d["lattice_scheme"] = LatticeScheme(d.get("lattice_scheme", LatticeScheme.LOG))
+        return cls(**d)  # type: ignore[arg-type]
+
+
+class DecodeReason(StrEnum):
+    """Why an array did not decode into a crystal."""
+
+    NON_FINITE = "non_finite"
+    DEGENERATE_LATTICE = "degenerate_lattice"
+    NO_CLUSTERS = "no_clusters"
+    TOO_MANY_ATOMS = "too_many_atoms"
+    ATOMS_TOO_CLOSE = "atoms_too_close"
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """A typed decoding failure: the reason and a human-readable detail."""
+
+    reason: DecodeReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}"
+
+
+# --------------------------------------------------------------------------------------------
+# Element slots
+# --------------------------------------------------------------------------------------------
+
+
+def slot_elements(structure: Structure) -> list[Element]:
+    """The structure's elements in canonical slot order (ascending atomic number)."""
+    return sorted({Element(sp.symbol) for sp in structure.species}, key=lambda e: e.Z)
+
+
+def as_elements(elements: Sequence[str | int | Element]) -> list[Element]:
+    """Normalise symbols / atomic numbers to ``Element`` objects in slot order, validated."""
+    out: list[Element] = []
+    for e in elements:
+        try:
+            el = Element.from_Z(e) if isinstance(e, int) else Element(str(e))
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"unknown element {e!r}") from exc
+        out.append(el)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated element in {[str(e) for e in elements]}")
+    if not 1 <= len(out) <= MAX_SLOTS:
+        raise ValueError(f"need 1 to {MAX_SLOTS} elements, got {len(out)}")
+    return sorted(out, key=lambda el: el.Z)
+
+
+# --------------------------------------------------------------------------------------------
+# Scaling of values into [-1, 1]
+# --------------------------------------------------------------------------------------------
+
+
+def scale_lengths(lengths: np.ndarray, config: RepresentationConfig) -> np.ndarray:
+    """Lattice lengths (Å) → [-1, 1] under the configured scheme (clipped at the ends)."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    if config.lattice_scheme is LatticeScheme.PAPER:
+        v = 2.0 * lengths / config.paper_max_length - 1.0
+    else:
+        lo, hi = math.log(config.log_min_length), math.log(config.log_max_length)
+        v = 2.0 * (np.log(np.maximum(lengths, 1e-6)) - lo) / (hi - lo) - 1.0
+    return np.clip(v, -1.0, 1.0)
+
+
+def unscale_lengths(v: np.ndarray, config: RepresentationConfig) -> np.ndarray:
+    """Inverse of :func:`scale_lengths` (values are clipped to [-1, 1] first)."""
+    v = np.clip(np.asarray(v, dtype=np.float64), -1.0, 1.0)
+    if config.lattice_scheme is LatticeScheme.PAPER:
+        return (v + 1.0) / 2.0 * config.paper_max_length
+    lo, hi = math.log(config.log_min_length), math.log(config.log_max_length)
+    return np.exp((v + 1.0) / 2.0 * (hi - lo) + lo)
+
+
+def scale_angles(angles: np.ndarray) -> np.ndarray:
+    """Angles in degrees → [-1, 1] (the paper's angle/π)."""
+    return 2.0 * np.asarray(angles, dtype=np.float64) / 180.0 - 1.0
+
+
+def unscale_angles(v: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`scale_angles`."""
+    return (np.clip(np.asarray(v, dtype=np.float64), -1.0, 1.0) + 1.0) / 2.0 * 180.0
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+def row_blocks(n_atoms: int, n_rows: int = N_ROWS) -> np.ndarray:
+    """(n_rows,) atom index of every row: contiguous blocks whose sizes differ by ≤ 1."""
+    if not 1 <= n_atoms <= n_rows:
+        raise ValueError(f"cannot spread {n_atoms} atoms over {n_rows} rows")
+    bounds = np.floor(np.arange(n_atoms + 1) * n_rows / n_atoms + 0.5).astype(np.int64)
+    return np.repeat(np.arange(n_atoms), np.diff(bounds))
+
+
+def encode_arrays(
+    frac_coords: np.ndarray,
+    slots: np.ndarray,
+    lengths: np.ndarray,
+    angles: np.ndarray,
+    config: RepresentationConfig = RepresentationConfig(),
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Encode one crystal given as plain arrays, atoms in the given order.
+
+    This is the fast path used by training (which permutes and shifts atoms for augmentation
+    before calling it) and by :func:`encode`.
+
+    Args:
+        frac_coords: (N, 3) fractional coordinates (any real values; wrapped into [0, 1)).
+        slots: (N,) element slot index (0..2) of every atom.
+        lengths: (3,) a, b, c in Å.
+        angles: (3,) α, β, γ in degrees.
+        config: lattice scheme.
+        out: optional (3, 128, 3) float array to write into.
+
+    Returns:
+        The (3, 128, 3) float32 array.
+    """
+    frac = np.asarray(frac_coords, dtype=np.float64) % 1.0
+    rows = row_blocks(len(frac))
+    x = np.empty(ARRAY_SHAPE, dtype=np.float32) if out is None else out
+    x[0] = 2.0 * frac[rows] - 1.0
+    x[1] = -1.0
+    x[1, np.arange(N_ROWS), np.asarray(slots)[rows]] = 1.0
+    half = N_ROWS // 2
+    x[2, :half] = scale_lengths(lengths, config)
+    x[2, half:] = scale_angles(angles)
+    return x
+
+
+def encode(
+    structure: Structure, config: RepresentationConfig = RepresentationConfig()
+) -> tuple[np.ndarray, list[Element]]:
+    """Encode a structure. Returns the (3, 128, 3) array and the elements in slot order.
+
+    Atoms are ordered by slot (stable), so each element occupies one contiguous run of rows.
+
+    Raises:
+        ValueError: more than 3 elements, more than 128 sites, or a disordered structure.
+    """
+    if not structure.is_ordered:
+        raise ValueError("cannot encode a disordered (partially occupied) structure")
+    elements = slot_elements(structure)
+    if len(elements) > MAX_SLOTS:
+        raise ValueError(f"{len(elements)} elements > {MAX_SLOTS} slots")
+    z_to_slot = {el.Z: k for k, el in enumerate(elements)}
+    slots = np.array([z_to_slot[z] for z in structure.atomic_numbers])
+    order = np.argsort(slots, kind="stable")
+    lat = structure.lattice
+    x = encode_arrays(
+        structure.frac_coords[order], slots[order], np.array(lat.abc), np.array(lat.angles), config
+    )
+    return x, elements
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def decode_lattice(
+    x: np.ndarray, config: RepresentationConfig = RepresentationConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice lengths (Å) and angles (°) from channel 2, as the median over rows."""
+    half = N_ROWS // 2
+    lengths = unscale_lengths(np.median(x[2, :half], axis=0), config)
+    angles = unscale_angles(np.median(x[2, half:], axis=0))
+    return lengths, angles
+
+
+def _lattice_problem(
+    lengths: np.ndarray, angles: np.ndarray, volume: float, cfg: RepresentationConfig
+) -> str | None:
+    if np.any(lengths <= 0.1):
+        return f"lattice length {lengths.min():.3g} Å"
+    a = np.radians(angles)
+    if np.any(angles <= 0) or np.any(angles >= 180):
+        return f"angles {np.round(angles, 1).tolist()}"
+    # The three angles must form a valid spherical triangle, else the metric is not positive.
+    if (
+        a.sum() >= 2 * np.pi
+        or a[0] + a[1] <= a[2]
+        or a[1] + a[2] <= a[0]
+        or a[0] + a[2] <= a[1]
+        or not math.isfinite(volume)
+        or volume < cfg.min_volume
+    ):
+        return f"cell volume {volume:.3g} Å³ from angles {np.round(angles, 1).tolist()}"
+    return None
+
+
+def circular_mean(frac: np.ndarray) -> np.ndarray:
+    """Mean of fractional coordinates on the unit circle, per axis; result in [0, 1)."""
+    theta = 2.0 * np.pi * frac
+    mean = np.arctan2(np.sin(theta).mean(axis=0), np.cos(theta).mean(axis=0))
+    return (mean / (2.0 * np.pi)) % 1.0
+
+
+def decode(
+    x: np.ndarray,
+    elements: Sequence[str | int | Element],
+    config: RepresentationConfig = RepresentationConfig(),
+) -> Structure | DecodeFailure:
+    """Decode one (3, 128, 3) array into a ``Structure``, or say why it cannot be decoded.
+
+    Args:
+        x: the array (numpy or anything ``np.asarray`` accepts).
+        elements: the crystal's elements; they are put in slot order (ascending Z), matching
+            :func:`encode` and the model's conditioning.
+        config: lattice scheme and clustering tolerances.
+    """
+    els = as_elements(elements)
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape != ARRAY_SHAPE:
+        raise ValueError(f"expected an array of shape {ARRAY_SHAPE}, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        return DecodeFailure(DecodeReason.NON_FINITE, f"{int(np.sum(~np.isfinite(x)))} NaN/inf")
+    lengths, angles = decode_lattice(x, config)
+    lattice = Lattice.from_parameters(*lengths, *angles)
+    problem = _lattice_problem(lengths, angles, lattice.volume, config)
+    if problem:
+        return DecodeFailure(DecodeReason.DEGENERATE_LATTICE, problem)
+
+    frac = ((np.clip(x[0], -1.0, 1.0) + 1.0) / 2.0) % 1.0
+    dist = lattice.get_all_distances(frac, frac)
+    labels = (
+        DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
+        .fit(dist)
+        .labels_
+    )
+    n_clusters = int(labels.max()) + 1
+    if n_clusters == 0:
+        return DecodeFailure(DecodeReason.NO_CLUSTERS, "every point is DBSCAN noise")
+    if n_clusters > config.max_atoms:
+        return DecodeFailure(
+            DecodeReason.TOO_MANY_ATOMS, f"{n_clusters} clusters > {config.max_atoms}"
+        )
+    votes = np.argmax(x[1, :, : len(els)], axis=1)
+    species, coords = [], []
+    for k in range(n_clusters):
+        member = labels == k
+        species.append(els[int(np.bincount(votes[member], minlength=len(els)).argmax())])
+        coords.append(circular_mean(frac[member]))
+    structure = Structure(lattice, species, np.array(coords))
+    if len(structure) > 1:
+        dm = structure.distance_matrix
+        dmin = float(dm[np.triu_indices(len(structure), 1)].min())
+        if dmin < config.min_distance:
+            return DecodeFailure(
+                DecodeReason.ATOMS_TOO_CLOSE, f"atoms {dmin:.3f} Å apart (< {config.min_distance})"
+            )
+    return structure
+
+
+def decode_batch(
+    xs: np.ndarray,
+    elements: Sequence[Sequence[str | int | Element]],
+    config: RepresentationConfig = RepresentationConfig(),
+) -> list[Structure | DecodeFailure]:
+    """Decode a batch (B, 3, 128, 3); ``elements[i]`` are the elements of crystal ``i``."""
+    xs = np.asarray(xs)
+    if len(xs) != len(elements):
+        raise ValueError(f"{len(xs)} arrays but {len(elements)} element lists")
+    return [decode(x, els, config) for x, els in zip(xs, elements, strict=True)]

@@ -1,0 +1,240 @@
+"""Data layer: every source format, every rejection reason, the cache, and `pccd data inspect`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.db import connect
+from ase.io import write
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from pccd import data
+from pccd.cli import main
+from tests.conftest import nacl, silicon, triclinic16, wurtzite
+
+SHARED_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_pccd" / "val.csv.gz"
+
+CIF_TEMPLATE = """data_x
+_symmetry_space_group_name_H-M 'P 1'
+_cell_length_a {a}
+_cell_length_b 4.0
+_cell_length_c 4.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+ _atom_site_type_symbol
+ _atom_site_label
+ _atom_site_fract_x
+ _atom_site_fract_y
+ _atom_site_fract_z
+ _atom_site_occupancy
+ {el} {el}1 0 0 0 {occ}
+ Cl Cl1 {x} {x} {x} 1
+"""
+
+
+def cif(el="Na", occ=1, a=4.0, x=0.5) -> str:
+    return CIF_TEMPLATE.format(el=el, occ=occ, a=a, x=x)
+
+
+def big_cell() -> Structure:
+    return Structure(
+        Lattice.cubic(10), ["Cu"] * 17, [[i / 17, 0.5 * (i % 2), 0.25] for i in range(17)]
+    )
+
+
+def quaternary() -> Structure:
+    return Structure(
+        Lattice.cubic(6),
+        ["Na", "Cl", "K", "Br"],
+        [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
+    )
+
+
+BAD_ROWS = {
+    "bad-garbage": ("this is not a CIF", data.RejectReason.UNPARSABLE),
+    "bad-partial": (cif(occ=0.5), data.RejectReason.PARTIAL_OCCUPANCY),
+    "bad-unknown": (cif(el="Xx"), data.RejectReason.UNKNOWN_ELEMENT),
+    "bad-overlap": (cif(x=0.05), data.RejectReason.OVERLAPPING_ATOMS),
+    "bad-sites": (big_cell().to(fmt="cif"), data.RejectReason.TOO_MANY_SITES),
+    "bad-elements": (quaternary().to(fmt="cif"), data.RejectReason.TOO_MANY_ELEMENTS),
+    "bad-volume": (cif(a=0.0), None),  # zero-length cell: unparsable or zero volume, never loaded
+}
+
+
+def write_csv(path: Path) -> None:
+    rows = [
+        {
+            "material_id": "good-nacl",
+            "band_gap": 5.0,
+            "cif": nacl().to(fmt="cif"),
+            "ordering": "NM",
+        },
+        {
+            "material_id": "good-si",
+            "band_gap": np.nan,
+            "cif": silicon().to(fmt="cif"),
+            "ordering": "FM",
+        },
+        {
+            "material_id": "good-tri",
+            "band_gap": 0.0,
+            "cif": triclinic16().to(fmt="cif"),
+            "ordering": None,
+        },
+    ]
+    rows += [
+        {"material_id": k, "band_gap": 1.0, "cif": v[0], "ordering": None}
+        for k, v in BAD_ROWS.items()
+    ]
+    pd.DataFrame(rows).to_csv(path)
+
+
+def assert_bad_rows(result: data.LoadResult) -> None:
+    reasons = {r.id: r.reason for r in result.rejected}
+    for item_id, (_, reason) in BAD_ROWS.items():
+        assert item_id in reasons, f"{item_id} was not rejected"
+        if reason is not None:
+            assert reasons[item_id] is reason, (item_id, reasons[item_id])
+    assert reasons["bad-volume"] in (data.RejectReason.UNPARSABLE, data.RejectReason.ZERO_VOLUME)
+    assert all(r.detail for r in result.rejected)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_csv_loads_good_and_reports_bad(tmp_path, suffix):
+    path = tmp_path / f"set{suffix}"
+    write_csv(tmp_path / "set.csv")
+    if suffix == ".csv.gz":
+        path.write_bytes(gzip.compress((tmp_path / "set.csv").read_bytes()))
+    result = data.load(path)
+    assert sorted(r.id for r in result.records) == ["good-nacl", "good-si", "good-tri"]
+    assert_bad_rows(result)
+    by_id = {r.id: r for r in result.records}
+    assert by_id["good-nacl"].properties == {"band_gap": 5.0, "magnetic_ordering": "NM"}
+    assert by_id["good-si"].properties == {"magnetic_ordering": "FM"}  # missing gap stays missing
+    assert by_id["good-tri"].structure.composition.reduced_formula == "LiFeO2"
+    assert len(by_id["good-tri"].structure) == 16
+
+
+def test_filters_are_configurable(tmp_path):
+    write_csv(tmp_path / "set.csv")
+    result = data.load(tmp_path / "set.csv", data.FilterOptions(max_sites=20, max_elements=4))
+    ids = {r.id for r in result.records}
+    assert {"bad-sites", "bad-elements"} <= ids
+    result = data.load(tmp_path / "set.csv", data.FilterOptions(max_sites=8))
+    assert "good-tri" not in {r.id for r in result.records}
+    assert any(
+        r.id == "good-tri" and r.reason is data.RejectReason.TOO_MANY_SITES for r in result.rejected
+    )
+
+
+def test_directory_of_cif_and_poscar(tmp_path):
+    nacl().to(filename=str(tmp_path / "nacl.cif"))
+    silicon().to(filename=str(tmp_path / "POSCAR"))
+    wurtzite().to(filename=str(tmp_path / "zno.vasp"), fmt="poscar")
+    (tmp_path / "broken.cif").write_text("data_broken\n_cell_length_a 3\nloop_\n_atom_site_label\n")
+    (tmp_path / "partial.cif").write_text(cif(occ=0.5))
+    (tmp_path / "notes.txt").write_text("ignored: not a structure file")
+    result = data.load(tmp_path)
+    assert sorted(r.id for r in result.records) == ["POSCAR", "nacl", "zno"]
+    reasons = {r.id: r.reason for r in result.rejected}
+    assert reasons == {
+        "broken": data.RejectReason.UNPARSABLE,
+        "partial": data.RejectReason.PARTIAL_OCCUPANCY,
+    }
+
+
+def test_extxyz_and_ase_db(tmp_path):
+    atoms = [AseAtomsAdaptor.get_atoms(s) for s in (nacl(), silicon(), quaternary())]
+    atoms[0].info["band_gap"] = 4.5
+    atoms[1].info["magnetic_ordering"] = "AFM"
+    write(tmp_path / "set.extxyz", atoms)
+    result = data.load(tmp_path / "set.extxyz")
+    assert len(result) == 2 and result.rejected[0].reason is data.RejectReason.TOO_MANY_ELEMENTS
+    assert result.records[0].properties == {"band_gap": 4.5}
+    assert result.records[1].properties == {"magnetic_ordering": "AFM"}
+    db = connect(tmp_path / "set.db")
+    db.write(atoms[0], material_id="mp-nacl", band_gap=4.5)
+    db.write(atoms[2], material_id="mp-quat")
+    result = data.load(tmp_path / "set.db")
+    assert [r.id for r in result.records] == ["mp-nacl"]
+    assert result.records[0].properties["band_gap"] == 4.5
+    assert [r.id for r in result.rejected] == ["mp-quat"]
+
+
+def test_unreadable_file_and_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        data.load(tmp_path / "nope.csv")
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="cif"):
+        data.load(tmp_path / "x.csv")
+
+
+def test_cache_is_used_and_invalidated(tmp_path):
+    path = tmp_path / "set.csv"
+    write_csv(path)
+    first = data.load(path)
+    assert not first.from_cache
+    second = data.load(path)
+    assert second.from_cache
+    assert list(second.table.ids) == list(first.table.ids)
+    assert np.array_equal(second.table.frac_coords, first.table.frac_coords)
+    assert [(r.id, r.reason) for r in second.rejected] == [(r.id, r.reason) for r in first.rejected]
+    assert not data.load(path, data.FilterOptions(max_sites=8)).from_cache  # options changed
+    df = pd.read_csv(path, index_col=0).iloc[:2]
+    df.to_csv(path)  # source changed
+    third = data.load(path)
+    assert not third.from_cache and len(third) == 2
+    assert not data.load(path, cache=False).from_cache
+
+
+def test_table_round_trip_and_subset():
+    records = [
+        data.CrystalRecord(f"r{i}", s, {"band_gap": float(i)})
+        for i, s in enumerate([nacl(), silicon(), wurtzite()])
+    ]
+    table = data.CrystalTable.from_records(records)
+    assert table.num_sites().tolist() == [8, 2, 4]
+    sub = table.subset([2, 0])
+    assert list(sub.ids) == ["r2", "r0"]
+    assert sub.structure(1) == nacl()
+    assert sub.properties(0) == {"band_gap": 2.0}
+
+
+def test_load_structures_in_memory():
+    result = data.load_structures([nacl(), quaternary(), silicon()])
+    assert len(result) == 2 and result.rejected[0].id == "1"
+
+
+def test_inspect_cli(tmp_path, capsys):
+    write_csv(tmp_path / "set.csv")
+    assert main(["data", "inspect", str(tmp_path / "set.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "3 loaded, 7 rejected" in out
+    assert "partial_occupancy" in out and "bad-partial" in out
+    assert "sites per cell" in out and "Na" in out
+    assert main(["data", "inspect", str(tmp_path / "set.csv"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sites"] == {"2": 1, "8": 1, "16": 1}
+    assert summary["n_elements"] == {"1": 1, "2": 1, "3": 1}
+    assert main(["data", "inspect", str(tmp_path / "missing.csv")]) == 2
+
+
+@pytest.mark.skipif(not SHARED_VAL.exists(), reason="shared data not beside the checkout")
+def test_real_val_split_slice_loads_fast_from_cache(tmp_path):
+    df = pd.read_csv(SHARED_VAL, index_col=0).iloc[:300]
+    df.to_csv(tmp_path / "slice.csv")
+    first = data.load(tmp_path / "slice.csv")
+    assert len(first) + len(first.rejected) == 300
+    t = time.perf_counter()
+    again = data.load(tmp_path / "slice.csv")
+    assert again.from_cache and time.perf_counter() - t < 1.0
+    assert len(again) == len(first)

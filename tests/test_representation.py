@@ -1,0 +1,184 @@
+"""Encode/decode of the 3×128×3 point cloud on hand-made crystals with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+
+from pccd import representation as rep
+from tests.conftest import KNOWN, boundary, long_cell, nacl, silicon
+
+MATCHER = StructureMatcher()
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_round_trip_matches(name):
+    s = KNOWN[name]()
+    x, els = rep.encode(s)
+    assert x.shape == rep.ARRAY_SHAPE and x.dtype == np.float32
+    assert x.min() >= -1 and x.max() <= 1
+    out = rep.decode(x, els)
+    assert isinstance(out, Structure), out
+    assert len(out) == len(s)
+    assert out.composition == s.composition
+    assert MATCHER.fit(s, out)
+
+
+def test_channel_layout_nacl():
+    s = nacl()
+    x, els = rep.encode(s)
+    assert [e.Z for e in els] == [11, 17]  # slot order: ascending Z
+    # channel 1: one-hot in ±1, the unused third slot is -1 everywhere
+    assert set(np.unique(x[1])) == {-1.0, 1.0}
+    assert np.all(x[1, :, 2] == -1)
+    assert np.all((x[1] == 1).sum(axis=1) == 1)
+    # 8 atoms over 128 rows: 16 rows each, Na (slot 0) first
+    assert np.all(x[1, :64, 0] == 1) and np.all(x[1, 64:, 1] == 1)
+    # channel 2: lengths in the first half, angles (90° → 0) in the second
+    assert np.allclose(x[2, 64:], 0.0)
+    assert np.allclose(x[2, :64], x[2, 0])
+
+
+def test_row_blocks_spread_remainder_evenly():
+    for n in range(1, 17):
+        rows = rep.row_blocks(n)
+        sizes = np.bincount(rows)
+        assert len(rows) == 128 and len(sizes) == n
+        assert sizes.max() - sizes.min() <= 1
+        assert np.all(np.diff(rows) >= 0)  # contiguous blocks
+    # 3 atoms: 43/42/43, not 42/42/44 as when the last atom takes the remainder
+    assert sorted(np.bincount(rep.row_blocks(3)).tolist()) == [42, 43, 43]
+
+
+def test_paper_scheme_cannot_hold_long_cells_but_log_can():
+    s = long_cell()
+    paper = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme.PAPER)
+    x, els = rep.encode(s, paper)
+    out = rep.decode(x, els, paper)
+    assert isinstance(out, rep.DecodeFailure) or not MATCHER.fit(s, out)
+    if not isinstance(out, rep.DecodeFailure):
+        assert out.lattice.c == pytest.approx(15.0)
+    x, els = rep.encode(s)
+    out = rep.decode(x, els)
+    assert out.lattice.c == pytest.approx(24.0, rel=1e-5)
+
+
+def test_length_scaling_inverts():
+    for scheme in rep.LatticeScheme:
+        cfg = rep.RepresentationConfig(lattice_scheme=scheme)
+        lengths = np.array([2.0, 7.5, 14.9])
+        assert np.allclose(rep.unscale_lengths(rep.scale_lengths(lengths, cfg), cfg), lengths)
+    angles = np.array([60.0, 90.0, 120.0])
+    assert np.allclose(rep.unscale_angles(rep.scale_angles(angles)), angles)
+
+
+def test_boundary_atoms_use_circular_mean():
+    s = boundary()
+    x, els = rep.encode(s)
+    # add small noise so the Mg cloud straddles 0/1 in every axis
+    rng = np.random.default_rng(1)
+    x = x + rng.normal(0, 0.004, x.shape)
+    out = rep.decode(x, els)
+    assert isinstance(out, Structure) and len(out) == 3
+    mg = next(site for site in out if site.specie.symbol == "Mg")
+    d = mg.frac_coords - np.array([0.999, 0.0005, 0.9995])
+    d -= np.round(d)
+    assert np.all(np.abs(d) < 0.01)  # a naive mean would put it near 0.5
+
+
+def test_circular_mean_wraps():
+    m = rep.circular_mean(np.array([[0.98, 0.5, 0.1], [0.02, 0.5, 0.3]]))
+    assert np.allclose(m, [0.0, 0.5, 0.2], atol=1e-9) or np.allclose(m, [1.0, 0.5, 0.2])
+
+
+def test_noisy_arrays_still_decode():
+    rng = np.random.default_rng(0)
+    for make in KNOWN.values():
+        s = make()
+        x, els = rep.encode(s)
+        out = rep.decode(x + rng.normal(0, 0.02, x.shape), els)
+        assert isinstance(out, Structure) and MATCHER.fit(s, out)
+
+
+def test_noise_points_are_not_atoms():
+    s = silicon()
+    x, els = rep.encode(s)
+    # two stray rows far from every atom: DBSCAN noise, which the authors' code counted as an atom
+    x[0, 0] = [0.0, -0.5, 0.6]
+    x[0, 127] = [0.6, 0.1, -0.7]
+    out = rep.decode(x, els)
+    assert isinstance(out, Structure) and len(out) == 2
+
+
+def test_failure_non_finite():
+    x, els = rep.encode(nacl())
+    x[2, 3, 1] = np.nan
+    out = rep.decode(x, els)
+    assert isinstance(out, rep.DecodeFailure) and out.reason is rep.DecodeReason.NON_FINITE
+
+
+def test_failure_degenerate_lattice():
+    x, els = rep.encode(nacl())
+    x[2, 64:] = 0.95  # all angles 171°: no valid cell
+    out = rep.decode(x, els)
+    assert isinstance(out, rep.DecodeFailure)
+    assert out.reason is rep.DecodeReason.DEGENERATE_LATTICE
+
+
+def test_failure_no_clusters():
+    x, els = rep.encode(nacl())
+    x[0] = np.random.default_rng(0).uniform(-1, 1, (128, 3))  # scattered: every point is noise
+    out = rep.decode(x, els, rep.RepresentationConfig(eps=0.2, min_samples=6))
+    assert isinstance(out, rep.DecodeFailure) and out.reason is rep.DecodeReason.NO_CLUSTERS
+
+
+def test_failure_too_many_atoms():
+    # 32 well-separated atoms on a grid in a 20 Å cell: more than the 16 a crystal may have
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 0.75, 4)] * 2, [0.0, 0.5], indexing="ij"), -1)
+    frac = grid.reshape(-1, 3)
+    x = rep.encode_arrays(frac, np.zeros(32, dtype=int), np.array([20.0] * 3), np.array([90.0] * 3))
+    assert len(np.unique(rep.row_blocks(32))) == 32
+    out = rep.decode(x, ["C"])
+    assert isinstance(out, rep.DecodeFailure) and out.reason is rep.DecodeReason.TOO_MANY_ATOMS
+
+
+def test_failure_atoms_too_close():
+    frac = np.array([[0, 0, 0], [0.12, 0, 0]])  # 0.6 Å apart in a 5 Å cell
+    x = rep.encode_arrays(frac, np.array([0, 0]), np.array([5.0] * 3), np.array([90.0] * 3))
+    cfg = rep.RepresentationConfig(eps=0.3, min_distance=1.0)
+    out = rep.decode(x, ["Cu"], cfg)
+    assert isinstance(out, rep.DecodeFailure) and out.reason is rep.DecodeReason.ATOMS_TOO_CLOSE
+
+
+def test_element_vote_and_bad_requests():
+    x, els = rep.encode(nacl())
+    x[1, :3] = [-1, 1, -1]  # three Na rows voting Cl do not change the majority
+    out = rep.decode(x, els)
+    assert out.composition.reduced_formula == "NaCl"
+    with pytest.raises(ValueError, match="unknown element"):
+        rep.decode(x, ["Na", "Qq"])
+    with pytest.raises(ValueError, match="1 to 3"):
+        rep.decode(x, ["Na", "Cl", "K", "Br"])
+    with pytest.raises(ValueError, match="shape"):
+        rep.decode(x[:, :64], els)
+
+
+def test_encode_rejects_disordered_and_four_elements():
+    s = nacl()
+    s.replace_species({"Na": {"Na": 0.5, "K": 0.5}})
+    with pytest.raises(ValueError, match="disordered"):
+        rep.encode(s)
+    s4 = Structure(
+        Lattice.cubic(6),
+        ["Na", "Cl", "K", "Br"],
+        [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]],
+    )
+    with pytest.raises(ValueError, match="4 elements"):
+        rep.encode(s4)
+
+
+def test_config_round_trips_through_dict():
+    cfg = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme.PAPER, eps=0.4)
+    assert rep.RepresentationConfig.from_dict(cfg.to_dict()) == cfg
