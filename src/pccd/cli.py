@@ -90,6 +90,86 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pccd.training import TrainConfig, train
+
+    config = TrainConfig(
+        preset=args.preset,
+        lattice_scheme=args.lattice_scheme,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        val_size=args.val_size,
+    )
+    ckpt = train(
+        args.data,
+        args.out,
+        config,
+        val_path=args.val,
+        max_minutes=args.max_minutes,
+        max_steps=args.max_steps,
+        checkpoint_minutes=args.checkpoint_minutes,
+        resume=not args.no_resume,
+        devices=int(args.devices) if args.devices.isdigit() else args.devices,
+        strategy=args.strategy,
+        accelerator=args.accelerator,
+        progress=not args.quiet,
+    )
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pccd.training import export_pretrained
+
+    out = export_pretrained(args.checkpoint, args.out)
+    print(f"pretrained model written to {out}")
+    return 0
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from pccd.pipeline import PCCDPipeline, Request, generate_to_directory
+
+    t0 = time.perf_counter()
+    request = Request.parse(
+        _split(args.elements), formula=args.formula, band_gap=args.band_gap, magnetic=args.magnetic
+    )  # validated before loading anything heavy
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    pipeline = PCCDPipeline.from_pretrained(args.model)
+    counts = {"ok": 0, "failed": 0}
+
+    def report(batch) -> None:
+        for s in batch:
+            counts["ok" if s.structure is not None else "failed"] += 1
+        print(f"  {counts['ok'] + counts['failed']}/{args.n} sampled ({counts['failed']} failed)")
+
+    summary = generate_to_directory(
+        pipeline,
+        request,
+        args.n,
+        args.out,
+        batch_size=args.batch_size,
+        on_batch=report,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"done in {time.perf_counter() - t0:.1f} s; summary: {summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pccd", description="Point-cloud crystal diffusion (PCCD, arXiv 2401.13192)"
@@ -115,6 +195,49 @@ def build_parser() -> argparse.ArgumentParser:
     p_rt.add_argument("--lattice-scheme", choices=["log", "paper"], default="log")
     _filter_args(p_rt)
     p_rt.set_defaults(func=_cmd_roundtrip)
+
+    p_gen = sub.add_parser("generate", help="generate crystals with a pretrained model")
+    p_gen.add_argument("--elements", help="comma-separated, e.g. Mg,Mn,O (≤3)")
+    p_gen.add_argument("--formula", help="exact cell formula for CSP mode, e.g. Mg2MnO4")
+    p_gen.add_argument("--band-gap", type=float, help="condition on a band gap (eV)")
+    p_gen.add_argument("--magnetic", choices=["NM", "FM", "AFM", "FiM"])
+    p_gen.add_argument("-n", type=int, default=10, help="how many crystals (default 10)")
+    p_gen.add_argument("--out", required=True, help="directory for CIFs and summary.csv")
+    p_gen.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p_gen.add_argument("--steps", type=int, help="sampler steps (ddim 50, ddpm 1000)")
+    p_gen.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+    p_gen.add_argument("--seed", type=int, default=0)
+    p_gen.add_argument("--batch-size", type=int, default=100)
+    p_gen.add_argument("--model", help="model directory or shipped model name")
+    p_gen.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p_gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_gen.set_defaults(func=_cmd_generate)
+
+    p_train = sub.add_parser("train", help="train (or resume training) a PCCD model")
+    p_train.add_argument("--data", required=True, help="training crystals (CSV, dir, ASE file)")
+    p_train.add_argument("--val", help="validation crystals")
+    p_train.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
+    p_train.add_argument("--preset", default="cpu", help="network preset: cpu, paper, tiny")
+    p_train.add_argument("--lattice-scheme", choices=["log", "paper"], default="log")
+    p_train.add_argument("--batch-size", type=int, default=128)
+    p_train.add_argument("--lr", type=float, default=1e-4)
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--num-workers", type=int, default=0)
+    p_train.add_argument("--val-size", type=int, default=1024, help="val crystals (0 = all)")
+    p_train.add_argument("--max-minutes", type=float, help="stop cleanly after this long")
+    p_train.add_argument("--max-steps", type=int, default=-1)
+    p_train.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p_train.add_argument("--no-resume", action="store_true", help="ignore OUT/last.ckpt")
+    p_train.add_argument("--devices", default="1", help="number of devices (or 'auto')")
+    p_train.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn")
+    p_train.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p_train.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_train.set_defaults(func=_cmd_train)
+
+    p_exp = sub.add_parser("export", help="write a checkpoint's EMA weights as a model directory")
+    p_exp.add_argument("checkpoint")
+    p_exp.add_argument("out")
+    p_exp.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -307,8 +307,10 @@ def decode(
     if not np.all(np.isfinite(x)):
         return DecodeFailure(DecodeReason.NON_FINITE, f"{int(np.sum(~np.isfinite(x)))} NaN/inf")
     lengths, angles = decode_lattice(x, config)
-    lattice = Lattice.from_parameters(*lengths, *angles)
-    problem = _lattice_problem(lengths, angles, lattice.volume, config)
+    with np.errstate(all="ignore"):  # invalid angle sets give NaN volumes, reported below
+        lattice = Lattice.from_parameters(*lengths, *angles)
+        volume = lattice.volume
+    problem = _lattice_problem(lengths, angles, volume, config)
     if problem:
         return DecodeFailure(DecodeReason.DEGENERATE_LATTICE, problem)
 

@@ -1,0 +1,36 @@
+"""Diffusion processes for PCCD arrays: schedules, DDPM/DDIM samplers, loss, sampling loop.
+
+Nothing here knows about crystals (no pymatgen): it sees (B, 3, 128, 3) arrays in [-1, 1], an
+ε-predicting model and :class:`~pccd.conditioning.Conditions`.
+"""
+
+from pccd.diffusion.ddim import DDIMScheduler
+from pccd.diffusion.ddpm import DDPMScheduler, diffusion_loss
+from pccd.diffusion.sampling import SAMPLE_SHAPE, denoise, guided_eps, noise_to, reconstruct
+from pccd.diffusion.schedules import (
+    NoiseScheduler,
+    alphas_cumprod,
+    cosine_betas,
+    linear_betas,
+    make_betas,
+)
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+"""Scheduler classes by name (for CLIs and configs)."""
+
+__all__ = [
+    "SAMPLE_SHAPE",
+    "SCHEDULERS",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "NoiseScheduler",
+    "alphas_cumprod",
+    "cosine_betas",
+    "denoise",
+    "diffusion_loss",
+    "guided_eps",
+    "linear_betas",
+    "make_betas",
+    "noise_to",
+    "reconstruct",
+]

@@ -1,0 +1,110 @@
+"""DDPM ancestral sampling (Ho et al. 2020) and the training loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pccd.conditioning import Conditions
+from pccd.diffusion.schedules import NoiseScheduler, randn_like
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+LOSSES = ("l1", "l2")
+
+
+class DDPMScheduler(NoiseScheduler):
+    """Ancestral sampler: x_{t'} ~ q(x_{t'} | x_t, x̂_0), the Gaussian posterior.
+
+    Works on any decreasing sub-sequence of steps (:meth:`set_timesteps` with n < T): the
+    posterior between two scheduled steps t > t' uses the effective β = 1 − ᾱ_t/ᾱ_{t'}, so a
+    strided chain is still an exact ancestral sampler of the same forward process.
+
+    Args:
+        variance_type: ``"fixed_small"`` (default): σ² = β̃ = β(1−ᾱ_{t'})/(1−ᾱ_t), the true
+            posterior variance, best for a well-trained model; ``"fixed_large"``: σ² = β, the
+            other bound of Ho et al.
+        (other arguments: see :class:`~pccd.diffusion.schedules.NoiseScheduler`)
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        schedule: str = "cosine",
+        clip_sample: bool = True,
+        timestep_spacing: str = "trailing",
+        variance_type: str = "fixed_small",
+    ) -> None:
+        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing)
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(
+                f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}"
+            )
+        self.variance_type = variance_type
+
+    @property
+    def config(self) -> dict:
+        return {**super().config, "variance_type": self.variance_type}
+
+    def step(
+        self,
+        eps: torch.Tensor,
+        t: int,
+        x_t: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = int(t)
+        t_prev = self.previous_timestep(t)
+        abar_t, abar_prev = self._abar(t), self._abar(t_prev)
+        beta = 1.0 - abar_t / abar_prev
+        x0 = self.predict_x0(eps, t, x_t)
+        # Posterior mean of q(x_{t'} | x_t, x_0) (Ho et al. eq. 7), evaluated at x̂_0.
+        c0 = math.sqrt(abar_prev) * beta / (1.0 - abar_t)
+        ct = math.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar_t)
+        mean = c0 * x0 + ct * x_t
+        if t_prev < 0:
+            return mean, x0  # the last step is the mean: no noise on the final sample
+        if self.variance_type == "fixed_small":
+            var = beta * (1.0 - abar_prev) / (1.0 - abar_t)
+        else:
+            var = beta
+        return mean + math.sqrt(var) * randn_like(x_t, generator), x0
+
+
+def diffusion_loss(
+    model: nn.Module,
+    scheduler: NoiseScheduler,
+    x0: torch.Tensor,
+    cond: Conditions,
+    generator: torch.Generator | None = None,
+    loss: str = "l1",
+    *,
+    drop_probs: Mapping[str, float] | None = None,
+) -> torch.Tensor:
+    """ε-prediction loss at a uniformly drawn step per sample (scalar mean).
+
+    ``t ~ U{0..T−1}``, ``ε ~ N(0, I)``, ``x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε``, loss = ‖ε_θ(x_t, t, c) − ε‖
+    with the L1 norm (the paper's choice, more robust to the heavy-tailed errors of the
+    discrete channel-1 entries) or ``"l2"`` (the DDPM "simple" loss).
+
+    ``drop_probs`` (optional) applies :meth:`Conditions.drop` first, with the same generator:
+    classifier-free-guidance training in one call.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if drop_probs:
+        cond = cond.drop(drop_probs, generator)
+    b = x0.shape[0]
+    gen_device = generator.device if generator is not None else x0.device
+    t = torch.randint(
+        0, scheduler.num_train_timesteps, (b,), generator=generator, device=gen_device
+    ).to(x0.device)
+    noise = randn_like(x0, generator)
+    x_t = scheduler.add_noise(x0, noise, t)
+    pred = model(x_t, t, cond)
+    if loss == "l1":
+        return F.l1_loss(pred, noise)
+    return F.mse_loss(pred, noise)

@@ -1,0 +1,33 @@
+"""The PCCD denoising network (no pymatgen here: it only sees arrays and condition tensors)."""
+
+from pccd.model.embeddings import ConditionEncoder, TimeEmbedding, sinusoidal_embedding
+from pccd.model.unet import (
+    CHANNELS,
+    COLUMNS,
+    DEFAULT_PRESET,
+    PRESETS,
+    ROWS,
+    PCCDUNet,
+    UNetConfig,
+    count_parameters,
+    describe,
+    example_inputs,
+    forward_flops,
+)
+
+__all__ = [
+    "CHANNELS",
+    "COLUMNS",
+    "DEFAULT_PRESET",
+    "PRESETS",
+    "ROWS",
+    "ConditionEncoder",
+    "PCCDUNet",
+    "TimeEmbedding",
+    "UNetConfig",
+    "count_parameters",
+    "describe",
+    "example_inputs",
+    "forward_flops",
+    "sinusoidal_embedding",
+]

@@ -1,0 +1,455 @@
+"""The PCCD denoiser: a conditional U-Net ε_θ(x_t, t, c) on 3 × 128 × 3 crystal arrays.
+
+Architecture (Li et al., arXiv 2401.13192, following the DDPM U-Net family): a stem convolution,
+an encoder of resolution *levels* (residual blocks with FiLM conditioning, optional attention,
+then a transition that halves the rows and widens the channels), a middle block (residual,
+attention, residual), a mirrored decoder that concatenates the encoder's skip activations, and
+a final residual block + 1×1 projection to the predicted noise.
+
+Level ``i`` runs at ``rows / 2**i`` rows. Its blocks work at the width of the level before it
+(``base_channels`` for level 0) and its transition widens to ``base_channels * channel_mults[i]``
+— for the last level a same-resolution convolution, so the middle runs at the last level's
+rows. With the paper's ``(1, 2, 4, 8, 16)`` and
+base 64 that is 128 → 64 → 32 → 16 → 8 rows, widths 64…1024, 1024 in the middle.
+
+Every deviation from the paper is a named :class:`UNetConfig` option, so the shipped CPU model
+and a paper-scale model are the same code and can be trained and compared:
+
+* ``layout`` — ``"grid2d"``: the array is an image (3 channels, 128 × 3), Conv2d 3×3 (paper);
+  ``"seq1d"``: a sequence of 128 rows with 9 channels, Conv1d k=3 (≈3× cheaper per width,
+  since a 3×3 kernel over 3 columns mostly mixes the columns anyway).
+* ``channel_mults`` / ``base_channels`` / ``num_res_blocks`` — depth and width.
+* ``attention`` + ``attention_levels`` — per-level attention kind (paper: linear at every
+  level) and ``mid_attention`` (paper: full).
+* ``upsample`` — nearest + conv or transposed conv.
+* ``conditions`` — which conditions the model embeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pccd.conditioning import CONDITION_NAMES, MAX_SLOTS, Conditions
+from pccd.model.embeddings import ConditionEncoder, TimeEmbedding
+from pccd.model.layers import Attention, Downsample, ResBlock, Upsample, conv, group_norm
+
+CHANNELS = 3
+"""Channels of the crystal array (coordinates, element one-hot, lattice)."""
+ROWS = 128
+"""Rows (points) of the crystal array."""
+COLUMNS = 3
+"""Columns of the crystal array."""
+
+LAYOUTS = ("grid2d", "seq1d")
+ATTENTION_KINDS = ("linear", "full", "none")
+UPSAMPLE_MODES = ("nearest", "transpose")
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of :class:`PCCDUNet`; every field is JSON-serialisable.
+
+    Attributes:
+        layout: ``"grid2d"`` (Conv2d over 128 × 3, paper) or ``"seq1d"`` (Conv1d over 128 rows,
+            9 channels).
+        base_channels: width of the stem and of level 0's blocks.
+        channel_mults: width multiplier reached by each level's transition; one entry per level.
+        num_res_blocks: residual blocks per level (encoder and decoder each).
+        attention: attention kind in the levels: ``"linear"``, ``"full"`` or ``"none"``.
+        attention_levels: indices of the levels that get attention; ``None`` = all levels.
+        mid_attention: attention kind in the middle block.
+        mid_blocks: residual blocks in the middle, with an attention between consecutive ones.
+        attention_heads / attention_head_dim: heads and per-head width of every attention.
+        norm_groups: GroupNorm groups (reduced to a divisor of the width when needed).
+        time_embed_mult: embedding width = ``base_channels * time_embed_mult``.
+        token_dim: width of the per-slot element / formula tokens in the condition encoder.
+        conditions: conditions the model embeds (subset of ``CONDITION_NAMES``).
+        band_gap_frequencies / band_gap_scale: Fourier features of ``gap / scale`` (eV).
+        stem_kernel: kernel size of the first convolution (odd).
+        upsample: ``"nearest"`` (repeat rows + conv 3) or ``"transpose"`` (transposed conv).
+        dropout: dropout inside residual blocks.
+    """
+
+    layout: str = "seq1d"
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 1, 2, 2, 3)
+    num_res_blocks: int = 2
+    attention: str = "full"
+    attention_levels: tuple[int, ...] | None = (3, 4)
+    mid_attention: str = "full"
+    mid_blocks: int = 2
+    attention_heads: int = 4
+    attention_head_dim: int = 32
+    norm_groups: int = 8
+    time_embed_mult: int = 3
+    token_dim: int = 64
+    conditions: tuple[str, ...] = CONDITION_NAMES
+    band_gap_frequencies: int = 8
+    band_gap_scale: float = 10.0
+    stem_kernel: int = 3
+    upsample: str = "nearest"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Normalise JSON lists back to tuples so configs compare equal after a round trip.
+        object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        if self.attention_levels is not None:
+            object.__setattr__(
+                self, "attention_levels", tuple(int(i) for i in self.attention_levels)
+            )
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        for name in ("attention", "mid_attention"):
+            if getattr(self, name) not in ATTENTION_KINDS:
+                raise ValueError(
+                    f"{name} must be one of {ATTENTION_KINDS}, got {getattr(self, name)!r}"
+                )
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
+        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
+            raise ValueError(f"channel_mults must be positive integers, got {self.channel_mults}")
+        n = len(self.channel_mults)
+        if self.attention_levels is not None and any(not 0 <= i < n for i in self.attention_levels):
+            raise ValueError(f"attention_levels must index 0..{n - 1}, got {self.attention_levels}")
+        unknown = set(self.conditions) - set(CONDITION_NAMES)
+        if unknown:
+            raise ValueError(f"unknown condition(s) {sorted(unknown)}; use {CONDITION_NAMES}")
+        if self.stem_kernel % 2 == 0:
+            raise ValueError(f"stem_kernel must be odd, got {self.stem_kernel}")
+        if min(self.num_res_blocks, self.base_channels, self.mid_blocks) < 1:
+            raise ValueError("num_res_blocks, mid_blocks and base_channels must be ≥ 1")
+        if ROWS % self.row_reduction:
+            raise ValueError(f"{n} levels reduce {ROWS} rows by {self.row_reduction}: not integral")
+
+    @property
+    def row_reduction(self) -> int:
+        """Factor by which the rows shrink from the input to the middle block."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.layout == "grid2d" else 1
+
+    @property
+    def emb_dim(self) -> int:
+        return self.base_channels * self.time_embed_mult
+
+    def level_attention(self, level: int) -> str:
+        if self.attention_levels is None or level in self.attention_levels:
+            return self.attention
+        return "none"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mults"] = list(self.channel_mults)
+        d["conditions"] = list(self.conditions)
+        if self.attention_levels is not None:
+            d["attention_levels"] = list(self.attention_levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown UNetConfig field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # The published scale: Conv2d on the 3×128×3 image, widths 64…1024 over five levels,
+    # linear attention in every level, three residual blocks with full attention between them
+    # in the middle, row-only (4, 3)/(2, 1) downsampling, nearest row upsampling, 7×7 stem.
+    "paper": UNetConfig(
+        layout="grid2d",
+        base_channels=64,
+        channel_mults=(1, 2, 4, 8, 16),
+        num_res_blocks=2,
+        attention="linear",
+        attention_levels=None,
+        mid_attention="full",
+        mid_blocks=3,
+        time_embed_mult=4,
+        token_dim=128,
+        stem_kernel=7,
+        upsample="nearest",
+    ),
+    # The shipped default (= UNetConfig()): a sequence of 128 rows × 9 channels, five levels at
+    # 128, 64, 32, 16, 8 rows with widths 64, 64, 64→128, 128, 128→192, full attention at 16
+    # and 8 rows and in the middle, 192-wide embedding. ≈4.6M parameters, ≈0.16 GFLOP/sample.
+    "cpu": UNetConfig(),
+    # For tests: a few tens of thousands of parameters.
+    "tiny": UNetConfig(
+        layout="seq1d",
+        base_channels=8,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention="full",
+        attention_levels=(2,),
+        mid_attention="full",
+        attention_heads=2,
+        attention_head_dim=8,
+        norm_groups=4,
+        time_embed_mult=4,
+        token_dim=8,
+        band_gap_frequencies=4,
+    ),
+}
+"""Named configurations; ``PCCDUNet.from_preset(name, **overrides)`` builds one."""
+
+DEFAULT_PRESET = "cpu"
+
+
+class _Level(nn.Module):
+    """Residual blocks at one resolution, one attention after them, then a transition layer."""
+
+    def __init__(self, blocks: list[nn.Module], attn: nn.Module, transition: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attn = attn
+        self.transition = transition
+
+
+class PCCDUNet(nn.Module):
+    """Conditional noise predictor ε_θ(x_t, t, c) for (B, 3, 128, 3) crystal arrays.
+
+    Args:
+        config: architecture; defaults to the ``cpu`` preset.
+        preset: name recorded in ``config.json`` (informational).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, preset: str | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else PRESETS[DEFAULT_PRESET]
+        self.config = config
+        self.preset = preset
+        sd = config.spatial_dims
+        c_data = CHANNELS if config.layout == "grid2d" else CHANNELS * COLUMNS
+        base = config.base_channels
+        emb = config.emb_dim
+        groups = config.norm_groups
+        heads, head_dim = config.attention_heads, config.attention_head_dim
+
+        def res(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(sd, c_in, c_out, emb, groups=groups, dropout=config.dropout)
+
+        def attn(channels: int, kind: str) -> nn.Module:
+            if kind == "none":
+                return nn.Identity()
+            return Attention(channels, kind, heads=heads, head_dim=head_dim, groups=groups)
+
+        self.time_embed = TimeEmbedding(base, emb)
+        self.cond_encoder = ConditionEncoder(
+            emb,
+            config.token_dim,
+            conditions=config.conditions,
+            band_gap_frequencies=config.band_gap_frequencies,
+            band_gap_scale=config.band_gap_scale,
+        )
+        self.stem = conv(sd, c_data, base, config.stem_kernel)
+
+        widths = [base] + [base * m for m in config.channel_mults]
+        n_levels = len(config.channel_mults)
+        self.down = nn.ModuleList()
+        for i in range(n_levels):
+            c_in, c_out = widths[i], widths[i + 1]
+            kind = config.level_attention(i)
+            halve = i < n_levels - 1
+            self.down.append(
+                _Level(
+                    [res(c_in, c_in) for _ in range(config.num_res_blocks)],
+                    attn(c_in, kind),
+                    Downsample(sd, c_in, c_out) if halve else conv(sd, c_in, c_out, 3),
+                )
+            )
+
+        mid = widths[-1]
+        # Middle: res, then (attention, res) repeated — mid_blocks residual blocks in all.
+        self.mid_blocks = nn.ModuleList([res(mid, mid) for _ in range(config.mid_blocks)])
+        self.mid_attns = nn.ModuleList(
+            [attn(mid, config.mid_attention) for _ in range(config.mid_blocks - 1)]
+        )
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(n_levels)):
+            c_in, c_out = widths[i], widths[i + 1]
+            kind = config.level_attention(i)
+            # Each decoder block sees its own width plus the matching encoder skip (c_in);
+            # the transition mirrors the encoder: back to the previous level's rows and width.
+            self.up.append(
+                _Level(
+                    [res(c_out + c_in, c_out) for _ in range(config.num_res_blocks)],
+                    attn(c_out, kind),
+                    Upsample(sd, c_out, c_in, mode=config.upsample)
+                    if i > 0
+                    else conv(sd, c_out, c_in, 3),
+                )
+            )
+        self.final_block = res(2 * base, base)
+        self.final_norm = group_norm(base, groups)
+        self.final_conv = conv(sd, base, c_data, 1)
+
+    # ------------------------------------------------------------------ forward
+    def _to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.layout == "grid2d":
+            return x
+        b, c, r, w = x.shape
+        # channel index = array channel * COLUMNS + column
+        return x.permute(0, 1, 3, 2).reshape(b, c * w, r)
+
+    def _from_layout(self, h: torch.Tensor) -> torch.Tensor:
+        if self.config.layout == "grid2d":
+            return h
+        b, _, r = h.shape
+        return h.reshape(b, CHANNELS, COLUMNS, r).permute(0, 1, 3, 2)
+
+    def embed(self, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """The (B, emb_dim) vector that drives FiLM: time embedding + condition embedding."""
+        return self.time_embed(t) + self.cond_encoder(cond)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """Predict the noise ε in ``x`` (B, 3, 128, 3) at time steps ``t`` (B,) given ``cond``."""
+        if x.dim() != 4 or x.shape[1] != CHANNELS or x.shape[3] != COLUMNS:
+            raise ValueError(
+                f"expected x of shape (B, {CHANNELS}, rows, {COLUMNS}), got {tuple(x.shape)}"
+            )
+        if x.shape[2] % self.config.row_reduction:
+            raise ValueError(
+                f"rows ({x.shape[2]}) must be divisible by {self.config.row_reduction}"
+            )
+        if t.shape != (x.shape[0],) or cond.batch_size != x.shape[0]:
+            raise ValueError(
+                f"batch mismatch: x {x.shape[0]}, t {tuple(t.shape)}, cond {cond.batch_size}"
+            )
+        emb = self.embed(t, cond)
+        h = self.stem(self._to_layout(x))
+        stem_out = h
+        skips: list[torch.Tensor] = []
+        for level in self.down:
+            for j, block in enumerate(level.blocks):
+                h = block(h, emb)
+                if j == len(level.blocks) - 1:
+                    h = level.attn(h)
+                skips.append(h)
+            h = level.transition(h)
+        h = self.mid_blocks[0](h, emb)
+        for attn, block in zip(self.mid_attns, self.mid_blocks[1:], strict=True):
+            h = block(attn(h), emb)
+        for level in self.up:
+            for block in level.blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = level.transition(level.attn(h))
+        h = self.final_block(torch.cat([h, stem_out], dim=1), emb)
+        h = self.final_conv(nn.functional.silu(self.final_norm(h)))
+        return self._from_layout(h)
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET, **overrides) -> PCCDUNet:
+        """Build a preset, optionally with some config fields replaced."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+        return cls(replace(PRESETS[name], **overrides), preset=name)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` (config fields + ``"preset"``) and ``model.pt`` (state dict)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {**self.config.to_dict(), "preset": self.preset}
+        (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device | None = None
+    ) -> PCCDUNet:
+        """Load a model written by :meth:`save_pretrained` (weights-only unpickling)."""
+        directory = Path(directory)
+        payload = json.loads((directory / CONFIG_FILE).read_text())
+        preset = payload.pop("preset", None)
+        model = cls(UNetConfig.from_dict(payload), preset=preset)
+        state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+        return model
+
+
+# ---------------------------------------------------------------------- helpers
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def example_inputs(
+    batch_size: int = 1, device: torch.device | str = "cpu", conditioned: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, Conditions]:
+    """Deterministic dummy ``(x, t, cond)`` for shape checks and FLOP counting.
+
+    With ``conditioned`` every condition is present, so every encoder branch runs.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, CHANNELS, ROWS, COLUMNS, generator=gen).to(device)
+    t = torch.randint(0, 1000, (batch_size,), generator=gen).to(device)
+    if conditioned:
+        cond = Conditions.from_lists(
+            [[3, 8, 26]] * batch_size, band_gap=1.5, magnetic="FM", formula=[[2, 4, 2]] * batch_size
+        )
+    else:
+        cond = Conditions.unconditional(batch_size)
+    return x, t, cond.to(device)
+
+
+def forward_flops(model: PCCDUNet, batch_size: int = 1) -> float:
+    """FLOPs of one forward pass **per sample** (a multiply-add counts 2), as counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions, matmuls, attention).
+
+    Divide by 1e9 for GFLOP; halve for multiply-accumulates (MACs), the unit some papers and
+    tools (e.g. ``thop``) call "FLOPs". Works on CPU or meta-device models.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x, t, cond = example_inputs(batch_size, device=device)
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(x, t, cond)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / batch_size
+
+
+def describe(model: PCCDUNet) -> dict[str, float | int | str | None]:
+    """Parameters and per-sample forward GFLOP of a model (for logs and reports)."""
+    return {
+        "preset": model.preset,
+        "parameters": count_parameters(model),
+        "gflops_per_sample": forward_flops(model) / 1e9,
+    }
+
+
+__all__: Sequence[str] = (
+    "CHANNELS",
+    "COLUMNS",
+    "MAX_SLOTS",
+    "PRESETS",
+    "ROWS",
+    "PCCDUNet",
+    "UNetConfig",
+    "count_parameters",
+    "describe",
+    "example_inputs",
+    "forward_flops",
+)

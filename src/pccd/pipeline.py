@@ -1,0 +1,320 @@
+"""The generation pipeline: a pretrained denoiser + a scheduler + the decoder → ``Structure``.
+
+``PCCDPipeline.from_pretrained()`` loads the model shipped inside the package (or any directory
+written by :func:`pccd.training.export_pretrained`) and ``generate`` runs the one denoising loop
+(:func:`pccd.diffusion.denoise`) then decodes every array. Requests are validated before any
+network work so a bad element list fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pymatgen.core import Composition, Structure
+from pymatgen.core.periodic_table import Element
+
+from pccd import representation as rep
+from pccd.conditioning import MAGNETIC_ORDERINGS, MAX_ATOMS, Conditions
+from pccd.diffusion import DDIMScheduler, DDPMScheduler, denoise
+from pccd.model import PCCDUNet
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "pccd-cpu"
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated generation request: elements in slot order and optional conditions."""
+
+    elements: tuple[Element, ...]
+    formula: tuple[int, ...] | None = None
+    band_gap: float | None = None
+    magnetic: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        elements: Sequence[str | int | Element] | None = None,
+        *,
+        formula: str | None = None,
+        band_gap: float | None = None,
+        magnetic: str | None = None,
+    ) -> Request:
+        """Validate a request; raise ``ValueError`` with a clear message if it cannot be met.
+
+        ``formula`` (e.g. ``"Mg2MnO4"``) fixes the atom count per element (CSP mode); the cell
+        holds exactly that many atoms, so it must have ≤16. ``elements`` may be omitted when a
+        formula is given.
+        """
+        comp = None
+        if formula is not None:
+            try:
+                comp = Composition(formula)
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"cannot parse formula {formula!r}: {exc}") from exc
+            if any(not float(v).is_integer() for v in comp.values()):
+                raise ValueError(f"formula {formula!r} must have whole atom counts")
+            if comp.num_atoms > MAX_ATOMS:
+                raise ValueError(f"formula {formula} has {comp.num_atoms:g} atoms > {MAX_ATOMS}")
+        if elements is None or len(elements) == 0:
+            if comp is None:
+                raise ValueError("give the elements (e.g. Mg,Mn,O) or a formula")
+            elements = [str(e) for e in comp.elements]
+        els = tuple(rep.as_elements(elements))
+        counts = None
+        if comp is not None:
+            if {e.symbol for e in comp.elements} != {e.symbol for e in els}:
+                raise ValueError(
+                    f"formula {formula} has elements {sorted(str(e) for e in comp.elements)}, "
+                    f"not the requested {[e.symbol for e in els]}"
+                )
+            counts = tuple(int(comp[e]) for e in els)
+        if band_gap is not None and not (np.isfinite(band_gap) and band_gap >= 0):
+            raise ValueError(f"band gap must be a non-negative number of eV, not {band_gap}")
+        if magnetic is not None and magnetic not in MAGNETIC_ORDERINGS:
+            raise ValueError(f"magnetic ordering must be one of {MAGNETIC_ORDERINGS}")
+        return cls(els, counts, band_gap, magnetic)
+
+    def conditions(self, n: int) -> Conditions:
+        """The request repeated ``n`` times as a :class:`Conditions` batch."""
+        zs = [e.Z for e in self.elements]
+        return Conditions.from_lists(
+            [zs] * n,
+            band_gap=None if self.band_gap is None else [self.band_gap] * n,
+            magnetic=None if self.magnetic is None else [self.magnetic] * n,
+            formula=None if self.formula is None else [list(self.formula)] * n,
+        )
+
+
+@dataclass
+class Sample:
+    """One generated crystal: its index in the run, the structure or the decoding failure."""
+
+    index: int
+    structure: Structure | None
+    failure: rep.DecodeFailure | None
+    array: np.ndarray
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU: the package is designed for a laptop CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PCCDPipeline:
+    """Model + representation settings + sampler: ``pipeline.sample(...) -> list[Structure]``."""
+
+    def __init__(
+        self,
+        model: PCCDUNet,
+        rep_config: rep.RepresentationConfig,
+        num_train_timesteps: int = 1000,
+        schedule: str = "cosine",
+        meta: dict | None = None,
+        device: torch.device | str | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.rep_config = rep_config
+        self.num_train_timesteps = num_train_timesteps
+        self.schedule = schedule
+        self.meta = meta or {}
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, device: torch.device | str | None = None
+    ) -> PCCDPipeline:
+        """Load a model directory, or by name from the weights shipped in the package."""
+        directory = Path(path) if path is not None else WEIGHTS_DIR / DEFAULT_MODEL
+        if not directory.exists() and (WEIGHTS_DIR / str(path)).exists():
+            directory = WEIGHTS_DIR / str(path)
+        if not (directory / "config.json").exists():
+            raise FileNotFoundError(f"no pretrained model at {directory} (config.json missing)")
+        meta = json.loads((directory / "pccd.json").read_text())
+        model = PCCDUNet.from_pretrained(directory, map_location="cpu")
+        return cls(
+            model,
+            rep.RepresentationConfig.from_dict(meta["representation"]),
+            meta["diffusion"]["num_train_timesteps"],
+            meta["diffusion"]["schedule"],
+            meta,
+            device,
+        )
+
+    def make_scheduler(self, sampler: str, steps: int | None):
+        """A fresh scheduler for ``sampler`` ('ddim' fast / 'ddpm' ancestral) with ``steps``."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+        kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+        scheduler = kind(num_train_timesteps=self.num_train_timesteps, schedule=self.schedule)
+        scheduler.set_timesteps(steps or (50 if sampler == "ddim" else self.num_train_timesteps))
+        return scheduler
+
+    def iter_generate(
+        self,
+        request: Request,
+        n: int,
+        *,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 100,
+        start: int = 0,
+        progress: bool = False,
+    ) -> Iterator[list[Sample]]:
+        """Yield decoded samples batch by batch (so callers can write them as they come).
+
+        Sample ``k`` of a run depends only on (seed, k, batch_size), so a resumed run that skips
+        the first ``start`` samples (a multiple of ``batch_size``) produces the same crystals.
+        """
+        if start % batch_size:
+            raise ValueError("start must be a multiple of batch_size")
+        for lo in range(start, n, batch_size):
+            size = min(batch_size, n - lo)
+            gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + lo)
+            x_T = torch.randn((size, *rep.ARRAY_SHAPE), generator=gen)
+            cond = request.conditions(size).to(self.device)
+            x0 = denoise(
+                self.model,
+                self.make_scheduler(sampler, steps),
+                cond,
+                x_T=x_T.to(self.device),
+                generator=gen,
+                guidance_scale=guidance_scale,
+                progress=progress,
+            )
+            arrays = x0.detach().cpu().numpy()
+            batch = []
+            for k, x in enumerate(arrays):
+                out = rep.decode(x, list(request.elements), self.rep_config)
+                ok = isinstance(out, Structure)
+                batch.append(
+                    Sample(lo + k, out if ok else None, None if ok else out, x)  # type: ignore[arg-type]
+                )
+            yield batch
+
+    def generate(self, request: Request, n: int, **kwargs) -> list[Sample]:
+        """All samples of a run, failures included (see :meth:`iter_generate` for options)."""
+        return [s for batch in self.iter_generate(request, n, **kwargs) for s in batch]
+
+    def sample(
+        self,
+        elements: Sequence[str | int | Element] | None = None,
+        n: int = 1,
+        *,
+        formula: str | None = None,
+        band_gap: float | None = None,
+        magnetic: str | None = None,
+        **kwargs,
+    ) -> list[Structure]:
+        """Generate ``n`` crystals and return those that decoded, as pymatgen Structures.
+
+        Example: ``load_pretrained().sample(["Mg", "Mn", "O"], n=10, seed=1)``.
+        """
+        request = Request.parse(elements, formula=formula, band_gap=band_gap, magnetic=magnetic)
+        return [s.structure for s in self.generate(request, n, **kwargs) if s.structure]
+
+
+def load_pretrained(
+    name_or_path: str | Path | None = None, device: torch.device | str | None = None
+) -> PCCDPipeline:
+    """One-line load of the shipped model (or a named / given model directory)."""
+    return PCCDPipeline.from_pretrained(name_or_path, device)
+
+
+SUMMARY_COLUMNS = (
+    "id",
+    "formula",
+    "atoms",
+    "space_group",
+    "density",
+    "min_distance",
+    "status",
+    "reason",
+    "cif",
+)
+
+
+def describe(structure: Structure) -> dict[str, object]:
+    """Formula, atom count, space group (symprec 0.1 Å), density and minimum distance."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        space_group = SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_symbol()
+    except Exception:  # spglib can fail on pathological cells; the row still gets written
+        space_group = ""
+    dmin = ""
+    if len(structure) > 1:
+        dm = structure.distance_matrix
+        dmin = f"{dm[np.triu_indices(len(structure), 1)].min():.3f}"
+    return {
+        "formula": structure.composition.reduced_formula,
+        "atoms": len(structure),
+        "space_group": space_group,
+        "density": f"{structure.density:.4f}",
+        "min_distance": dmin,
+    }
+
+
+def generate_to_directory(
+    pipeline: PCCDPipeline,
+    request: Request,
+    n: int,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 100,
+    on_batch=None,
+    **kwargs,
+) -> Path:
+    """Generate ``n`` crystals into ``out_dir``: one CIF each plus ``summary.csv``.
+
+    Files are written as each batch is decoded. Rerunning with the same settings resumes after
+    the last complete batch and never rewrites finished rows; other settings are refused.
+    Returns the summary path.
+    """
+    from pccd.outputs import ResultTable, check_run_settings
+
+    out = Path(out_dir)
+    settings = {
+        "elements": [e.symbol for e in request.elements],
+        "formula": list(request.formula) if request.formula else None,
+        "band_gap": request.band_gap,
+        "magnetic": request.magnetic,
+        "n": n,
+        "batch_size": batch_size,
+        "model": str(pipeline.meta.get("name", "")),
+        **{k: v for k, v in kwargs.items() if k != "progress"},
+    }
+    check_run_settings(out, settings)
+    table = ResultTable(out / "summary.csv", SUMMARY_COLUMNS, key="id")
+    width = len(str(max(n - 1, 1)))
+
+    def batch_done(lo: int) -> bool:
+        return all(f"{k:0{width}d}" in table for k in range(lo, min(n, lo + batch_size)))
+
+    start = 0
+    while start < n and batch_done(start):  # resume after the last complete batch
+        start += batch_size
+    for batch in pipeline.iter_generate(request, n, batch_size=batch_size, start=start, **kwargs):
+        for s in batch:
+            sid = f"{s.index:0{width}d}"
+            if sid in table:
+                continue
+            row: dict[str, object] = {"id": sid}
+            if s.structure is not None:
+                name = f"{sid}_{s.structure.composition.reduced_formula}.cif"
+                s.structure.to(filename=str(out / name))
+                row.update(describe(s.structure), status="ok", cif=name)
+            else:
+                row.update(status="failed", reason=str(s.failure))
+            table.append(row)
+        if on_batch is not None:
+            on_batch(batch)
+    return table.path

@@ -1,0 +1,409 @@
+"""Training: crystals → augmented arrays → diffusion loss, wrapped in Lightning.
+
+Lightning gives one command for CPU, one GPU or several GPUs (``devices``/``strategy``), CSV /
+TensorBoard logs and exact resumption of optimiser and loop state. The science stays in plain
+torch: :func:`pccd.diffusion.diffusion_loss` and :class:`pccd.model.PCCDUNet`; this module only
+feeds them.
+
+Augmentations keep the crystal the same crystal:
+
+* atom order — the order of atoms over the 128 rows is arbitrary, so it is shuffled
+  (``atom_order="by_element"`` shuffles within each element and keeps elements in slot order,
+  ``"random"`` shuffles freely);
+* a random periodic shift of all fractional coordinates (origin choice);
+* optionally a permutation of the occupied element slots together with their conditions.
+
+Checkpoints are written atomically (temporary file + rename) every ``checkpoint_minutes`` and
+when a run ends, so a killed run loses at most that many minutes and the next run resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pccd import data as data_mod
+from pccd import representation as rep
+from pccd.conditioning import Conditions
+from pccd.diffusion import DDPMScheduler, diffusion_loss
+from pccd.model import PCCDUNet, UNetConfig
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; saved in checkpoints and with exported weights.
+
+    The paper's optimiser settings are the defaults: Adam β=(0.9, 0.99), lr 1e-4, batch 128,
+    L1 loss on ε, cosine schedule with T=1000.
+    """
+
+    preset: str = "cpu"
+    model_overrides: dict = field(default_factory=dict)
+    lattice_scheme: str = "log"
+    batch_size: int = 128
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    loss: str = "l1"
+    num_train_timesteps: int = 1000
+    schedule: str = "cosine"
+    cond_drop: dict = field(
+        default_factory=lambda: {"elements": 0.1, "band_gap": 0.2, "magnetic": 0.2, "formula": 0.5}
+    )
+    atom_order: str = "by_element"
+    random_shift: bool = True
+    slot_permutation: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    val_size: int = 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+class CrystalDataset(Dataset):
+    """Encodes crystals of a :class:`~pccd.data.CrystalTable` on the fly, with augmentation.
+
+    Encoding costs ~70 µs per crystal, far less than a network step, so nothing is cached and
+    every epoch sees fresh atom orders and origins. Randomness comes from torch's global RNG so
+    ``lightning.seed_everything(seed, workers=True)`` makes runs reproducible.
+    """
+
+    def __init__(
+        self,
+        table: data_mod.CrystalTable,
+        rep_config: rep.RepresentationConfig,
+        *,
+        augment: bool = True,
+        atom_order: str = "by_element",
+        random_shift: bool = True,
+        slot_permutation: bool = False,
+    ):
+        if atom_order not in ("by_element", "random"):
+            raise ValueError(f"atom_order must be 'by_element' or 'random', not {atom_order!r}")
+        self.table = table
+        self.rep_config = rep_config
+        self.augment = augment
+        self.atom_order = atom_order
+        self.random_shift = random_shift
+        self.slot_permutation = slot_permutation
+        lattices = table.lattices
+        self._lengths = np.linalg.norm(lattices, axis=2)
+        a, b, c = lattices[:, 0], lattices[:, 1], lattices[:, 2]
+
+        def angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+            cos = np.sum(u * v, axis=1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
+            return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+        self._angles = np.stack([angle(b, c), angle(a, c), angle(a, b)], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        frac, numbers = self.table.sites(i)
+        zs = np.unique(numbers)  # ascending Z: the canonical slot order
+        slots = np.searchsorted(zs, numbers)
+        counts = np.bincount(slots, minlength=len(zs))
+        if self.augment and self.slot_permutation and len(zs) > 1:
+            perm = torch.randperm(len(zs)).numpy()  # new slot of old slot k is inv[k]
+            inv = np.argsort(perm)
+            zs, counts, slots = zs[perm], counts[perm], inv[slots]
+        if self.augment:
+            order = torch.randperm(len(numbers)).numpy()
+            if self.atom_order == "by_element":
+                order = order[np.argsort(slots[order], kind="stable")]
+            if self.random_shift:
+                frac = frac + torch.rand(3, dtype=torch.float64).numpy()
+        else:
+            order = np.argsort(slots, kind="stable")
+        x = rep.encode_arrays(
+            frac[order], slots[order], self._lengths[i], self._angles[i], self.rep_config
+        )
+        elements = np.zeros(3, dtype=np.int64)
+        elements[: len(zs)] = zs
+        formula = np.zeros(3, dtype=np.int64)
+        formula[: len(zs)] = counts
+        return {
+            "x": torch.from_numpy(x),
+            "elements": torch.from_numpy(elements),
+            "formula": torch.from_numpy(formula),
+            "band_gap": torch.tensor(float(self.table.band_gap[i]), dtype=torch.float32),
+            "magnetic": torch.tensor(int(self.table.magnetic[i]), dtype=torch.int64),
+        }
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Conditions]:
+    """Stack dataset items into the array batch and its :class:`Conditions`."""
+    stacked = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    cond = Conditions(
+        elements=stacked["elements"],
+        band_gap=stacked["band_gap"],
+        magnetic=stacked["magnetic"],
+        formula=stacked["formula"],
+        elements_dropped=torch.zeros(len(items), dtype=torch.bool),
+    )
+    return stacked["x"], cond
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning module
+# --------------------------------------------------------------------------------------------
+
+
+class PCCDLightning(L.LightningModule):
+    """Wraps the denoiser for Lightning: loss, EMA weights, optimiser, wall-time bookkeeping."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = TrainConfig(**config)
+        self.model = PCCDUNet.from_preset(self.cfg.preset, **self.cfg.model_overrides)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=self.cfg.num_train_timesteps, schedule=self.cfg.schedule
+        )
+        self.train_seconds = 0.0  # cumulative over resumed runs
+        self._t_last: float | None = None
+
+    def training_step(self, batch: tuple[torch.Tensor, Conditions], batch_idx: int):
+        x, cond = batch
+        cond = cond.drop(self.cfg.cond_drop)
+        loss = diffusion_loss(self.model, self.scheduler, x, cond, loss=self.cfg.loss)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("samples_seen", float(self.global_step * x.shape[0] * self.trainer.world_size))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # EMA with a warm-up so early weights do not linger (decay → ema_decay as steps grow)
+        step = self.global_step
+        decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                e.lerp_(p, 1.0 - decay)
+            for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                e.copy_(b)
+        now = time.monotonic()
+        if self._t_last is not None:
+            self.train_seconds += now - self._t_last
+        self._t_last = now
+
+    def on_train_epoch_start(self) -> None:
+        self._t_last = time.monotonic()
+
+    def validation_step(self, batch: tuple[torch.Tensor, Conditions], batch_idx: int):
+        x, cond = batch
+        # fixed timesteps and noise per batch: validation losses are comparable across a run
+        gen = torch.Generator(device=x.device).manual_seed(10_000 + batch_idx)
+        loss = diffusion_loss(self.ema, self.scheduler, x, cond, generator=gen, loss=self.cfg.loss)
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            betas=tuple(self.cfg.betas),
+            weight_decay=self.cfg.weight_decay,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["train_seconds"] = self.train_seconds
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.train_seconds = float(checkpoint.get("train_seconds", 0.0))
+
+
+class AtomicCheckpoint(L.Callback):
+    """Save ``last.ckpt`` every ``every_minutes`` and at the end, atomically.
+
+    Lightning writes checkpoint files in place; a run killed mid-write would leave a corrupt
+    file. Writing to a temporary name and renaming keeps the previous checkpoint intact.
+    """
+
+    def __init__(self, dirpath: str | Path, every_minutes: float = 10.0):
+        self.dirpath = Path(dirpath)
+        self.every = every_minutes * 60.0
+        self._last = time.monotonic()
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.dirpath / "last.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier()
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.monotonic() - self._last >= self.every:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _val_subset(table: data_mod.CrystalTable, n: int, seed: int) -> data_mod.CrystalTable:
+    if n <= 0 or n >= len(table):
+        return table
+    idx = np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))
+    return table.subset(idx)
+
+
+def train(
+    train_path: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    val_path: str | Path | None = None,
+    max_minutes: float | None = None,
+    max_steps: int = -1,
+    checkpoint_minutes: float = 10.0,
+    resume: bool = True,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Train (or continue training) a PCCD model; returns the path of ``last.ckpt``.
+
+    With ``resume`` and an existing ``out_dir/last.ckpt`` the run continues exactly where the
+    previous one stopped (weights, EMA, optimiser, step counter, cumulative wall time).
+    """
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "last.ckpt"
+    if resume and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        config = TrainConfig(**saved["hyper_parameters"]["config"])
+        del saved
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    L.seed_everything(config.seed, workers=True)
+    rep_config = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme(config.lattice_scheme))
+
+    def loader(path: str | Path, *, shuffle: bool, n: int = 0) -> DataLoader:
+        table = data_mod.load(path).table
+        if n:
+            table = _val_subset(table, n, config.seed)
+        dataset = CrystalDataset(
+            table,
+            rep_config,
+            augment=shuffle,
+            atom_order=config.atom_order,
+            random_shift=config.random_shift,
+            slot_permutation=config.slot_permutation,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            collate_fn=collate,
+            num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+        )
+
+    train_loader = loader(train_path, shuffle=True)
+    val_loader = loader(val_path, shuffle=False, n=config.val_size) if val_path else None
+    module = PCCDLightning(asdict(config))
+    checkpoint = AtomicCheckpoint(out, checkpoint_minutes)
+    # a new log version per (resumed) run: Lightning would otherwise delete the old metrics
+    loggers: list = [L.pytorch.loggers.CSVLogger(out, name="logs")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tb"))
+    except ImportError:
+        pass
+    trainer = L.Trainer(
+        default_root_dir=out,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        max_epochs=-1 if max_steps < 0 else None,
+        max_steps=max_steps,
+        max_time=timedelta(minutes=max_minutes) if max_minutes else None,
+        gradient_clip_val=config.grad_clip or None,
+        callbacks=[checkpoint],
+        logger=loggers,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        deterministic=False,
+    )
+    trainer.fit(
+        module,
+        train_loader,
+        val_loader,
+        ckpt_path=str(ckpt) if resume and ckpt.exists() else None,
+    )
+    return ckpt
+
+
+def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    """Write the EMA weights of a checkpoint as a pretrained model directory.
+
+    The directory holds ``config.json``/``model.pt`` (the network) and ``pccd.json``
+    (representation and diffusion settings plus the training summary used by the model card).
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**ckpt["hyper_parameters"]["config"])
+    model = PCCDUNet.from_preset(cfg.preset, **cfg.model_overrides)
+    prefix = "ema."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    steps = int(ckpt["global_step"])
+    meta = {
+        "representation": rep.RepresentationConfig(
+            lattice_scheme=rep.LatticeScheme(cfg.lattice_scheme)
+        ).to_dict(),
+        "diffusion": {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule},
+        "training": {
+            "config": asdict(cfg),
+            "steps": steps,
+            "samples_seen": steps * cfg.batch_size,
+            "train_hours": round(float(ckpt.get("train_seconds", math.nan)) / 3600.0, 3),
+        },
+    }
+    (out / "pccd.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+__all__ = [
+    "AtomicCheckpoint",
+    "CrystalDataset",
+    "PCCDLightning",
+    "TrainConfig",
+    "UNetConfig",
+    "collate",
+    "export_pretrained",
+    "train",
+]

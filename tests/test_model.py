@@ -1,0 +1,208 @@
+"""Tests for the PCCD U-Net: shapes, budgets, persistence and the condition encoder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pccd.conditioning import CONDITION_NAMES, Conditions
+from pccd.model import (
+    PRESETS,
+    PCCDUNet,
+    UNetConfig,
+    count_parameters,
+    example_inputs,
+    forward_flops,
+)
+
+PAPER_PARAMS = 163.7e6
+PAPER_GFLOP = 10.05
+
+
+def _cond() -> Conditions:
+    """A batch of two fully specified conditions (Li4 O8 Fe2 and Si2)."""
+    return Conditions.from_lists(
+        [[26, 8, 3], [14]],
+        band_gap=[1.5, 0.0],
+        magnetic=["AFM", "NM"],
+        formula=[[2, 8, 4], [2]],
+    )
+
+
+@pytest.fixture
+def tiny() -> PCCDUNet:
+    torch.manual_seed(0)
+    return PCCDUNet.from_preset("tiny")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"layout": "grid2d", "attention": "linear"}])
+def test_tiny_forward_shape(overrides):
+    torch.manual_seed(0)
+    model = PCCDUNet.from_preset("tiny", **overrides)
+    x, t, _ = example_inputs(2)
+    out = model(x, t, _cond())
+    assert out.shape == (2, 3, 128, 3)
+    assert torch.isfinite(out).all()
+
+
+def test_cpu_preset_shape_and_budget():
+    torch.manual_seed(0)
+    model = PCCDUNet.from_preset("cpu")
+    x, t, _ = example_inputs(2)
+    assert model(x, t, _cond()).shape == (2, 3, 128, 3)
+    params = count_parameters(model)
+    gflop = forward_flops(model) / 1e9
+    assert params <= 5_000_000, params
+    assert gflop <= 0.3, gflop
+    assert PCCDUNet().config == PRESETS["cpu"]  # the default model is the cpu preset
+
+
+def test_tiny_preset_budget():
+    assert count_parameters(PCCDUNet.from_preset("tiny")) <= 50_000
+
+
+def test_paper_preset_scale_matches_publication():
+    # Built on the meta device: counts parameters and FLOPs without allocating 600 MB.
+    with torch.device("meta"):
+        model = PCCDUNet.from_preset("paper")
+    params = count_parameters(model)
+    gflop = forward_flops(model) / 1e9
+    assert abs(params - PAPER_PARAMS) / PAPER_PARAMS < 0.15, params
+    assert abs(gflop - PAPER_GFLOP) / PAPER_GFLOP < 0.15, gflop
+    assert model.config.layout == "grid2d" and model.config.channel_mults == (1, 2, 4, 8, 16)
+
+
+def test_flops_scale_with_batch_and_are_per_sample(tiny):
+    assert forward_flops(tiny, batch_size=1) == pytest.approx(forward_flops(tiny, batch_size=3))
+
+
+def test_save_load_round_trip(tmp_path, tiny):
+    x, t, _ = example_inputs(2)
+    cond = _cond()
+    with torch.no_grad():
+        expected = tiny(x, t, cond)
+    tiny.save_pretrained(tmp_path / "ckpt")
+    payload = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert payload["preset"] == "tiny"
+    assert payload["channel_mults"] == list(PRESETS["tiny"].channel_mults)
+    loaded = PCCDUNet.from_pretrained(tmp_path / "ckpt", map_location="cpu")
+    assert loaded.config == tiny.config and loaded.preset == "tiny"
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, cond), expected)
+
+
+def test_config_json_round_trip_and_validation():
+    for config in PRESETS.values():
+        assert UNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="layout"):
+        UNetConfig(layout="grid3d")
+    with pytest.raises(ValueError, match="attention"):
+        UNetConfig(attention="sparse")
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNetConfig(channel_mults=(1, 2), attention_levels=(5,))
+    with pytest.raises(ValueError, match="unknown condition"):
+        UNetConfig(conditions=("space_group",))
+    with pytest.raises(ValueError, match="unknown UNetConfig field"):
+        UNetConfig.from_dict({"depth": 3})
+    with pytest.raises(ValueError, match="unknown preset"):
+        PCCDUNet.from_preset("huge")
+
+
+def test_seq1d_layout_is_a_lossless_view(tiny):
+    x = torch.randn(2, 3, 128, 3)
+    h = tiny._to_layout(x)
+    assert h.shape == (2, 9, 128)
+    assert torch.equal(h[:, 3 * 1 + 2], x[:, 1, :, 2])  # channel 1, column 2
+    assert torch.equal(tiny._from_layout(h), x)
+
+
+def test_rejects_bad_shapes(tiny):
+    x, t, _ = example_inputs(2)
+    with pytest.raises(ValueError, match="rows"):
+        tiny(torch.randn(2, 3, 126, 3), t, _cond())
+    with pytest.raises(ValueError, match="batch mismatch"):
+        tiny(x, t[:1], _cond())
+
+
+def test_conditions_change_the_prediction(tiny):
+    x, t, _ = example_inputs(2)
+    base = _cond()
+    variants = {
+        "elements": Conditions.from_lists(
+            [[26, 8, 4], [15]],
+            band_gap=[1.5, 0.0],
+            magnetic=["AFM", "NM"],
+            formula=[[2, 8, 4], [2]],
+        ),
+        "band_gap": Conditions.from_lists(
+            [[26, 8, 3], [14]],
+            band_gap=[3.0, 0.5],
+            magnetic=["AFM", "NM"],
+            formula=[[2, 8, 4], [2]],
+        ),
+        "magnetic": Conditions.from_lists(
+            [[26, 8, 3], [14]],
+            band_gap=[1.5, 0.0],
+            magnetic=["FM", "FiM"],
+            formula=[[2, 8, 4], [2]],
+        ),
+        "formula": Conditions.from_lists(
+            [[26, 8, 3], [14]],
+            band_gap=[1.5, 0.0],
+            magnetic=["AFM", "NM"],
+            formula=[[1, 8, 4], [3]],
+        ),
+    }
+    with torch.no_grad():
+        ref = tiny(x, t, base)
+        for name, cond in variants.items():
+            assert not torch.allclose(tiny(x, t, cond), ref), name
+        # The all-null batch does not depend on the values it replaced.
+        other = variants["elements"].drop(dict.fromkeys(CONDITION_NAMES, 1.0))
+        assert torch.equal(tiny(x, t, base.null_like()), tiny(x, t, other))
+
+
+def test_slot_order_matters(tiny):
+    """Element slots are concatenated, not pooled: slot k must stay tied to column k."""
+    x, t, _ = example_inputs(1)
+    a = Conditions.from_lists([[8, 26]])
+    b = Conditions(a.elements[:, [1, 0, 2]], a.band_gap, a.magnetic, a.formula, a.elements_dropped)
+    with torch.no_grad():
+        assert not torch.allclose(tiny(x, t, a), tiny(x, t, b))
+
+
+def test_unused_conditions_have_no_parameters():
+    model = PCCDUNet.from_preset("tiny", conditions=("elements",))
+    assert set(model.cond_encoder.null_gradients()) == {"elements"}
+    assert not hasattr(model.cond_encoder, "magnetic_embed")
+    x, t, _ = example_inputs(2)
+    assert model(x, t, _cond()).shape == (2, 3, 128, 3)
+
+
+def _null_grads(model: PCCDUNet, cond: Conditions) -> dict[str, torch.Tensor | None]:
+    model.zero_grad(set_to_none=True)
+    x, t, _ = example_inputs(cond.batch_size)
+    model(x, t, cond).square().mean().backward()
+    return model.cond_encoder.null_gradients()
+
+
+def test_null_embeddings_get_gradients_only_when_dropped(tiny):
+    cond = _cond()
+    # Everything given: the null vectors are not used, their gradients are exactly zero.
+    for name, grad in _null_grads(tiny, cond).items():
+        assert grad is None or torch.count_nonzero(grad) == 0, name
+    # Everything dropped (classifier-free-guidance training): every null vector learns.
+    dropped = cond.drop(dict.fromkeys(CONDITION_NAMES, 1.0))
+    for name, grad in _null_grads(tiny, dropped).items():
+        assert grad is not None and grad.abs().sum() > 0, name
+    # NaN band gaps must not leak NaN into any gradient.
+    for p in tiny.parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def test_overrides_replace_config_fields():
+    model = PCCDUNet.from_preset("tiny", dropout=0.1)
+    assert model.config == replace(PRESETS["tiny"], dropout=0.1)

@@ -1,0 +1,120 @@
+"""Training: dataset augmentation keeps the crystal, a tiny run trains, checkpoints resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from pccd import data
+from pccd import representation as rep
+from pccd.training import CrystalDataset, TrainConfig, collate, export_pretrained, train
+from tests.conftest import KNOWN
+
+TINY = {"preset": "tiny", "batch_size": 4, "val_size": 0, "lr": 1e-3}
+
+
+def table() -> data.CrystalTable:
+    records = [data.CrystalRecord(k, f(), {"band_gap": 1.0}) for k, f in sorted(KNOWN.items())]
+    return data.CrystalTable.from_records(records)
+
+
+def write_csv(path: Path) -> Path:
+    rows = [{"material_id": k, "band_gap": 1.0, "cif": f().to(fmt="cif")} for k, f in KNOWN.items()]
+    pd.DataFrame(rows).to_csv(path)
+    return path
+
+
+@pytest.mark.parametrize("atom_order", ["by_element", "random"])
+def test_augmented_items_decode_to_the_same_crystal(atom_order):
+    tab = table()
+    ds = CrystalDataset(tab, rep.RepresentationConfig(), atom_order=atom_order)
+    matcher = StructureMatcher()
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        for _ in range(3):  # new random order and origin every time
+            item = ds[i]
+            zs = [int(z) for z in item["elements"] if z > 0]
+            out = rep.decode(item["x"].numpy(), zs)
+            assert matcher.fit(tab.structure(i), out)
+    a, b = ds[0]["x"], ds[0]["x"]
+    assert not torch.equal(a, b)  # augmentation changes the array, not the crystal
+
+
+def test_slot_permutation_keeps_conditions_consistent():
+    tab = table()
+    ds = CrystalDataset(tab, rep.RepresentationConfig(), slot_permutation=True)
+    torch.manual_seed(1)
+    i = sorted(KNOWN).index("triclinic16")  # Li4 Fe4 O8
+    seen = set()
+    for _ in range(20):
+        item = ds[i]
+        zs = item["elements"].tolist()
+        counts = dict(zip(zs, item["formula"].tolist(), strict=True))
+        assert counts == {3: 4, 26: 4, 8: 8}
+        x = item["x"].numpy()
+        votes = np.argmax(x[1], axis=1)
+        # the rows of each slot carry that slot's element: 8 O atoms → 64 rows of O's slot
+        assert np.sum(votes == zs.index(8)) == 64
+        seen.add(tuple(zs))
+    assert len(seen) > 1  # the permutation really happens
+
+
+def test_collate_builds_conditions():
+    ds = CrystalDataset(table(), rep.RepresentationConfig())
+    x, cond = collate([ds[0], ds[1]])
+    assert x.shape == (2, 3, 128, 3)
+    assert cond.elements.shape == (2, 3) and cond.formula.shape == (2, 3)
+    assert torch.all(cond.band_gap == 1.0)
+    assert torch.all(cond.magnetic == -1)
+
+
+def test_tiny_training_run_resumes_and_exports(tmp_path):
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    ckpt = train(csv, out, TrainConfig(**TINY), val_path=csv, max_steps=3, progress=False)
+    assert ckpt.exists()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3
+    # resume continues from step 3, it does not start again
+    train(csv, out, TrainConfig(**TINY), val_path=csv, max_steps=5, progress=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 5 and state["train_seconds"] > 0
+    assert (out / "logs" / "version_0" / "metrics.csv").exists()
+    assert (out / "logs" / "version_1" / "metrics.csv").exists()  # resumed run: its own log
+    model_dir = export_pretrained(ckpt, tmp_path / "model")
+    assert (model_dir / "config.json").exists() and (model_dir / "pccd.json").exists()
+
+
+def test_killed_run_resumes_from_checkpoint(tmp_path):
+    """A run killed mid-training leaves an intact last.ckpt from which the next run continues."""
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    code = (
+        "import sys; from pccd.training import TrainConfig, train; "
+        f"train(sys.argv[1], sys.argv[2], TrainConfig(**{TINY!r}), "
+        "checkpoint_minutes=0.0, progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(csv), str(out)], env=os.environ.copy())
+    ckpt = out / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1.0)  # let it train (and checkpoint) a little more, then kill it hard
+    finally:
+        proc.kill()
+        proc.wait()
+    assert ckpt.exists(), "no checkpoint written"
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 1
+    train(csv, out, TrainConfig(**TINY), max_steps=step + 2, progress=False)
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == step + 2
