@@ -32,6 +32,15 @@ def _cond() -> Conditions:
     )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small forwards run fastest single-threaded (and do not fight other processes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny() -> PCCDUNet:
     torch.manual_seed(0)

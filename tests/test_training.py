@@ -118,3 +118,21 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     assert step >= 1
     train(csv, out, TrainConfig(**TINY), max_steps=step + 2, progress=False)
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == step + 2
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    """`pccd train --devices 2 --strategy ddp` runs two gloo processes on CPU and checkpoints."""
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "pccd.cli", "train", "--data", str(csv), "--out", str(out),
+        "--preset", "tiny", "--batch-size", "2", "--val-size", "0", "--max-steps", "2",
+        "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and "distributed_backend=gloo" in log
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert state["hyper_parameters"]["config"]["batch_size"] == 2

@@ -93,6 +93,11 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pccd.training import TrainConfig, train
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     config = TrainConfig(
         preset=args.preset,
         lattice_scheme=args.lattice_scheme,
@@ -231,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--devices", default="1", help="number of devices (or 'auto')")
     p_train.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn")
     p_train.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p_train.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p_train.add_argument("--quiet", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
 

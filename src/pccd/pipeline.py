@@ -158,8 +158,8 @@ class PCCDPipeline:
 
     def iter_generate(
         self,
-        request: Request,
-        n: int,
+        requests: Request | Sequence[Request],
+        n: int | None = None,
         *,
         sampler: str = "ddim",
         steps: int | None = None,
@@ -171,16 +171,23 @@ class PCCDPipeline:
     ) -> Iterator[list[Sample]]:
         """Yield decoded samples batch by batch (so callers can write them as they come).
 
-        Sample ``k`` of a run depends only on (seed, k, batch_size), so a resumed run that skips
-        the first ``start`` samples (a multiple of ``batch_size``) produces the same crystals.
+        ``requests`` is one request repeated ``n`` times, or one request per sample (a batch may
+        then mix element lists). Sample ``k`` depends only on (seed, k, batch_size), so a
+        resumed run that skips the first ``start`` samples (a multiple of ``batch_size``)
+        produces the same crystals.
         """
+        if isinstance(requests, Request):
+            if n is None:
+                raise ValueError("give n with a single request")
+            requests = [requests] * n
+        n = len(requests)
         if start % batch_size:
             raise ValueError("start must be a multiple of batch_size")
         for lo in range(start, n, batch_size):
-            size = min(batch_size, n - lo)
+            chunk = requests[lo : lo + batch_size]
             gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + lo)
-            x_T = torch.randn((size, *rep.ARRAY_SHAPE), generator=gen)
-            cond = request.conditions(size).to(self.device)
+            x_T = torch.randn((len(chunk), *rep.ARRAY_SHAPE), generator=gen)
+            cond = Conditions.cat([r.conditions(1) for r in chunk]).to(self.device)
             x0 = denoise(
                 self.model,
                 self.make_scheduler(sampler, steps),
@@ -190,19 +197,20 @@ class PCCDPipeline:
                 guidance_scale=guidance_scale,
                 progress=progress,
             )
-            arrays = x0.detach().cpu().numpy()
             batch = []
-            for k, x in enumerate(arrays):
-                out = rep.decode(x, list(request.elements), self.rep_config)
+            for k, (x, req) in enumerate(zip(x0.detach().cpu().numpy(), chunk, strict=True)):
+                out = rep.decode(x, list(req.elements), self.rep_config)
                 ok = isinstance(out, Structure)
                 batch.append(
                     Sample(lo + k, out if ok else None, None if ok else out, x)  # type: ignore[arg-type]
                 )
             yield batch
 
-    def generate(self, request: Request, n: int, **kwargs) -> list[Sample]:
+    def generate(
+        self, requests: Request | Sequence[Request], n: int | None = None, **kwargs
+    ) -> list[Sample]:
         """All samples of a run, failures included (see :meth:`iter_generate` for options)."""
-        return [s for batch in self.iter_generate(request, n, **kwargs) for s in batch]
+        return [s for batch in self.iter_generate(requests, n, **kwargs) for s in batch]
 
     def sample(
         self,

@@ -2,25 +2,27 @@
 
 Architecture (Li et al., arXiv 2401.13192, following the DDPM U-Net family): a stem convolution,
 an encoder of resolution *levels* (residual blocks with FiLM conditioning, optional attention,
-then a transition that halves the rows and widens the channels), a middle block (residual,
-attention, residual), a mirrored decoder that concatenates the encoder's skip activations, and
-a final residual block + 1×1 projection to the predicted noise.
+then a transition that halves the rows and widens the channels), a middle (residual blocks
+with attention between them), a mirrored decoder that concatenates the encoder's skip
+activations, and a final residual block + 1×1 projection to the predicted noise.
 
 Level ``i`` runs at ``rows / 2**i`` rows. Its blocks work at the width of the level before it
 (``base_channels`` for level 0) and its transition widens to ``base_channels * channel_mults[i]``
 — for the last level a same-resolution convolution, so the middle runs at the last level's
-rows. With the paper's ``(1, 2, 4, 8, 16)`` and
-base 64 that is 128 → 64 → 32 → 16 → 8 rows, widths 64…1024, 1024 in the middle.
+rows. With the paper's ``(1, 2, 4, 8, 16)`` and base 64 that is 128 → 64 → 32 → 16 → 8 rows,
+widths 64…1024, 1024 in the middle (where the authors' network has three residual blocks).
 
 Every deviation from the paper is a named :class:`UNetConfig` option, so the shipped CPU model
 and a paper-scale model are the same code and can be trained and compared:
 
 * ``layout`` — ``"grid2d"``: the array is an image (3 channels, 128 × 3), Conv2d 3×3 (paper);
-  ``"seq1d"``: a sequence of 128 rows with 9 channels, Conv1d k=3 (≈3× cheaper per width,
-  since a 3×3 kernel over 3 columns mostly mixes the columns anyway).
+  ``"seq1d"``: a sequence of 128 rows with 9 channels, Conv1d k=3. At equal width this is 9×
+  cheaper (a third of the positions, a third of the taps) and loses little: the 3 columns
+  are x/y/z, slots or lattice parameters, not a spatial axis, and as channels they are mixed
+  by every convolution instead of only by a 3-wide kernel with zero padding.
 * ``channel_mults`` / ``base_channels`` / ``num_res_blocks`` — depth and width.
 * ``attention`` + ``attention_levels`` — per-level attention kind (paper: linear at every
-  level) and ``mid_attention`` (paper: full).
+  level), ``mid_attention`` (paper: full) and ``mid_blocks`` (paper: 3).
 * ``upsample`` — nearest + conv or transposed conv.
 * ``conditions`` — which conditions the model embeds.
 """
