@@ -172,6 +172,8 @@ def test_index_cat_to_repeat():
     picked = c.index(torch.tensor([2, 0]))
     assert picked.elements.tolist() == [[6, 14, 0], [3, 8, 26]]
     assert c.index([0, 2]).magnetic.tolist() == [1, 0]
+    assert c.index([True, False, True]).magnetic.tolist() == [1, 0]
+    assert c[c.formula_missing].elements.tolist() == [[6, 14, 0]]
     assert c[0:2].batch_size == 2
     joined = Conditions.cat([c[0], c[1:]])
     assert _same(joined, c)

@@ -221,11 +221,14 @@ class Conditions:
         return self._map(lambda t: t.to(device))
 
     def index(self, idx: int | slice | Sequence[int] | torch.Tensor) -> Conditions:
-        """Select samples; an ``int`` keeps the batch dimension (a batch of one)."""
+        """Select samples (positions, a slice or a bool mask); an ``int`` keeps the batch
+        dimension (a batch of one)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         elif not isinstance(idx, slice | torch.Tensor):
-            idx = torch.as_tensor(list(idx), dtype=torch.long)
+            idx = torch.as_tensor(list(idx))
+            if idx.dtype != torch.bool:  # a list of bools is a mask, anything else positions
+                idx = idx.long()
         if isinstance(idx, torch.Tensor):
             idx = idx.to(self.device)
         return self._map(lambda t: t[idx])
