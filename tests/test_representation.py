@@ -153,10 +153,15 @@ def test_failure_atoms_too_close():
 
 
 def test_element_vote_and_bad_requests():
-    x, els = rep.encode(nacl())
+    s = nacl()
+    x, els = rep.encode(s)
     x[1, :3] = [-1, 1, -1]  # three Na rows voting Cl do not change the majority
-    out = rep.decode(x, els)
-    assert out.composition.reduced_formula == "NaCl"
+    out = rep.decode(x, els, rep.RepresentationConfig(cluster_by=rep.ClusterBy.ALL))
+    assert out.composition == s.composition
+    x, els = rep.encode(s)
+    x[1, :2] = [-1, 1, -1]  # per-element clustering: two stray Cl rows are noise, not an atom
+    out = rep.decode(x, els, rep.RepresentationConfig(cluster_by=rep.ClusterBy.ELEMENT))
+    assert out.composition == s.composition
     with pytest.raises(ValueError, match="unknown element"):
         rep.decode(x, ["Na", "Qq"])
     with pytest.raises(ValueError, match="1 to 3"):
@@ -182,3 +187,15 @@ def test_encode_rejects_disordered_and_four_elements():
 def test_config_round_trips_through_dict():
     cfg = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme.PAPER, eps=0.4)
     assert rep.RepresentationConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_element_clustering_keeps_a_close_minority_atom():
+    # Cu and O 1.1 Å apart: with a wide eps, pooled clustering merges them into one atom and
+    # loses O; clustering each element's rows separately keeps both.
+    frac = np.array([[0.0, 0.0, 0.0], [1.1 / 6.0, 0.0, 0.0]])
+    x = rep.encode_arrays(frac, np.array([0, 1]), np.array([6.0] * 3), np.array([90.0] * 3))
+    pooled = rep.RepresentationConfig(eps=1.2, cluster_by=rep.ClusterBy.ALL)
+    per_element = rep.RepresentationConfig(eps=1.2, cluster_by=rep.ClusterBy.ELEMENT)
+    assert len(rep.decode(x, ["O", "Cu"], pooled)) == 1
+    out = rep.decode(x, ["O", "Cu"], per_element)
+    assert sorted(e.symbol for e in out.composition.elements) == ["Cu", "O"]

@@ -51,6 +51,13 @@ class LatticeScheme(StrEnum):
     LOG = "log"  # log-length between LOG_MIN and LOG_MAX Å: represents long cells too
 
 
+class ClusterBy(StrEnum):
+    """Which points DBSCAN clusters together."""
+
+    ELEMENT = "element"  # each element's rows separately (as the authors' decoder did)
+    ALL = "all"  # all 128 rows at once; the element of a cluster is its majority vote
+
+
 @dataclass(frozen=True)
 class RepresentationConfig:
     """Options of encoding and decoding. Stored with a model so samples decode the same way.
@@ -61,6 +68,9 @@ class RepresentationConfig:
         log_min_length, log_max_length: Å that map to -1 / +1 in the log scheme.
         eps: DBSCAN neighbourhood radius in Å (periodic Cartesian distance).
         min_samples: DBSCAN core-point size; smaller groups of points are noise, not atoms.
+        cluster_by: ``"element"`` (default) clusters the rows of each element separately, so
+            a minority element's atom cannot be absorbed into a neighbour's cluster;
+            ``"all"`` clusters all rows together and lets each cluster vote its element.
         max_atoms: more clusters than this is a failure (the training data has ≤16 sites).
         min_distance: decoded atoms closer than this (Å) is a failure.
         min_volume: decoded cells smaller than this (Å³) are degenerate.
@@ -75,16 +85,19 @@ class RepresentationConfig:
     max_atoms: int = 16
     min_distance: float = 0.5
     min_volume: float = 1.0
+    cluster_by: ClusterBy = ClusterBy.ELEMENT
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["lattice_scheme"] = self.lattice_scheme.value
+        d["cluster_by"] = self.cluster_by.value
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> RepresentationConfig:
         d = dict(d)
         d["lattice_scheme"] = LatticeScheme(d.get("lattice_scheme", LatticeScheme.LOG))
+        d["cluster_by"] = ClusterBy(d.get("cluster_by", ClusterBy.ELEMENT))
         return cls(**d)  # type: ignore[arg-type]
 
 
@@ -316,24 +329,30 @@ def decode(
 
     frac = ((np.clip(x[0], -1.0, 1.0) + 1.0) / 2.0) % 1.0
     dist = lattice.get_all_distances(frac, frac)
-    labels = (
-        DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
-        .fit(dist)
-        .labels_
-    )
-    n_clusters = int(labels.max()) + 1
-    if n_clusters == 0:
-        return DecodeFailure(DecodeReason.NO_CLUSTERS, "every point is DBSCAN noise")
-    if n_clusters > config.max_atoms:
-        return DecodeFailure(
-            DecodeReason.TOO_MANY_ATOMS, f"{n_clusters} clusters > {config.max_atoms}"
-        )
     votes = np.argmax(x[1, :, : len(els)], axis=1)
+    if config.cluster_by is ClusterBy.ELEMENT:
+        groups = [np.flatnonzero(votes == k) for k in range(len(els))]
+    else:
+        groups = [np.arange(N_ROWS)]
     species, coords = [], []
-    for k in range(n_clusters):
-        member = labels == k
-        species.append(els[int(np.bincount(votes[member], minlength=len(els)).argmax())])
-        coords.append(circular_mean(frac[member]))
+    for rows in groups:
+        if len(rows) == 0:
+            continue
+        labels = (
+            DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
+            .fit(dist[np.ix_(rows, rows)])
+            .labels_
+        )
+        for k in range(int(labels.max()) + 1):
+            member = rows[labels == k]
+            species.append(els[int(np.bincount(votes[member], minlength=len(els)).argmax())])
+            coords.append(circular_mean(frac[member]))
+    if not species:
+        return DecodeFailure(DecodeReason.NO_CLUSTERS, "every point is DBSCAN noise")
+    if len(species) > config.max_atoms:
+        return DecodeFailure(
+            DecodeReason.TOO_MANY_ATOMS, f"{len(species)} clusters > {config.max_atoms}"
+        )
     structure = Structure(lattice, species, np.array(coords))
     if len(structure) > 1:
         dm = structure.distance_matrix
