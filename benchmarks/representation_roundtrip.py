@@ -48,6 +48,10 @@ def main() -> None:
     ap.add_argument("--n-noise", type=int, default=5000, help="crystals for the noise curve")
     ap.add_argument("--sigmas", default="0,0.01,0.02,0.03,0.05,0.08,0.1")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eps", type=float, default=None, help="DBSCAN eps in Å (default: config)")
+    ap.add_argument("--min-samples", type=int, default=None)
+    ap.add_argument("--cluster-by", choices=["element", "all"], default=None)
+    ap.add_argument("--parts", default="speed,roundtrip,noise", help="what to measure")
     ap.add_argument(
         "--out", default=str(ROOT / "benchmarks" / "results" / "representation_roundtrip.json")
     )
@@ -71,8 +75,18 @@ def main() -> None:
         "rejected": len(loaded.rejected),
     }
 
-    # Throughput (single process)
-    cfg = rep.RepresentationConfig()
+    overrides = {
+        k: v
+        for k, v in {
+            "eps": args.eps,
+            "min_samples": args.min_samples,
+            "cluster_by": args.cluster_by and rep.ClusterBy(args.cluster_by),
+        }.items()
+        if v is not None
+    }
+    cfg = rep.RepresentationConfig(**overrides)
+    result["decode_config"] = cfg.to_dict()
+    parts = set(args.parts.split(","))
     t0 = time.perf_counter()
     encoded = [rep.encode(s, cfg) for s in structures]
     t_enc = time.perf_counter() - t0
@@ -96,8 +110,8 @@ def main() -> None:
     )
 
     # Round trip over every crystal, both lattice schemes
-    for scheme in rep.LatticeScheme:
-        c = rep.RepresentationConfig(lattice_scheme=scheme)
+    for scheme in rep.LatticeScheme if "roundtrip" in parts else []:
+        c = rep.RepresentationConfig(**{**overrides, "lattice_scheme": scheme})
         xs = (
             arrays
             if scheme is cfg.lattice_scheme
@@ -116,7 +130,7 @@ def main() -> None:
         len(table), min(args.n_noise, len(table)), replace=False
     )
     curve = {}
-    for sigma in [float(s) for s in args.sigmas.split(",")]:
+    for sigma in [float(s) for s in args.sigmas.split(",")] if "noise" in parts else []:
         noise_rng = np.random.default_rng(args.seed + 1)
         xs = arrays[idx] + noise_rng.normal(0, sigma, arrays[idx].shape)
         rate, reasons = match_rate(

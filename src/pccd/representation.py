@@ -331,22 +331,19 @@ def decode(
     dist = lattice.get_all_distances(frac, frac)
     votes = np.argmax(x[1, :, : len(els)], axis=1)
     if config.cluster_by is ClusterBy.ELEMENT:
-        groups = [np.flatnonzero(votes == k) for k in range(len(els))]
-    else:
-        groups = [np.arange(N_ROWS)]
+        # rows voting for different elements are never neighbours: one DBSCAN call clusters
+        # every element's rows separately
+        dist[votes[:, None] != votes[None, :]] = 1e9
+    labels = (
+        DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
+        .fit(dist)
+        .labels_
+    )
     species, coords = [], []
-    for rows in groups:
-        if len(rows) == 0:
-            continue
-        labels = (
-            DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
-            .fit(dist[np.ix_(rows, rows)])
-            .labels_
-        )
-        for k in range(int(labels.max()) + 1):
-            member = rows[labels == k]
-            species.append(els[int(np.bincount(votes[member], minlength=len(els)).argmax())])
-            coords.append(circular_mean(frac[member]))
+    for k in range(int(labels.max()) + 1):
+        member = labels == k
+        species.append(els[int(np.bincount(votes[member], minlength=len(els)).argmax())])
+        coords.append(circular_mean(frac[member]))
     if not species:
         return DecodeFailure(DecodeReason.NO_CLUSTERS, "every point is DBSCAN noise")
     if len(species) > config.max_atoms:
