@@ -90,7 +90,23 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(items: Sequence[str] | None) -> dict[str, object]:
+    """Parse repeated ``KEY=VALUE`` options; values are JSON when they parse, else strings."""
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from pccd.training import TrainConfig, train
 
     if args.threads:
@@ -98,15 +114,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
-    config = TrainConfig(
-        preset=args.preset,
-        lattice_scheme=args.lattice_scheme,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        val_size=args.val_size,
-    )
+    options = _key_values(args.option)
+    unknown = set(options) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training option(s) {sorted(unknown)}")
+    flags = {
+        "preset": args.preset,
+        "lattice_scheme": args.lattice_scheme,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "num_workers": args.num_workers,
+        "val_size": args.val_size,
+        "model_overrides": _key_values(args.model_option),
+    }
+    config = TrainConfig(**{**flags, **options})  # --option wins over the plain flags
     ckpt = train(
         args.data,
         args.out,
@@ -236,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--devices", default="1", help="number of devices (or 'auto')")
     p_train.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn")
     p_train.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p_train.add_argument(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a network preset field, e.g. layout=grid2d (repeatable)",
+    )
+    p_train.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a TrainConfig field, e.g. atom_order=random, ema_decay=0.9995 (repeatable)",
+    )
     p_train.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p_train.add_argument("--quiet", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
