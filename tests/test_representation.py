@@ -147,9 +147,26 @@ def test_failure_too_many_atoms():
 def test_failure_atoms_too_close():
     frac = np.array([[0, 0, 0], [0.12, 0, 0]])  # 0.6 Å apart in a 5 Å cell
     x = rep.encode_arrays(frac, np.array([0, 0]), np.array([5.0] * 3), np.array([90.0] * 3))
-    cfg = rep.RepresentationConfig(eps=0.3, min_distance=1.0)
+    cfg = rep.RepresentationConfig(eps=0.3, min_distance=1.0, merge_overlaps=False)
     out = rep.decode(x, ["Cu"], cfg)
     assert isinstance(out, rep.DecodeFailure) and out.reason is rep.DecodeReason.ATOMS_TOO_CLOSE
+
+
+def test_overlapping_clusters_merge_into_one_atom_by_vote():
+    # rows 0-63: a Mg atom at the origin whose first 12 rows vote O; rows 64-127: O at the
+    # centre. Per-element clustering puts a small O cluster on top of the Mg cluster; merging
+    # gives one Mg atom (majority vote) instead of an atoms_too_close failure.
+    frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    x = rep.encode_arrays(frac, np.array([1, 0]), np.array([4.2] * 3), np.array([90.0] * 3))
+    x[1, 64:] = [1, -1, -1]
+    x[1, :64] = np.where(np.arange(64)[:, None] < 12, [1, -1, -1], [-1, 1, -1])
+    x[0, :64] = -1.0
+    x[0, 64:] = 0.0
+    strict = rep.decode(x, ["O", "Mg"], rep.RepresentationConfig(merge_overlaps=False))
+    assert isinstance(strict, rep.DecodeFailure)
+    assert strict.reason is rep.DecodeReason.ATOMS_TOO_CLOSE
+    merged = rep.decode(x, ["O", "Mg"])
+    assert isinstance(merged, Structure) and merged.composition.reduced_formula == "MgO"
 
 
 def test_element_vote_and_bad_requests():

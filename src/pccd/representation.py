@@ -34,6 +34,7 @@ from enum import StrEnum
 import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.periodic_table import Element
+from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
 from pccd.conditioning import MAX_SLOTS
@@ -71,6 +72,8 @@ class RepresentationConfig:
         cluster_by: ``"element"`` (default) clusters the rows of each element separately, so
             a minority element's atom cannot be absorbed into a neighbour's cluster;
             ``"all"`` clusters all rows together and lets each cluster vote its element.
+        merge_overlaps: clusters whose centres are closer than ``min_distance`` are merged
+            into one atom (majority element) instead of failing as ``atoms_too_close``.
         max_atoms: more clusters than this is a failure (the training data has ≤16 sites).
         min_distance: decoded atoms closer than this (Å) is a failure.
         min_volume: decoded cells smaller than this (Å³) are degenerate.
@@ -80,12 +83,13 @@ class RepresentationConfig:
     paper_max_length: float = 15.0
     log_min_length: float = 1.0
     log_max_length: float = 128.0
-    eps: float = 0.5
+    eps: float = 0.7
     min_samples: int = 3
     max_atoms: int = 16
     min_distance: float = 0.5
     min_volume: float = 1.0
     cluster_by: ClusterBy = ClusterBy.ELEMENT
+    merge_overlaps: bool = True
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -300,6 +304,22 @@ def circular_mean(frac: np.ndarray) -> np.ndarray:
     return (mean / (2.0 * np.pi)) % 1.0
 
 
+def _merge_overlapping_clusters(
+    labels: np.ndarray, frac: np.ndarray, lattice: Lattice, min_distance: float
+) -> np.ndarray:
+    """Relabel so that clusters whose centres are closer than ``min_distance`` become one.
+
+    Two atoms cannot sit that close, so such clusters are one atom whose rows disagree on the
+    element (typically at the boundary between two elements' row blocks); the merged cluster
+    then takes the majority element. Noise (-1) stays noise.
+    """
+    n = int(labels.max()) + 1
+    centres = np.array([circular_mean(frac[labels == k]) for k in range(n)])
+    close = lattice.get_all_distances(centres, centres) < min_distance
+    _, groups = connected_components(close, directed=False)
+    return np.where(labels >= 0, groups[np.maximum(labels, 0)], -1)
+
+
 def decode(
     x: np.ndarray,
     elements: Sequence[str | int | Element],
@@ -339,6 +359,8 @@ def decode(
         .fit(dist)
         .labels_
     )
+    if config.merge_overlaps and labels.max() > 0:
+        labels = _merge_overlapping_clusters(labels, frac, lattice, config.min_distance)
     species, coords = [], []
     for k in range(int(labels.max()) + 1):
         member = labels == k
