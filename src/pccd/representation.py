@@ -83,7 +83,7 @@ class RepresentationConfig:
     paper_max_length: float = 15.0
     log_min_length: float = 1.0
     log_max_length: float = 128.0
-    eps: float = 0.7
+    eps: float = 0.5
     min_samples: int = 3
     max_atoms: int = 16
     min_distance: float = 0.5
