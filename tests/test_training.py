@@ -136,3 +136,16 @@ def test_two_process_ddp_on_cpu(tmp_path):
     state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
     assert state["hyper_parameters"]["config"]["batch_size"] == 2
+
+
+def test_max_minutes_counts_only_the_current_run(tmp_path):
+    """A resumed run gets its own --max-minutes (Lightning's max_time would restore the
+    elapsed time of earlier runs and stop at once)."""
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    train(csv, out, TrainConfig(**TINY), max_minutes=0.03, progress=False)
+    step = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 1
+    train(csv, out, TrainConfig(**TINY), max_minutes=0.03, max_steps=step + 3, progress=False)
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == step + 3

@@ -197,6 +197,148 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_log(quiet: bool):
+    return (lambda message: None) if quiet else print
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    """The paper's reconstruction experiment (noise to t, denoise, decode, compare)."""
+    from pccd.evaluate.csp_distances import METRICS
+    from pccd.evaluate.reconstruction import ReconstructionSettings, run_reconstruction
+    from pccd.pipeline import PCCDPipeline
+
+    try:
+        timesteps = tuple(int(t) for t in _split(args.t) or [])
+    except ValueError as exc:
+        raise ValueError(f"--t takes comma-separated integers, got {args.t!r}") from exc
+    distances = (
+        METRICS
+        if args.distances == "all"
+        else ()
+        if args.distances == "none"
+        else tuple(_split(args.distances) or ())
+    )
+    unknown = set(distances) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown distance metric(s) {sorted(unknown)}; choose from {METRICS}")
+    settings = ReconstructionSettings(
+        n=args.n,
+        seed=args.seed,
+        timesteps=timesteps,
+        sampler=args.sampler,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        use_formula=args.formula,
+        guidance_scale=args.guidance,
+        align_origin=not args.no_align_origin,
+        distances=distances,
+        distance_t=args.distance_t,
+        ged_timeout=args.ged_timeout,
+    )
+    _set_threads(args.threads)
+    table = data.load(args.path, _filter_options(args), cache=not args.no_cache).table
+    pipeline = PCCDPipeline.from_pretrained(args.model)
+    metrics = run_reconstruction(
+        pipeline,
+        table,
+        args.out,
+        settings,
+        source=str(args.path),
+        model_label=str(args.model or "shipped"),
+        log=_quiet_log(args.quiet),
+    )
+    for t, m in metrics["per_t"].items():
+        rates = ", ".join(
+            f"{k} {100 * m[k]['effective_rate']:.1f}/{100 * m[k]['plain_rate']:.1f}%"
+            for k in "abcxyz"
+        )
+        print(
+            f"t={t}: atom count {100 * m['atom_count_accuracy']:.2f}% of {m['n']}; "
+            f"effective/plain rates: {rates}"
+        )
+    print(f"metrics.json, report.md and figures in {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """De novo metrics of a directory of CIFs (any generator)."""
+    from pccd.evaluate.denovo import DeNovoSettings, evaluate_directory
+
+    settings = DeNovoSettings(
+        n=args.n,
+        seed=args.seed,
+        struct_cutoff=args.struct_cutoff,
+        comp_cutoff=args.comp_cutoff,
+        n_reference=args.n_reference,
+        novelty=not args.no_novelty,
+    )
+    metrics = evaluate_directory(
+        args.directory,
+        args.out,
+        settings,
+        reference=args.reference,
+        known=args.known,
+        log=_quiet_log(args.quiet),
+    )
+    shown = ("struct_valid", "comp_valid", "cov_r", "cov_p", "uniqueness", "novelty")
+    parts = [f"{k} {100 * metrics[k]:.2f}%" for k in shown if metrics.get(k) is not None]
+    parts += [
+        f"{k} {metrics[k]:.4g}"
+        for k in ("wdist_density", "wdist_num_elems")
+        if metrics.get(k) is not None
+    ]
+    print(f"{metrics['n_used']} of {metrics['n_available']} crystals: " + ", ".join(parts))
+    for key, reason in metrics["missing"].items():
+        print(f"  {key}: missing ({reason})")
+    print(f"metrics.json, report.md and figures in {args.out}")
+    return 0
+
+
+def _cmd_csp(args: argparse.Namespace) -> int:
+    """The DiffCSP crystal-structure-prediction benchmark on a split."""
+    from pccd.evaluate.csp import CSPSettings, run_csp
+    from pccd.pipeline import PCCDPipeline
+
+    settings = CSPSettings(
+        n=args.n,
+        k=args.k,
+        seed=args.seed,
+        sampler=args.sampler,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        guidance_scale=args.guidance,
+    )
+    if settings.k < 1:
+        raise ValueError(f"-k must be ≥ 1, got {settings.k}")
+    _set_threads(args.threads)
+    table = data.load(args.path, _filter_options(args), cache=not args.no_cache).table
+    pipeline = PCCDPipeline.from_pretrained(args.model)
+    metrics = run_csp(
+        pipeline,
+        table,
+        args.out,
+        settings,
+        source=str(args.path),
+        model_label=str(args.model or "shipped"),
+        log=_quiet_log(args.quiet),
+    )
+    for k in sorted({1, settings.k}):
+        m = metrics[f"k{k}"]["diffcsp_protocol"]
+        print(
+            f"k={k}: match rate {100 * m['match_rate']:.2f}% of {metrics['n_formulas']} formulas,"
+            f" mean RMSE {m['mean_rmse']:.4f}"
+        )
+    print(f"metrics.json, report.md and figures in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pccd", description="Point-cloud crystal diffusion (PCCD, arXiv 2401.13192)"
@@ -278,6 +420,82 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("checkpoint")
     p_exp.add_argument("out")
     p_exp.set_defaults(func=_cmd_export)
+
+    p_rec = sub.add_parser(
+        "reconstruct", help="noise crystals to step t, denoise, decode, compare (paper Fig. 1)"
+    )
+    p_rec.add_argument("path", help="the split to draw crystals from (CSV, CIF dir, ASE file)")
+    p_rec.add_argument("--out", required=True, help="output directory (resumable)")
+    p_rec.add_argument("-n", type=int, default=1280, help="crystals drawn (default 1280)")
+    p_rec.add_argument(
+        "--t",
+        default="1000",
+        help="noising depth(s) t of T=1000, comma-separated, e.g. 100,250,500,750,1000",
+    )
+    p_rec.add_argument(
+        "--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ddpm = the paper's"
+    )
+    p_rec.add_argument("--steps", type=int, help="sampler steps (ddpm: all 1000, ddim: 50)")
+    p_rec.add_argument("--batch-size", type=int, default=64)
+    p_rec.add_argument(
+        "--formula",
+        action="store_true",
+        help="also condition on exact atom counts (off: elements only, as in the paper)",
+    )
+    p_rec.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+    p_rec.add_argument(
+        "--no-align-origin",
+        action="store_true",
+        help="match atoms without first translating the reconstruction onto the original",
+    )
+    p_rec.add_argument(
+        "--distances",
+        default="all",
+        help="CSP distances per pair: all, none, or a comma list of "
+        "energy,ofm,crystalnn,superpose,rms,rms_anonymous,graph_edit",
+    )
+    p_rec.add_argument("--distance-t", type=int, help="t for the distances (default: largest)")
+    p_rec.add_argument("--ged-timeout", type=float, default=2.0, help="seconds per pair")
+    p_rec.add_argument("--seed", type=int, default=0)
+    p_rec.add_argument("--model", help="model directory or shipped model name")
+    p_rec.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p_rec.add_argument("--quiet", action="store_true", help="no progress messages")
+    _filter_args(p_rec)
+    p_rec.set_defaults(func=_cmd_reconstruct)
+
+    p_ev = sub.add_parser(
+        "evaluate", help="de novo metrics of a directory of CIFs (CDVAE / DiffCSP protocol)"
+    )
+    p_ev.add_argument("directory", help="directory of CIF files (any generator)")
+    p_ev.add_argument("--out", required=True, help="output directory (resumable)")
+    p_ev.add_argument("--reference", help="split for COV and Wasserstein, e.g. the val CSV")
+    p_ev.add_argument("--known", help="known-crystal database for novelty (MP-20-format CSV)")
+    p_ev.add_argument("-n", "--n", type=int, default=0, help="crystals scored (0 = all CIFs)")
+    p_ev.add_argument("--seed", type=int, default=0, help="draw of the n crystals")
+    p_ev.add_argument("--struct-cutoff", type=float, default=0.4, help="COV structure cut-off")
+    p_ev.add_argument("--comp-cutoff", type=float, default=10.0, help="COV composition cut-off")
+    p_ev.add_argument("--n-reference", type=int, default=0, help="reference crystals (0 = all)")
+    p_ev.add_argument("--no-novelty", action="store_true", help="skip the novelty check")
+    p_ev.add_argument("--quiet", action="store_true", help="no progress messages")
+    p_ev.set_defaults(func=_cmd_evaluate)
+
+    p_csp = sub.add_parser(
+        "csp", help="crystal structure prediction benchmark: k candidates per formula"
+    )
+    p_csp.add_argument("path", help="the split whose formulas are predicted (e.g. val)")
+    p_csp.add_argument("--out", required=True, help="output directory (resumable)")
+    p_csp.add_argument("-n", type=int, default=1000, help="formulas drawn (0 = all)")
+    p_csp.add_argument("-k", type=int, default=20, help="candidates per formula (k=1 also shown)")
+    p_csp.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p_csp.add_argument("--steps", type=int, help="sampler steps (ddim 50, ddpm 1000)")
+    p_csp.add_argument("--batch-size", type=int, default=100)
+    p_csp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+    p_csp.add_argument("--seed", type=int, default=0)
+    p_csp.add_argument("--model", help="model directory or shipped model name")
+    p_csp.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p_csp.add_argument("--quiet", action="store_true", help="no progress messages")
+    _filter_args(p_csp)
+    p_csp.set_defaults(func=_cmd_csp)
     return parser
 
 

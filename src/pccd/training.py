@@ -25,7 +25,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -229,6 +228,26 @@ class PCCDLightning(L.LightningModule):
         self.train_seconds = float(checkpoint.get("train_seconds", 0.0))
 
 
+class RunTimeLimit(L.Callback):
+    """Stop cleanly after ``minutes`` of *this* run.
+
+    Lightning's ``max_time`` restores its elapsed time from a checkpoint, so a resumed run
+    whose earlier runs already used the budget would stop at once; ``--max-minutes`` means
+    minutes of the current run.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60.0
+        self._start = time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.monotonic() - self._start >= self.seconds:
+            trainer.should_stop = True
+
+
 class AtomicCheckpoint(L.Callback):
     """Save ``last.ckpt`` every ``every_minutes`` and at the end, atomically.
 
@@ -346,9 +365,8 @@ def train(
         strategy=strategy,
         max_epochs=-1 if max_steps < 0 else None,
         max_steps=max_steps,
-        max_time=timedelta(minutes=max_minutes) if max_minutes else None,
         gradient_clip_val=config.grad_clip or None,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint] + ([RunTimeLimit(max_minutes)] if max_minutes else []),
         logger=loggers,
         enable_checkpointing=False,
         enable_progress_bar=progress,
@@ -382,6 +400,7 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     model.save_pretrained(out)
     steps = int(ckpt["global_step"])
     meta = {
+        "name": out.name,
         "representation": rep.RepresentationConfig(
             lattice_scheme=rep.LatticeScheme(cfg.lattice_scheme)
         ).to_dict(),

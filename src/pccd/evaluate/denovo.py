@@ -1,0 +1,477 @@
+"""De novo generation metrics over a directory of CIFs (the CDVAE / DiffCSP protocol).
+
+Any generator's output can be scored: the input is a directory of CIF files (e.g. what
+``pccd generate`` writes; its ``summary.csv`` failures are counted when present). Metrics:
+
+* validity: structural (all distances ≥ 0.5 Å, volume ≥ 0.1 Å³) and compositional (SMACT
+  charge neutrality + electronegativity), over all n scored crystals;
+* COV-R / COV-P against a reference split (CrystalNN + Magpie fingerprints, cut-offs 0.4 / 10),
+  over all n crystals (those without a fingerprint count as misses);
+* Wasserstein distances of density and of the number of elements, valid crystals vs the
+  reference split;
+* uniqueness (StructureMatcher within each reduced formula) among valid crystals;
+* novelty among valid crystals: no match in a database of known crystals (by reduced formula).
+
+Per-crystal results go to ``structures.csv`` as they are computed (the costly part:
+fingerprints and novelty), so an interrupted evaluation resumes; reference fingerprints are
+cached next to pccd's parsed-data cache, keyed by the reference file's content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Structure
+
+from pccd import data as data_mod
+from pccd.evaluate import fingerprints, plots
+from pccd.evaluate.generation_metrics import (
+    coverage,
+    is_compositionally_valid,
+    is_structurally_valid,
+    property_wasserstein,
+    unique_mask,
+)
+from pccd.evaluate.novelty import ReferenceIndex
+from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
+from pccd.outputs import ResultTable, check_run_settings
+
+COLUMNS = (
+    "name",
+    "status",
+    "reason",
+    "formula",
+    "n_atoms",
+    "n_elements",
+    "density",
+    "struct_valid",
+    "comp_valid",
+    "novel",
+    "known_id",
+    "struct_fp",
+    "comp_fp",
+    "fp_error",
+)
+
+
+@dataclass(frozen=True)
+class DeNovoSettings:
+    """What determines an evaluation (recorded in ``run.json``).
+
+    Attributes:
+        n: crystals scored, drawn (seeded) from the directory's CIFs; 0 = all.
+        seed: the draw of crystals (and of the reference subset).
+        struct_cutoff, comp_cutoff: COV cut-offs (MP-20: 0.4 and 10).
+        n_reference: reference crystals used (0 = all of the split).
+        novelty: check novelty against the known-crystal database.
+    """
+
+    n: int = 0
+    seed: int = 0
+    struct_cutoff: float = 0.4
+    comp_cutoff: float = 10.0
+    n_reference: int = 0
+    novelty: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_cifs(directory: str | Path) -> list[Path]:
+    """CIF files directly in ``directory``, sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() == ".cif")
+
+
+def decode_failures(directory: str | Path) -> tuple[int, int] | None:
+    """(failed, attempted) from a ``pccd generate`` ``summary.csv`` if there is one."""
+    path = Path(directory) / "summary.csv"
+    if not path.exists():
+        return None
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return sum(1 for r in rows if r.get("status") == "failed"), len(rows)
+
+
+def structure_row(structure: Structure, known: ReferenceIndex | None) -> dict[str, object]:
+    """Per-crystal metrics (validity, fingerprints, novelty) as ``structures.csv`` columns."""
+    row: dict[str, object] = {
+        "status": "ok",
+        "formula": structure.composition.reduced_formula,
+        "n_atoms": len(structure),
+        "n_elements": len(structure.composition.elements),
+        "density": f"{structure.density:.6g}",
+        "struct_valid": int(is_structurally_valid(structure)),
+        "comp_valid": int(is_compositionally_valid(structure.composition)),
+    }
+    errors = []
+    try:
+        row["struct_fp"] = json.dumps(
+            np.round(fingerprints.crystalnn_fingerprint(structure), 6).tolist()
+        )
+    except Exception as exc:  # recorded: the crystal then has no structure fingerprint
+        errors.append(f"CrystalNN: {type(exc).__name__}: {exc}"[:150])
+    try:
+        row["comp_fp"] = json.dumps(
+            np.round(fingerprints.magpie_fingerprint(structure), 6).tolist()
+        )
+    except Exception as exc:
+        errors.append(f"Magpie: {type(exc).__name__}: {exc}"[:150])
+    row["fp_error"] = "; ".join(errors)
+    if known is not None:
+        match = known.find(structure)
+        row.update(novel=int(match is None), known_id=match or "")
+    return row
+
+
+def reference_fingerprints(
+    structures: Sequence[Structure],
+    cache_key: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, np.ndarray]:
+    """CrystalNN and Magpie fingerprints, densities and element counts of reference crystals.
+
+    With ``cache_key`` the arrays are kept in pccd's cache directory (computing them for the
+    5,303 val crystals takes minutes; reading them back, milliseconds).
+    """
+    cache = data_mod.cache_dir() / f"reference_fp_{cache_key}.npz" if cache_key else None
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    n = len(structures)
+    struct = np.full((n, 61), np.nan)
+    comp = np.full((n, 132), np.nan)
+    for i, s in enumerate(structures):
+        # a crystal matminer cannot featurize keeps NaN and is left out of the reference
+        with contextlib.suppress(Exception):
+            struct[i] = fingerprints.crystalnn_fingerprint(s)
+        with contextlib.suppress(Exception):
+            comp[i] = fingerprints.magpie_fingerprint(s)
+        if (i + 1) % 500 == 0:
+            log(f"  reference fingerprints {i + 1}/{n}")
+    out = {
+        "struct": struct,
+        "comp": comp,
+        "density": np.array([s.density for s in structures]),
+        "n_elements": np.array([len(s.composition.elements) for s in structures]),
+    }
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(cache)
+    return out
+
+
+def load_reference(path: str | Path, n: int, seed: int) -> tuple[list[Structure], str]:
+    """Reference crystals (all, or n drawn with ``seed``) and a cache key for their prints.
+
+    The key hashes the crystals themselves (ids, cells, sites), so it is the same for a CSV
+    and a CIF directory holding the same crystals and changes when any of them changes.
+    """
+    table = data_mod.load(path, data_mod.FilterOptions(max_sites=1024, max_elements=118)).table
+    idx = np.arange(len(table))
+    if 0 < n < len(table):
+        idx = np.sort(np.random.default_rng(seed).permutation(len(table))[:n])
+    sub = table.subset(idx)
+    digest = hashlib.sha1()
+    digest.update("\n".join(map(str, sub.ids)).encode())
+    for array in (sub.lattices, sub.offsets, sub.frac_coords, sub.numbers):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return [sub.structure(i) for i in range(len(sub))], digest.hexdigest()[:20]
+
+
+def evaluate_directory(
+    directory: str | Path,
+    out_dir: str | Path,
+    settings: DeNovoSettings = DeNovoSettings(),
+    *,
+    reference: str | Path | None = None,
+    known: str | Path | ReferenceIndex | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Score the CIFs in ``directory`` into ``out_dir`` (resumable); return the metrics.
+
+    Args:
+        directory: CIFs to evaluate.
+        out_dir: where ``structures.csv``, ``metrics.json``, ``report.md`` and PNGs go.
+        settings: see :class:`DeNovoSettings`.
+        reference: a split (CSV, CIF dir, ...) for COV and the Wasserstein distances; without
+            it those metrics are missing, with the reason.
+        known: a known-crystal database (MP-20-format CSV path or a :class:`ReferenceIndex`)
+            for novelty; without it novelty is missing, with the reason.
+    """
+    out = Path(out_dir)
+    files = list_cifs(directory)
+    if not files:
+        raise FileNotFoundError(f"no CIF files in {directory}")
+    check_run_settings(
+        out,
+        {
+            **settings.to_dict(),
+            "directory": str(Path(directory).resolve()),
+            "reference": str(reference) if reference else None,
+            "known": str(known) if isinstance(known, (str, Path)) else None,
+        },
+    )
+    picked = files
+    if 0 < settings.n < len(files):
+        order = np.random.default_rng(settings.seed).permutation(len(files))[: settings.n]
+        picked = [files[i] for i in sorted(order)]
+    index: ReferenceIndex | None = None
+    if settings.novelty and known is not None:
+        t0 = time.perf_counter()
+        index = known if isinstance(known, ReferenceIndex) else ReferenceIndex.from_csv(known)
+        log(
+            f"known crystals: {len(index)} in {index.formulas} formulas "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+
+    rows = ResultTable(out / "structures.csv", COLUMNS, key="name")
+    t0 = time.perf_counter()
+    todo = [f for f in picked if f.name not in rows]
+    for count, path in enumerate(todo, 1):
+        try:
+            with warnings.catch_warnings():  # CIF rounding notes, missing radii: not errors
+                warnings.simplefilter("ignore")
+                structure = Structure.from_file(path)
+                row = {"name": path.name, **structure_row(structure, index)}
+        except Exception as exc:  # an unreadable CIF is an invalid sample, not a crash
+            row = {
+                "name": path.name,
+                "status": "unreadable",
+                "reason": str(exc)[:200],
+                "struct_valid": 0,
+                "comp_valid": 0,
+            }
+        rows.append(row)
+        if count % 100 == 0 or count == len(todo):
+            log(f"  scored {count}/{len(todo)} crystals")
+    seconds = time.perf_counter() - t0
+
+    ref_data = None
+    if reference is not None:
+        ref_structures, key = load_reference(reference, settings.n_reference, settings.seed)
+        log(f"reference: {len(ref_structures)} crystals from {reference}")
+        ref_data = reference_fingerprints(ref_structures, key, log)
+    metrics = summarize(
+        out,
+        [rows.rows[f.name] for f in picked],
+        directory,
+        settings,
+        ref_data=ref_data,
+        n_available=len(files),
+        failures=decode_failures(directory),
+        novelty_reason=None
+        if index is not None
+        else ("novelty disabled" if not settings.novelty else "no known-crystal database given"),
+        reference_label=str(reference) if reference else None,
+    )
+    metrics["timing_this_invocation"] = {"scoring_seconds": seconds, "scored": len(todo)}
+    write_metrics(out, metrics)
+    return metrics
+
+
+def _fp(rows: Sequence[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked fingerprints and the mask of rows that have one."""
+    has = np.array([bool(r.get(column)) for r in rows], dtype=bool)
+    values = [json.loads(r[column]) for r in rows if r.get(column)]
+    return (np.array(values) if values else np.zeros((0, 1))), has
+
+
+def summarize(
+    out: Path,
+    rows: Sequence[dict],
+    directory: str | Path,
+    settings: DeNovoSettings,
+    *,
+    ref_data: dict[str, np.ndarray] | None,
+    n_available: int,
+    failures: tuple[int, int] | None,
+    novelty_reason: str | None,
+    reference_label: str | None,
+) -> dict:
+    """Turn per-crystal rows into the protocol's metrics, figures and ``report.md``."""
+    n = len(rows)
+    sv = np.array([r.get("struct_valid") == "1" for r in rows])
+    cv = np.array([r.get("comp_valid") == "1" for r in rows])
+    valid = sv & cv
+    valid_rows = [r for r, v in zip(rows, valid, strict=True) if v]
+    metrics: dict[str, object] = {
+        "command": "evaluate",
+        "directory": str(directory),
+        "settings": settings.to_dict(),
+        "n_available": n_available,
+        "n_used": n,
+        "unreadable": sum(1 for r in rows if r.get("status") == "unreadable"),
+        "struct_valid": float(sv.mean()) if n else float("nan"),
+        "comp_valid": float(cv.mean()) if n else float("nan"),
+        "valid": float(valid.mean()) if n else float("nan"),
+        "n_valid": int(valid.sum()),
+    }
+    if failures is not None:
+        failed, attempted = failures
+        metrics["generator_decode_failures"] = {"failed": failed, "attempted": attempted}
+    missing: dict[str, str] = {}
+    figures: list[Path] = []
+
+    # coverage and distribution distances against the reference
+    if ref_data is None:
+        for key in ("cov_r", "cov_p", "wdist_density", "wdist_num_elems"):
+            missing[key] = "no reference split given"
+    else:
+        both = np.array([bool(r.get("struct_fp")) and bool(r.get("comp_fp")) for r in rows])
+        fp_rows = [r for r, b in zip(rows, both, strict=True) if b]
+        gen_s, _ = _fp(fp_rows, "struct_fp")
+        gen_c, _ = _fp(fp_rows, "comp_fp")
+        ok = np.all(np.isfinite(ref_data["struct"]), axis=1) & np.all(
+            np.isfinite(ref_data["comp"]), axis=1
+        )
+        cov = coverage(
+            gen_s,
+            gen_c,
+            ref_data["struct"][ok],
+            ref_data["comp"][ok],
+            struct_cutoff=settings.struct_cutoff,
+            comp_cutoff=settings.comp_cutoff,
+            n_generated=n,
+        )
+        metrics.update(
+            cov_r=cov.recall,
+            cov_p=cov.precision,
+            cov_details={
+                "struct_cutoff": cov.struct_cutoff,
+                "comp_cutoff": cov.comp_cutoff,
+                "n_generated": cov.n_generated,
+                "n_with_fingerprint": cov.n_with_fingerprint,
+                "n_reference": cov.n_reference,
+            },
+        )
+        dens = [float(r["density"]) for r in valid_rows]
+        nel = [int(r["n_elements"]) for r in valid_rows]
+        metrics["wdist_density"] = property_wasserstein(dens, ref_data["density"])
+        metrics["wdist_num_elems"] = property_wasserstein(nel, ref_data["n_elements"])
+        if not valid_rows:
+            missing["wdist_density"] = missing["wdist_num_elems"] = "no valid crystals"
+        metrics["reference"] = {"source": reference_label, "n": len(ref_data["density"])}
+        figures.append(
+            plots.histogram_comparison(
+                dens,
+                ref_data["density"],
+                out / "density.png",
+                title="Density of valid generated crystals vs reference",
+                xlabel="density (g/cm³)",
+            )
+        )
+        figures.append(
+            plots.histogram_comparison(
+                nel,
+                ref_data["n_elements"],
+                out / "num_elements.png",
+                title="Number of elements per crystal, valid generated vs reference",
+                xlabel="distinct elements per crystal",
+                discrete=True,
+            )
+        )
+
+    # uniqueness and novelty among valid crystals
+    directory = Path(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structures = [Structure.from_file(directory / r["name"]) for r in valid_rows]
+        unique = unique_mask(structures)
+    metrics["n_unique"] = int(unique.sum())
+    metrics["uniqueness"] = float(unique.mean()) if len(unique) else float("nan")
+    if novelty_reason is None:
+        novel = np.array([r.get("novel") == "1" for r in valid_rows], dtype=bool)
+        metrics["n_novel"] = int(novel.sum())
+        metrics["novelty"] = float(novel.mean()) if len(novel) else float("nan")
+        metrics["unique_and_novel"] = float((novel & unique).mean()) if len(novel) else float("nan")
+    else:
+        for key in ("novelty", "unique_and_novel"):
+            missing[key] = novelty_reason
+    if not valid_rows:
+        missing.setdefault("uniqueness", "no valid crystals")
+    metrics["missing"] = missing
+    figures.append(
+        plots.histogram_comparison(
+            [int(r["n_atoms"]) for r in rows if r.get("n_atoms")],
+            [],
+            out / "atoms_per_cell.png",
+            title="Atoms per cell of the scored crystals",
+            xlabel="atoms per cell",
+            discrete=True,
+        )
+    )
+    metrics["figures"] = [p.name for p in figures]
+    _write_report(out, metrics)
+    return metrics
+
+
+def _write_report(out: Path, m: dict) -> None:
+    missing = m["missing"]
+
+    def cell(key: str, percent: bool = True) -> str:
+        if key in missing:
+            return f"— ({missing[key]})"
+        value = m.get(key)
+        return pct(value) if percent else fmt(value)
+
+    rows = [
+        ["structural validity", cell("struct_valid")],
+        ["compositional validity (SMACT)", cell("comp_valid")],
+        ["COV-R", cell("cov_r")],
+        ["COV-P", cell("cov_p")],
+        ["Wasserstein distance of density (g/cm³)", cell("wdist_density", False)],
+        ["Wasserstein distance of #elements", cell("wdist_num_elems", False)],
+        ["uniqueness (of valid)", cell("uniqueness")],
+        ["novelty (of valid)", cell("novelty")],
+        ["unique and novel (of valid)", cell("unique_and_novel")],
+    ]
+    counts = (
+        f"{m['n_used']} crystals scored of {m['n_available']} CIFs in `{m['directory']}` "
+        f"(--n {m['settings']['n'] or 'all'}, seed {m['settings']['seed']}); "
+        f"{m['n_valid']} valid, {m['unreadable']} unreadable."
+    )
+    if "generator_decode_failures" in m:
+        f = m["generator_decode_failures"]
+        counts += (
+            f" The generator's summary.csv lists {f['failed']} failed decodes of "
+            f"{f['attempted']} attempts (not included above)."
+        )
+    if "reference" in m:
+        counts += f" Reference: {m['reference']['n']} crystals of {m['reference']['source']}."
+    notes = (
+        "- Protocol of CDVAE (Xie et al. 2022) as used by DiffCSP: validity and COV over all "
+        "scored crystals; Wasserstein distances, uniqueness and novelty over valid ones (all "
+        "of them; CDVAE draws 1,000 valid crystals for the Wasserstein distances).\n"
+        f"- COV cut-offs: structure {m['settings']['struct_cutoff']}, composition "
+        f"{m['settings']['comp_cutoff']}; CrystalNN 'ops' site fingerprints averaged over "
+        "sites; Magpie vectors standardised with the reference set's mean and std (CDVAE uses "
+        "fixed constants from its training data).\n"
+        "- SMACT rules with the SMACT-2 oxidation-state list (`smact14`), as CDVAE.\n"
+        "- Published MP-20 numbers (CDVAE, DiffCSP) use 10,000 samples on a GPU and the MP-20 "
+        "test split as reference (≤ 20 atoms, any number of elements): a different protocol "
+        "size and data set."
+    )
+    write_report(
+        out,
+        "De novo generation metrics",
+        [
+            ("Counts", counts),
+            ("Results", markdown_table(["metric", "this run"], rows)),
+            ("Protocol notes", notes),
+        ],
+        [out / f for f in m["figures"]],
+    )
