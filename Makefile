@@ -27,7 +27,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 generate: $(STAMP)
-	$(BIN)/pccd roundtrip ../shared/data/mp_pccd/val.csv.gz -n 10 --out out/roundtrip
+	$(BIN)/pccd generate --elements Mg,Mn,O -n 20 --out out/MgMnO
 
 clean-venv:
 	rm -rf $(VENV)

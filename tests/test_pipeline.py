@@ -108,3 +108,13 @@ def test_cli_generate_and_bad_requests(tiny_model_dir, tmp_path, capsys):
     )
     assert main(["generate", "--formula", "Mg9O9", "--out", str(tmp_path / "z")]) == 2
     assert not (tmp_path / "x").exists()  # failed fast, wrote nothing
+
+
+def test_shipped_model_loads_offline_and_samples():
+    from pccd import load_pretrained
+
+    pipe = load_pretrained(device="cpu")
+    assert pipe.meta["name"] == "pccd-cpu"
+    structures = pipe.sample(["Na", "Cl"], n=4, steps=10, seed=0)
+    assert structures and all(len(s) >= 1 for s in structures)
+    assert all({e.symbol for e in s.composition.elements} <= {"Na", "Cl"} for s in structures)
