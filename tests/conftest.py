@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
+
+from pccd import representation as rep
+from pccd.model import PCCDUNet
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Each test writes parsed-data caches to its own directory, never to ~/.cache."""
     monkeypatch.setenv("PCCD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised tiny model saved like a shipped one (no training needed)."""
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-model")
+    PCCDUNet.from_preset("tiny").save_pretrained(directory)
+    meta = {
+        "name": "tiny-test",
+        "representation": rep.RepresentationConfig().to_dict(),
+        "diffusion": {"num_train_timesteps": 1000, "schedule": "cosine"},
+    }
+    (directory / "pccd.json").write_text(json.dumps(meta))
+    return directory
 
 
 def nacl() -> Structure:

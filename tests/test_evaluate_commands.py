@@ -28,21 +28,6 @@ CRYSTALS = {"nacl": nacl, "si": silicon, "zno": wurtzite, "lifeo": triclinic16}
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A randomly initialised tiny model saved like a shipped one (no training needed)."""
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-model")
-    PCCDUNet.from_preset("tiny").save_pretrained(directory)
-    meta = {
-        "name": "tiny-test",
-        "representation": rep.RepresentationConfig().to_dict(),
-        "diffusion": {"num_train_timesteps": 1000, "schedule": "cosine"},
-    }
-    (directory / "pccd.json").write_text(json.dumps(meta))
-    return directory
-
-
-@pytest.fixture(scope="module")
 def cif_dir(tmp_path_factory):
     """Four crystals with distinct element sets, as a directory of CIFs (a tiny 'split')."""
     directory = tmp_path_factory.mktemp("split")

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
-import torch
 
-from pccd import representation as rep
 from pccd.cli import main
-from pccd.model import PCCDUNet
 from pccd.pipeline import PCCDPipeline, Request, generate_to_directory
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A randomly initialised tiny model saved like a shipped one (no training needed)."""
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-model")
-    PCCDUNet.from_preset("tiny").save_pretrained(directory)
-    meta = {
-        "name": "tiny-test",
-        "representation": rep.RepresentationConfig().to_dict(),
-        "diffusion": {"num_train_timesteps": 1000, "schedule": "cosine"},
-    }
-    (directory / "pccd.json").write_text(json.dumps(meta))
-    return directory
 
 
 def test_request_validation():
