@@ -149,3 +149,23 @@ def test_max_minutes_counts_only_the_current_run(tmp_path):
     train(csv, out, TrainConfig(**TINY), max_minutes=0.03, max_steps=step + 3, progress=False)
     state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == step + 3
+
+
+def test_train_cli_options(tmp_path, capsys):
+    from pccd.cli import _key_values, main
+
+    assert _key_values(["layout=grid2d", "channel_mults=[1,2]", "ema_decay=0.9"]) == {
+        "layout": "grid2d",
+        "channel_mults": [1, 2],
+        "ema_decay": 0.9,
+    }
+    csv = write_csv(tmp_path / "set.csv")
+    args = ["train", "--data", str(csv), "--out", str(tmp_path / "r"), "--quiet"]
+    assert main([*args, "--option", "no_such_field=1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err
+    assert main([*args, "--option", "ema_decay"]) == 2
+    ok = [*args, "--preset", "tiny", "--batch-size", "2", "--val-size", "0", "--max-steps", "1"]
+    assert main([*ok, "--option", "atom_order=random", "--model-option", "base_channels=4"]) == 0
+    state = torch.load(tmp_path / "r" / "last.ckpt", map_location="cpu", weights_only=False)
+    cfg = state["hyper_parameters"]["config"]
+    assert cfg["atom_order"] == "random" and cfg["model_overrides"] == {"base_channels": 4}
