@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,eval]"
+	$(BIN)/pip install --quiet -e ".[dev,eval,screen]"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -339,6 +339,139 @@ def _cmd_csp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _screen_settings(args: argparse.Namespace):
+    from pccd.screen.screening import ScreenSettings
+
+    return ScreenSettings(
+        mlip=args.mlip, fmax=args.fmax, max_steps=args.max_steps, reference=args.reference
+    )
+
+
+def _print_screen_summary(summary: dict) -> None:
+    def pct(key: str) -> str:
+        value = summary.get(key)
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    print(
+        f"{summary['crystals']} crystals ({summary['status']}); of {summary['with_e_hull']} with "
+        f"E_hull: < 0.25 eV/atom {pct('e_hull_below_0.25')}, < 0.08 {pct('e_hull_below_0.08')}, "
+        f"novel {pct('novel')}, S.U.N. {pct('sun')}"
+    )
+
+
+def _cmd_screen(args: argparse.Namespace) -> int:
+    """Relax, hull, novelty and uniqueness for a directory of CIFs."""
+    from pccd.screen.screening import screen_directory, summarize_screen
+
+    _set_threads(args.threads)
+    log = _quiet_log(args.quiet)
+    path = screen_directory(
+        args.directory,
+        args.out,
+        _screen_settings(args),
+        workers=args.workers,
+        threads_per_worker=args.threads or 1,
+        limit=args.limit,
+        progress=lambda done, total: log(f"  {done}/{total} screened"),
+    )
+    _print_screen_summary(summarize_screen(path))
+    print(f"screen.csv, relaxed/ and summary.json in {args.out}")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    """One of the paper's discovery batches: draw element lists, generate, screen."""
+    from pccd.pipeline import PCCDPipeline
+    from pccd.screen.batch import BatchSettings, run_batch
+
+    _set_threads(args.threads)
+    settings = BatchSettings(
+        pool=args.pool, lists=args.lists, per_list=args.per_list, seed=args.seed
+    )
+    pipeline = PCCDPipeline.from_pretrained(args.model)
+    stats = run_batch(
+        pipeline,
+        args.out,
+        settings,
+        _screen_settings(args),
+        workers=args.workers,
+        sampler=args.sampler,
+        steps=args.steps,
+        log=_quiet_log(args.quiet),
+    )
+    _print_screen_summary({**stats, "crystals": stats["generated"], "status": "see batch csv"})
+    return 0
+
+
+def _cmd_references(args: argparse.Namespace) -> int:
+    """Precompute an MLIP's reference energies (developer command; the tables ship)."""
+    from pccd.screen.mlip import MLIP
+    from pccd.screen.references import (
+        compute_reference_energies,
+        finalize_table,
+        read_reference_structures,
+        shipped_table,
+    )
+
+    _set_threads(args.threads)
+    partial = Path(args.work) / f"{args.mlip}.partial.csv"
+    log = _quiet_log(args.quiet)
+    written = compute_reference_energies(
+        MLIP(args.mlip),
+        read_reference_structures(args.reference, max_elements=args.max_elements),
+        partial,
+        progress=lambda n: log(f"  {n} computed") if n % 1000 == 0 else None,
+    )
+    out = Path(args.out) if args.out else shipped_table(args.mlip)
+    rows = finalize_table(partial, out)
+    print(f"{written} new energies; {rows} rows in {out}")
+    return 0
+
+
+def _cmd_phonons(args: argparse.Namespace) -> int:
+    """Phonon band structure and stability verdict of one crystal (relaxed first by default)."""
+    from pymatgen.core import Structure
+
+    from pccd.screen.mlip import MLIP
+    from pccd.screen.phonons import compute_phonons, plot_band_structure
+    from pccd.screen.relax import relax
+
+    _set_threads(args.threads)
+    path = Path(args.cif)
+    try:
+        structure = Structure.from_file(path)
+    except Exception as exc:  # pymatgen raises many types on malformed files
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    out = Path(args.out or path.with_suffix("").name + "_phonons")
+    out.mkdir(parents=True, exist_ok=True)
+    mlip = MLIP(args.mlip)
+    if not args.no_relax:
+        relaxation = relax(structure, mlip, fmax=args.fmax, max_steps=args.max_steps)
+        structure = relaxation.structure
+        structure.to(filename=str(out / "relaxed.cif"))
+        state = "converged" if relaxation.converged else "NOT converged"
+        print(f"relaxed ({state}, {relaxation.steps} steps) → {out / 'relaxed.cif'}")
+    result = compute_phonons(structure, mlip, min_length=args.min_length)
+    (out / "phonons.json").write_text(json.dumps(result.to_dict(), indent=2))
+    plot_band_structure(result, out / "band_structure.png")
+    print(
+        f"{result.formula}: {result.verdict} (lowest mode away from Γ "
+        f"{result.min_frequency_off_gamma_thz:.3f} THz; supercell {result.supercell}, "
+        f"{result.seconds:.1f} s); phonons.json and band_structure.png in {out}"
+    )
+    return 0
+
+
+def _screen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlip", default="chgnet", help="chgnet (default), 7net-0 or module:factory")
+    p.add_argument("--fmax", type=float, default=0.05, help="force criterion, eV/Å")
+    p.add_argument("--max-steps", type=int, default=500, help="relaxation step cap")
+    p.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
+    p.add_argument("--workers", type=int, default=1, help="relaxation processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pccd", description="Point-cloud crystal diffusion (PCCD, arXiv 2401.13192)"
@@ -496,6 +629,46 @@ def build_parser() -> argparse.ArgumentParser:
     p_csp.add_argument("--quiet", action="store_true", help="no progress messages")
     _filter_args(p_csp)
     p_csp.set_defaults(func=_cmd_csp)
+
+    p_scr = sub.add_parser("screen", help="relax CIFs with an MLIP: E_hull, novelty, S.U.N.")
+    p_scr.add_argument("directory", help="directory of CIF files")
+    p_scr.add_argument("--out", required=True, help="output directory (resumable)")
+    p_scr.add_argument("--limit", type=int, help="screen only the first N CIFs")
+    _screen_args(p_scr)
+    p_scr.set_defaults(func=_cmd_screen)
+
+    p_bat = sub.add_parser("batch", help="a discovery batch of the paper: generate + screen")
+    p_bat.add_argument("--pool", type=int, choices=[1, 2, 3], required=True, help="element pool")
+    p_bat.add_argument("--out", required=True, help="output directory (resumable)")
+    p_bat.add_argument("--lists", type=int, default=50, help="element lists drawn")
+    p_bat.add_argument("--per-list", type=int, default=2, help="crystals per element list")
+    p_bat.add_argument("--seed", type=int, default=0)
+    p_bat.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p_bat.add_argument("--steps", type=int, help="sampler steps (ddim 50, ddpm 1000)")
+    p_bat.add_argument("--model", help="model directory or shipped model name")
+    _screen_args(p_bat)
+    p_bat.set_defaults(func=_cmd_batch)
+
+    p_ph = sub.add_parser("phonons", help="phonon bands and dynamical stability of one CIF")
+    p_ph.add_argument("cif", help="crystal (CIF/POSCAR)")
+    p_ph.add_argument("--out", help="output directory (default: <name>_phonons)")
+    p_ph.add_argument("--mlip", default="chgnet", help="chgnet (default), 7net-0 or module:factory")
+    p_ph.add_argument("--min-length", type=float, default=10.0, help="supercell width, Å")
+    p_ph.add_argument("--no-relax", action="store_true", help="the CIF is already relaxed")
+    p_ph.add_argument("--fmax", type=float, default=0.01, help="relaxation force criterion")
+    p_ph.add_argument("--max-steps", type=int, default=1000)
+    p_ph.add_argument("--threads", type=int, default=0)
+    p_ph.set_defaults(func=_cmd_phonons)
+
+    p_ref = sub.add_parser("references", help="precompute an MLIP's reference energies")
+    p_ref.add_argument("--mlip", default="chgnet")
+    p_ref.add_argument("--reference", required=True, help="mp_reference.csv.gz")
+    p_ref.add_argument("--max-elements", type=int, default=3)
+    p_ref.add_argument("--work", default=".", help="directory for the resumable partial CSV")
+    p_ref.add_argument("--out", help="table to write (default: the package's shipped table)")
+    p_ref.add_argument("--threads", type=int, default=1)
+    p_ref.add_argument("--quiet", action="store_true")
+    p_ref.set_defaults(func=_cmd_references)
     return parser
 
 

@@ -39,6 +39,13 @@ class ReferenceIndex:
     def __len__(self) -> int:
         return self._size
 
+    def add(self, ident: str, structure: Structure) -> None:
+        """Register one more known crystal (used for uniqueness within a run)."""
+        self._rows.setdefault(structure.composition.reduced_formula, []).append(
+            [str(ident), structure]
+        )
+        self._size += 1
+
     @property
     def formulas(self) -> int:
         """Number of distinct reduced formulas."""

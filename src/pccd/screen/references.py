@@ -1,0 +1,225 @@
+"""Reference-phase energies for convex hulls, precomputed once per MLIP.
+
+Relaxing every competing phase of a new chemical system on demand takes hours, so the energies
+of all known structures with ≤ 3 elements (everything a ≤ 3-element hull can need) are computed
+once per MLIP as single points at their DFT geometry, and the compact table ships with the
+package (``pccd/weights/references/<mlip>.csv.gz``). Energies for systems the table does not
+cover (a custom MLIP, a reference database of your own) are computed on first use and kept in
+the user cache, so only the first screen of a chemical system pays for them.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import pandas as pd
+from pymatgen.core import Composition, Structure
+
+from pccd.screen.mlip import MLIP, MLIPError
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "references"
+COLUMNS = ["material_id", "formula", "nsites", "energy_per_atom", "error"]
+
+
+def chemsys(elements: Iterable[str]) -> str:
+    """Canonical chemical-system key, e.g. ``"Mg-Mn-O"``."""
+    return "-".join(sorted(set(elements)))
+
+
+def subsystems(elements: Iterable[str]) -> list[str]:
+    """All chemical systems a hull over ``elements`` needs (every non-empty subset)."""
+    els = sorted(set(elements))
+    return [chemsys(c) for r in range(1, len(els) + 1) for c in combinations(els, r)]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def shipped_table(mlip_name: str) -> Path:
+    """Where the precomputed table for ``mlip_name`` lives inside the package."""
+    return SHIPPED_DIR / f"{_safe(mlip_name)}.csv.gz"
+
+
+def cache_table(mlip_name: str) -> Path:
+    """Where energies computed on demand are kept (``$PCCD_CACHE_DIR`` or ~/.cache/pccd)."""
+    root = Path(os.environ.get("PCCD_CACHE_DIR", Path.home() / ".cache" / "pccd"))
+    return root / "references" / f"{_safe(mlip_name)}.csv"
+
+
+@dataclass(frozen=True)
+class ReferenceEnergy:
+    """One known phase: its composition and MLIP energy per atom (MP2020 scale)."""
+
+    material_id: str
+    composition: Composition
+    energy_per_atom: float
+
+
+def read_reference_structures(
+    path: str | Path, max_elements: int = 3, ids: set[str] | None = None
+) -> Iterator[tuple[str, Structure]]:
+    """Yield (material_id, Structure) from a reference CSV (the MP-20 column layout).
+
+    Only rows with ≤ ``max_elements`` elements (and in ``ids``, if given) are parsed.
+    """
+    frame = pd.read_csv(path, index_col=0)
+    frame = frame[frame["nelements"] <= max_elements]
+    if ids is not None:
+        frame = frame[frame["material_id"].astype(str).isin(ids)]
+    for material_id, cif in zip(frame["material_id"], frame["cif"], strict=True):
+        yield str(material_id), Structure.from_str(cif, fmt="cif")
+
+
+def reference_chemsys(path: str | Path, max_elements: int = 3) -> dict[str, str]:
+    """material_id -> chemical system for a reference CSV, without parsing structures."""
+    frame = pd.read_csv(path, usecols=["material_id", "elements", "nelements"])
+    frame = frame[frame["nelements"] <= max_elements]
+    out = {}
+    for material_id, elements in zip(frame["material_id"], frame["elements"], strict=True):
+        out[str(material_id)] = chemsys(re.findall(r"[A-Z][a-z]?", elements))
+    return out
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def compute_reference_energies(
+    mlip: MLIP,
+    structures: Iterable[tuple[str, Structure]],
+    out: str | Path,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Append single-point energies for ``structures`` to the CSV ``out``; skip ids already in it.
+
+    Each row is flushed as it is computed, so an interrupted build resumes where it stopped.
+    A structure the MLIP cannot evaluate gets a row with the reason and no energy.
+
+    Returns:
+        the number of new rows written.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {row["material_id"] for row in _read_rows(out)}
+    new = not out.exists() or out.stat().st_size == 0
+    written = 0
+    with out.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        for material_id, structure in structures:
+            if material_id in done:
+                continue
+            row = {
+                "material_id": material_id,
+                "formula": structure.composition.formula.replace(" ", ""),
+                "nsites": len(structure),
+                "energy_per_atom": "",
+                "error": "",
+            }
+            try:
+                row["energy_per_atom"] = f"{mlip.energy_per_atom(structure):.5f}"
+            except MLIPError as exc:
+                row["error"] = str(exc)
+            writer.writerow(row)
+            fh.flush()
+            done.add(material_id)
+            written += 1
+            if progress is not None:
+                progress(written)
+    return written
+
+
+def finalize_table(partial: str | Path, out: str | Path) -> int:
+    """Write a finished build as the sorted, gzipped table that ships; returns its row count."""
+    rows = _read_rows(Path(partial))
+    rows.sort(key=lambda r: (int(r["material_id"].split("-")[-1]), r["material_id"]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(out, "wt", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+class ReferenceEnergies:
+    """Known phases with MLIP energies, indexed by chemical system.
+
+    Loads the shipped table for ``mlip.name`` (if any) plus the user cache. ``ensure`` fills in
+    missing systems from a reference CSV, computing and caching their energies.
+    """
+
+    def __init__(self, mlip: MLIP, tables: Iterable[str | Path] | None = None):
+        self.mlip = mlip
+        if tables is None:
+            tables = [shipped_table(mlip.name), cache_table(mlip.name)]
+        self.by_chemsys: dict[str, list[ReferenceEnergy]] = defaultdict(list)
+        self.failed: dict[str, str] = {}
+        self._known: set[str] = set()
+        for table in tables:
+            self._add_rows(_read_rows(Path(table)))
+
+    def _add_rows(self, rows: Iterable[dict[str, str]]) -> None:
+        for row in rows:
+            if row["material_id"] in self._known:
+                continue
+            self._known.add(row["material_id"])
+            if not row["energy_per_atom"]:
+                self.failed[row["material_id"]] = row["error"]
+                continue
+            comp = Composition(row["formula"])
+            self.by_chemsys[chemsys(el.symbol for el in comp.elements)].append(
+                ReferenceEnergy(row["material_id"], comp, float(row["energy_per_atom"]))
+            )
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_chemsys.values())
+
+    def __contains__(self, material_id: str) -> bool:
+        return material_id in self._known
+
+    def for_system(self, elements: Iterable[str]) -> list[ReferenceEnergy]:
+        """Every reference phase whose elements are a subset of ``elements``."""
+        return [ref for key in subsystems(elements) for ref in self.by_chemsys.get(key, [])]
+
+    def ensure(self, elements: Iterable[str], reference_csv: str | Path) -> int:
+        """Compute (and cache) energies of reference phases of this system not yet known.
+
+        Returns:
+            how many were computed; 0 when the shipped table already covers the system.
+        """
+        wanted = set(subsystems(elements))
+        systems = _reference_index(str(reference_csv))
+        missing = {mid for mid, key in systems.items() if key in wanted and mid not in self}
+        if not missing:
+            return 0
+        structures = read_reference_structures(reference_csv, ids=missing)
+        path = cache_table(self.mlip.name)
+        before = len(_read_rows(path))
+        compute_reference_energies(self.mlip, structures, path)
+        rows = _read_rows(path)
+        self._add_rows(rows[before:])
+        return len(rows) - before
+
+
+_INDEX_CACHE: dict[str, dict[str, str]] = {}
+
+
+def _reference_index(path: str) -> dict[str, str]:
+    if path not in _INDEX_CACHE:
+        _INDEX_CACHE[path] = reference_chemsys(path)
+    return _INDEX_CACHE[path]

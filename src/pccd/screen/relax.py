@@ -1,0 +1,107 @@
+"""Relaxation of positions and cell with an MLIP (ASE FIRE + FrechetCellFilter).
+
+Generated crystals are only approximately at a minimum; their E_hull means something only after
+relaxation. Relaxations of poor samples can blow up (atoms fly apart, the cell collapses, the
+energy becomes NaN): those raise :class:`RelaxationError` with the reason, so a batch screen
+records the failure and carries on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ase.filters import FrechetCellFilter
+from ase.optimize import FIRE
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from pccd.screen.mlip import MLIP, MLIPError
+
+#: volume per atom (Å³) outside which a relaxation is considered to have blown up
+VOLUME_PER_ATOM_LIMITS = (2.0, 200.0)
+
+
+class RelaxationError(RuntimeError):
+    """A relaxation that failed, with the reason in the message."""
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """The outcome of one relaxation."""
+
+    structure: Structure  # relaxed
+    energy_per_atom: float  # eV/atom, MP2020 scale (see pccd.screen.mlip)
+    converged: bool  # max force (and stress) below fmax within max_steps
+    steps: int
+    rmsd: float  # Å, atom displacement between input and relaxed structure
+    volume_change: float  # relative, relaxed / input - 1
+    seconds: float
+
+
+def displacement_rmsd(initial: Structure, final: Structure) -> float:
+    """RMS displacement (Å) of corresponding atoms, periodic, in the final cell's metric.
+
+    Atoms keep their order through a relaxation, so no matching is needed; fractional
+    differences are wrapped to [-0.5, 0.5) so an atom crossing the cell boundary counts as
+    moving a little, not a whole cell. Cell strain is reported separately as ``volume_change``.
+    """
+    if len(initial) != len(final):
+        raise ValueError("structures differ in atom count")
+    diff = final.frac_coords - initial.frac_coords
+    diff -= np.round(diff)
+    cart = diff @ final.lattice.matrix
+    return float(np.sqrt(np.mean(np.sum(cart**2, axis=1))))
+
+
+def relax(
+    structure: Structure,
+    mlip: MLIP,
+    fmax: float = 0.05,
+    max_steps: int = 500,
+    relax_cell: bool = True,
+) -> Relaxation:
+    """Relax ``structure`` with ``mlip`` and return the relaxed structure and its energy.
+
+    Args:
+        fmax: force convergence criterion (eV/Å); the cell filter also scales stresses to it.
+        max_steps: cap on optimizer steps; a relaxation that hits it is returned with
+            ``converged=False`` rather than raised, since its energy is still informative.
+    """
+    calculator = mlip.calculator  # loaded before the clock starts
+    start = time.perf_counter()
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = calculator
+    target = FrechetCellFilter(atoms) if relax_cell else atoms
+    optimizer = FIRE(target, logfile=None)
+    lo, hi = VOLUME_PER_ATOM_LIMITS
+    try:
+        for _ in optimizer.irun(fmax=fmax, steps=max_steps):
+            vpa = atoms.get_volume() / len(atoms)
+            if not lo <= vpa <= hi:
+                raise RelaxationError(
+                    f"relaxation of {structure.formula} blew up: volume {vpa:.1f} Å³/atom"
+                )
+            if not np.isfinite(atoms.get_positions()).all():
+                raise RelaxationError(f"relaxation of {structure.formula}: non-finite positions")
+        converged = bool(optimizer.converged())
+        raw_energy = float(atoms.get_potential_energy())
+    except (MLIPError, RelaxationError):
+        raise
+    except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+        raise RelaxationError(f"relaxation of {structure.formula} failed: {exc}") from exc
+    if not math.isfinite(raw_energy):
+        raise RelaxationError(f"relaxation of {structure.formula}: non-finite energy")
+    # a plain Structure: nothing that points back at the calculator (it must pickle)
+    relaxed = Structure(atoms.cell[:], atoms.get_chemical_symbols(), atoms.get_scaled_positions())
+    return Relaxation(
+        structure=relaxed,
+        energy_per_atom=mlip.energy_per_atom(relaxed, raw_energy=raw_energy),
+        converged=converged,
+        steps=int(optimizer.nsteps),
+        rmsd=displacement_rmsd(structure, relaxed),
+        volume_change=float(relaxed.volume / structure.volume - 1.0),
+        seconds=time.perf_counter() - start,
+    )
