@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Lattice, Structure
 
 from pccd.evaluate.csp_distances import (
@@ -81,12 +82,17 @@ def test_a_failed_decode_makes_every_metric_missing_with_a_reason(calc):
     assert all(v.missing and v.value is None and v.reason for v in d.values())
 
 
-def test_a_metric_that_raises_is_missing_with_the_error_never_zero():
-    class Broken:
-        def predict_structure(self, structure, task="e"):
-            raise RuntimeError("no neighbours within the cutoff")
+class BrokenCalculator(Calculator):
+    """An ASE calculator that fails the way an MLIP does on an odd structure."""
 
-    calc = CSPDistances(["energy", "rms"], energy_model=Broken())
+    implemented_properties = ("energy",)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        raise RuntimeError("no neighbours within the cutoff")
+
+
+def test_a_metric_that_raises_is_missing_with_the_error_never_zero():
+    calc = CSPDistances(["energy", "rms"], mlip=f"{__name__}:BrokenCalculator")
     d = calc(triclinic16(), triclinic16())
     assert d["energy"].value is None
     assert "RuntimeError" in d["energy"].reason and "no neighbours" in d["energy"].reason

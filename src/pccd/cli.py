@@ -241,6 +241,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         distances=distances,
         distance_t=args.distance_t,
         ged_timeout=args.ged_timeout,
+        mlip=args.mlip,
     )
     _set_threads(args.threads)
     table = data.load(args.path, _filter_options(args), cache=not args.no_cache).table
@@ -589,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_rec.add_argument("--distance-t", type=int, help="t for the distances (default: largest)")
     p_rec.add_argument("--ged-timeout", type=float, default=2.0, help="seconds per pair")
+    p_rec.add_argument(
+        "--mlip", default="chgnet", help="MLIP of the energy distance (chgnet, 7net-0, module:f)"
+    )
     p_rec.add_argument("--seed", type=int, default=0)
     p_rec.add_argument("--model", help="model directory or shipped model name")
     p_rec.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

@@ -6,7 +6,7 @@ Each metric answers "how far is this prediction from the truth" in its own curre
 =================  ==========================================================  ==========
 name               definition                                                  unit
 =================  ==========================================================  ==========
-``energy``         |E/atom(pred) − E/atom(true)|, CHGNet single point            eV/atom
+``energy``         |E/atom(pred) − E/atom(true)|, MLIP single point (CHGNet)    eV/atom
 ``ofm``            ‖OFM(pred) − OFM(true)‖₂, site-averaged Orbital Field Matrix  —
 ``crystalnn``      ‖FP(pred) − FP(true)‖₂, SiteStatsFingerprint of CrystalNN     —
 ``superpose``      RMSD of matched atoms after the best rotation + translation    Å
@@ -193,8 +193,8 @@ class CSPDistances:
         ged_timeout: seconds per pair for the graph-edit search.
         matcher_tolerances: ``StructureMatcher`` tolerances for ``rms`` / ``rms_anonymous``
             (Wei et al.: ltol 0.6, stol 0.6, angle_tol 20°).
-        energy_model: a CHGNet model (or anything with ``predict_structure(s, task="e")``
-            returning per-atom energies); loaded lazily when ``None`` and ``energy`` is asked.
+        mlip: the MLIP for the ``energy`` distance (name as in :mod:`pccd.screen.mlip`:
+            ``"chgnet"``, ``"7net-0"`` or ``"module:factory"``); loaded on first use.
 
     Example::
 
@@ -209,7 +209,7 @@ class CSPDistances:
         ged_cutoff: float = 2.5,
         ged_timeout: float = 2.0,
         matcher_tolerances: dict[str, float] | None = None,
-        energy_model: Any = None,
+        mlip: str = "chgnet",
     ):
         unknown = set(metrics) - set(METRICS)
         if unknown:
@@ -218,7 +218,8 @@ class CSPDistances:
         self.ged_cutoff = ged_cutoff
         self.ged_timeout = ged_timeout
         self.matcher_tolerances = matcher_tolerances or {"ltol": 0.6, "stol": 0.6, "angle_tol": 20}
-        self._energy_model = energy_model
+        self.mlip_name = mlip
+        self._mlip = None
         self._matcher = None
 
     # ------------------------------------------------------------------ helpers
@@ -230,27 +231,18 @@ class CSPDistances:
             self._matcher = StructureMatcher(**self.matcher_tolerances)
         return self._matcher
 
-    @property
-    def energy_model(self):
-        if self._energy_model is None:
-            try:
-                from chgnet.model import CHGNet
-            except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise MetricUnavailable(
-                    f"chgnet not installed; {fingerprints.EVAL_EXTRA_HINT}"
-                ) from exc
-            self._energy_model = CHGNet.load(verbose=False)
-        return self._energy_model
-
     def energy_per_atom(self, structure: Structure) -> float:
-        """CHGNet single-point energy in eV/atom (MP2020-compatible, as CHGNet is trained)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = self.energy_model.predict_structure(structure, task="e")
-        value = float(np.asarray(out["e"]))
-        if not np.isfinite(value):
-            raise MetricUnavailable("non-finite energy")
-        return value
+        """MLIP single-point energy in eV/atom on the MP2020 scale (the screening oracle's)."""
+        if self._mlip is None:
+            from pccd.screen.mlip import MLIP
+
+            self._mlip = MLIP(self.mlip_name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self._mlip.energy_per_atom(structure)
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise MetricUnavailable(str(exc)) from exc
 
     # ------------------------------------------------------------------ metrics
     def energy(self, pred: Structure, true: Structure) -> float:

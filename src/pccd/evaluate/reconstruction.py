@@ -118,6 +118,7 @@ class ReconstructionSettings:
         distances: CSP distance metrics computed per decoded pair (empty = none).
         distance_t: the t at which distances are computed (default: the largest t).
         ged_timeout: seconds per pair for the graph edit distance.
+        mlip: the MLIP of the energy distance (see :mod:`pccd.screen.mlip`).
     """
 
     n: int = 1280
@@ -132,6 +133,7 @@ class ReconstructionSettings:
     distances: tuple[str, ...] = METRICS
     distance_t: int | None = None
     ged_timeout: float = 2.0
+    mlip: str = "chgnet"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -335,7 +337,7 @@ def _run_distances(
     log: Callable[[str], None],
 ) -> None:
     table = ResultTable(out / "distances.csv", DISTANCE_COLUMNS, key="key")
-    calc = CSPDistances(settings.distances, ged_timeout=settings.ged_timeout)
+    calc = CSPDistances(settings.distances, ged_timeout=settings.ged_timeout, mlip=settings.mlip)
     todo = [i for i in range(len(sub)) if f"t{t}_{i}" not in table]
     for count, i in enumerate(todo, 1):
         key = f"t{t}_{i}"

@@ -17,6 +17,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def read_reference_structures(
 
     Only rows with ≤ ``max_elements`` elements (and in ``ids``, if given) are parsed.
     """
-    frame = pd.read_csv(path, index_col=0)
+    frame = _reference_frame(str(path))
     frame = frame[frame["nelements"] <= max_elements]
     if ids is not None:
         frame = frame[frame["material_id"].astype(str).isin(ids)]
@@ -79,7 +80,14 @@ def read_reference_structures(
         yield str(material_id), Structure.from_str(cif, fmt="cif")
 
 
-def reference_chemsys(path: str | Path, max_elements: int = 3) -> dict[str, str]:
+@lru_cache(maxsize=2)
+def _reference_frame(path: str) -> pd.DataFrame:
+    """The reference CSV, read once per process (on-demand systems each need a slice)."""
+    return pd.read_csv(path, index_col=0)
+
+
+@lru_cache(maxsize=4)
+def reference_chemsys(path: str, max_elements: int = 3) -> dict[str, str]:
     """material_id -> chemical system for a reference CSV, without parsing structures."""
     frame = pd.read_csv(path, usecols=["material_id", "elements", "nelements"])
     frame = frame[frame["nelements"] <= max_elements]
@@ -203,7 +211,7 @@ class ReferenceEnergies:
             how many were computed; 0 when the shipped table already covers the system.
         """
         wanted = set(subsystems(elements))
-        systems = _reference_index(str(reference_csv))
+        systems = reference_chemsys(str(reference_csv))
         missing = {mid for mid, key in systems.items() if key in wanted and mid not in self}
         if not missing:
             return 0
@@ -214,12 +222,3 @@ class ReferenceEnergies:
         rows = _read_rows(path)
         self._add_rows(rows[before:])
         return len(rows) - before
-
-
-_INDEX_CACHE: dict[str, dict[str, str]] = {}
-
-
-def _reference_index(path: str) -> dict[str, str]:
-    if path not in _INDEX_CACHE:
-        _INDEX_CACHE[path] = reference_chemsys(path)
-    return _INDEX_CACHE[path]
