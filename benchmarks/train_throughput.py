@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT.parent / "shared" / "data" / "mp_pccd" / "val.csv.gz"
 
 
-def worker(preset: str, steps: int, warmup: int, threads: int, batch_size: int) -> dict:
+def worker(
+    preset: str, steps: int, warmup: int, threads: int, batch_size: int, compile: bool
+) -> dict:
     import torch
 
     from pccd import data
@@ -41,6 +43,8 @@ def worker(preset: str, steps: int, warmup: int, threads: int, batch_size: int) 
     x, cond = collate([ds[i] for i in range(batch_size)])
     model = PCCDUNet.from_preset(preset)
     flops = forward_flops(model)
+    if compile:
+        model.compile()  # in place: state-dict keys (and so checkpoints) are unchanged
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
     scheduler = DDPMScheduler()
     times = []
@@ -55,6 +59,7 @@ def worker(preset: str, steps: int, warmup: int, threads: int, batch_size: int) 
     step = sum(times) / len(times)
     return {
         "preset": preset,
+        "compile": compile,
         "params": count_parameters(model),
         "gflop_per_sample": flops / 1e9,
         "step_seconds": step,
@@ -71,12 +76,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="torch.compile both networks")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     args = ap.parse_args()
     if args.worker:
         steps = args.steps if args.worker != "cpu" else max(args.steps, 10)
-        print(json.dumps(worker(args.worker, steps, args.warmup, args.threads, args.batch_size)))
+        print(
+            json.dumps(
+                worker(args.worker, steps, args.warmup, args.threads, args.batch_size, args.compile)
+            )
+        )
         return
     runs = []
     for r in range(args.rounds):
@@ -84,6 +94,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", preset, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--threads", str(args.threads),
                    "--batch-size", str(args.batch_size)]  # fmt: skip
+            if args.compile:
+                cmd.append("--compile")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res = json.loads(out.strip().splitlines()[-1]) | {"round": r}
             runs.append(res)
