@@ -1,7 +1,7 @@
 """Decoder options compared on the same generated arrays: element match, failures, atom counts.
 
 Usage:
-    python benchmarks/decoder_variants.py [--model DIR] [--n 300] [--steps 50] [--seed 0]
+    python benchmarks/decoder_variants.py [--model DIR] [--data CSV] [--n 300] [--steps 50]
 
 Samples n arrays once (element lists drawn from the val split as in generation_quality.py),
 then decodes them under each decoder variant: pooled vs per-element clustering, with and
@@ -33,6 +33,8 @@ VARIANTS = {
     "per-element + merge (default)": {},
     "per-element + merge, eps 0.7": {"eps": 0.7},
     "per-element + merge, eps 0.4": {"eps": 0.4},
+    "per-element + merge, eps 0.3": {"eps": 0.3},
+    "per-element + merge, eps 0.25": {"eps": 0.25},
     "per-element + merge, min_samples 2": {"min_samples": 2},
     "per-element + merge, min_samples 5": {"min_samples": 5},
 }
@@ -41,6 +43,11 @@ VARIANTS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
+    ap.add_argument(
+        "--data",
+        default=str(VAL),
+        help="split whose element lists and atom counts are used (tune on train, confirm on val)",
+    )
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    table = data.load(VAL).table
+    table = data.load(args.data).table
     picks = np.random.default_rng(args.seed).choice(len(table), args.n, replace=True)
     requests = [Request.parse([int(z) for z in np.unique(table.sites(int(i))[1])]) for i in picks]
     pipe = PCCDPipeline.from_pretrained(args.model)

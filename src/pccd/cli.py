@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_gen.add_argument("-n", type=int, default=10, help="how many crystals (default 10)")
     p_gen.add_argument("--out", required=True, help="directory for CIFs and summary.csv")
     p_gen.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p_gen.add_argument("--steps", type=int, help="sampler steps (ddim 50, ddpm 1000)")
+    p_gen.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
     p_gen.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
     p_gen.add_argument("--seed", type=int, default=0)
     p_gen.add_argument("--batch-size", type=int, default=100)
@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_rec.add_argument(
         "--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ddpm = the paper's"
     )
-    p_rec.add_argument("--steps", type=int, help="sampler steps (ddpm: all 1000, ddim: 50)")
+    p_rec.add_argument("--steps", type=int, help="sampler steps (ddpm: all 1000, ddim: 20)")
     p_rec.add_argument("--batch-size", type=int, default=64)
     p_rec.add_argument(
         "--formula",
@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_csp.add_argument("-n", type=int, default=1000, help="formulas drawn (0 = all)")
     p_csp.add_argument("-k", type=int, default=20, help="candidates per formula (k=1 also shown)")
     p_csp.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p_csp.add_argument("--steps", type=int, help="sampler steps (ddim 50, ddpm 1000)")
+    p_csp.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
     p_csp.add_argument("--batch-size", type=int, default=100)
     p_csp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
     p_csp.add_argument("--seed", type=int, default=0)
@@ -648,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bat.add_argument("--per-list", type=int, default=2, help="crystals per element list")
     p_bat.add_argument("--seed", type=int, default=0)
     p_bat.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p_bat.add_argument("--steps", type=int, help="sampler steps (ddim 50, ddpm 1000)")
+    p_bat.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
     p_bat.add_argument("--model", help="model directory or shipped model name")
     _screen_args(p_bat)
     p_bat.set_defaults(func=_cmd_batch)

@@ -34,6 +34,7 @@ from pccd.evaluate.generation_metrics import is_compositionally_valid, is_struct
 from pccd.evaluate.reconstruction import select_indices
 from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
+from pccd.pipeline import DEFAULT_DDIM_STEPS
 
 MATCHER_TOLERANCES = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
 """DiffCSP's StructureMatcher tolerances (CDVAE's reconstruction protocol)."""
@@ -70,7 +71,7 @@ class CSPSettings:
         n: crystals (formulas) drawn from the split; 0 = all.
         k: candidates per formula (k = 1 and k = this are reported).
         seed: draws the crystals and the sampler noise.
-        sampler, steps: reverse chain (``steps=None``: 50 for ddim, all for ddpm).
+        sampler, steps: reverse chain (``steps=None``: 20 for ddim, all for ddpm).
         batch_size: samples per network batch (also the resume granularity).
         guidance_scale: classifier-free guidance (1 = plain conditional model).
     """
@@ -394,7 +395,7 @@ def _write_report(out: Path, metrics: dict, settings: CSPSettings) -> None:
             ["candidates per formula", s["k"]],
             [
                 "sampler",
-                f"{s['sampler']} ({s['steps'] or (50 if s['sampler'] == 'ddim' else 1000)} steps)",
+                f"{s['sampler']} ({s['steps'] or _default_steps(s['sampler'])} steps)",
             ],
             ["conditions", "elements + exact cell formula"],
             ["guidance scale", s["guidance_scale"]],
@@ -421,3 +422,7 @@ def _write_report(out: Path, metrics: dict, settings: CSPSettings) -> None:
         ],
         [out / f for f in metrics["figures"]],
     )
+
+
+def _default_steps(sampler: str) -> int:
+    return DEFAULT_DDIM_STEPS if sampler == "ddim" else 1000

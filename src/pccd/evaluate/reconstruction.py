@@ -45,6 +45,7 @@ from pccd.evaluate.csp_distances import METRICS, UNITS, CSPDistances
 from pccd.evaluate.matching import compare_structures, effective_rate, plain_rate
 from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
+from pccd.pipeline import DEFAULT_DDIM_STEPS
 
 PAPER = {
     "n": 1280,
@@ -110,7 +111,7 @@ class ReconstructionSettings:
         seed: draws the crystals, the stored noise and the sampler's noise.
         timesteps: 1-based noising depths t (1..T); ``(1000,)`` is the paper's experiment.
         sampler, steps: reverse chain; ``"ddpm"`` with all steps is the paper's ancestral
-            sampler, ``"ddim"`` with ``steps`` (default 50) is ~20× faster. ``None`` = default.
+            sampler, ``"ddim"`` with ``steps`` (default 20) is ~50× faster. ``None`` = default.
         batch_size: crystals denoised together (also the resume granularity).
         use_formula: condition on exact atom counts too (off: elements only, as the paper).
         guidance_scale: classifier-free guidance (1 = plain conditional model).
@@ -591,7 +592,7 @@ def _distance_table(distances: dict) -> str:
 def _steps_text(sampler: str, steps: int | None) -> str:
     if steps:
         return f"{steps} steps"
-    return "all steps below t" if sampler == "ddpm" else "50-step schedule"
+    return "all steps below t" if sampler == "ddpm" else f"{DEFAULT_DDIM_STEPS}-step schedule"
 
 
 def _write_report(out: Path, metrics: dict, figures: Sequence[Path]) -> None:
