@@ -1,7 +1,7 @@
 """Decoder options compared on the same generated arrays: element match, failures, atom counts.
 
 Usage:
-    python benchmarks/decoder_variants.py [--model DIR] [--data CSV] [--n 300] [--steps 50]
+    python benchmarks/decoder_variants.py [--model DIR] [--data CSV] [--n 300] [--steps N]
 
 Samples n arrays once (element lists drawn from the val split as in generation_quality.py),
 then decodes them under each decoder variant: pooled vs per-element clustering, with and
@@ -49,7 +49,7 @@ def main() -> None:
         help="split whose element lists and atom counts are used (tune on train, confirm on val)",
     )
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="default: the pipeline default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoder_variants.json"))

@@ -20,6 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pccd.pipeline import DEFAULT_DDIM_STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,7 +30,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--elements", default="Mg,Mn,O")
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (pipeline default)")
     ap.add_argument("--skip-ddpm", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate_speed.json"))
     args = ap.parse_args()
@@ -39,7 +41,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [pccd, "generate", "--elements", args.elements, "-n", str(args.n),
-               "--steps", str(args.steps), "--out", f"{tmp}/fast", "--quiet"]  # fmt: skip
+               "--out", f"{tmp}/fast", "--quiet"]  # fmt: skip
+        if args.steps:
+            cmd += ["--steps", str(args.steps)]
         if args.model:
             cmd += ["--model", args.model]
         t0 = time.perf_counter()
@@ -48,7 +52,7 @@ def main() -> None:
         n_cif = len(list(Path(f"{tmp}/fast").glob("*.cif")))
         result["fast_cifs_written"] = n_cif
         print(
-            f"pccd generate -n {args.n} (ddim {args.steps}): "
+            f"pccd generate -n {args.n} (ddim {args.steps or DEFAULT_DDIM_STEPS}): "
             f"{result['fast_end_to_end_seconds']:.1f} s, {n_cif} CIFs"
         )
     if not args.skip_ddpm:

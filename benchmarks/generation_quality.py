@@ -1,7 +1,7 @@
 """Generation quality of a model on element lists drawn from the val split (model issue target).
 
 Usage:
-    python benchmarks/generation_quality.py [--model DIR] [--n 1000] [--steps 50] [--seed 0]
+    python benchmarks/generation_quality.py [--model DIR] [--n 1000] [--steps N] [--seed 0]
 
 For each of n samples, a val crystal is drawn (seeded) and its element list is the request
 (no formula, band gap or magnetic condition). Reports, over all n samples (a failed decode counts
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(VAL))
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--sampler", default="ddim")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="default: the pipeline default")
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
