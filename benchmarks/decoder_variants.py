@@ -57,8 +57,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = data.load(args.data).table
-    picks = np.random.default_rng(args.seed).choice(len(table), args.n, replace=True)
-    requests = [Request.parse([int(z) for z in np.unique(table.sites(int(i))[1])]) for i in picks]
+    requests = [Request.parse(els) for els in table.draw_element_lists(args.n, args.seed)]
     pipe = PCCDPipeline.from_pretrained(args.model)
     samples = pipe.generate(requests, steps=args.steps, seed=args.seed, batch_size=100)
     ref = table.num_sites().tolist()

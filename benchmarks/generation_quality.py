@@ -47,9 +47,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     table = data.load(args.data).table
-    rng = np.random.default_rng(args.seed)
-    picks = rng.choice(len(table), args.n, replace=True)
-    requests = [Request.parse([int(z) for z in np.unique(table.sites(int(i))[1])]) for i in picks]
+    requests = [Request.parse(els) for els in table.draw_element_lists(args.n, args.seed)]
     pipe = PCCDPipeline.from_pretrained(args.model)
     t0 = time.perf_counter()
     samples = pipe.generate(

@@ -8,6 +8,7 @@ import pytest
 
 from pccd.cli import main
 from pccd.pipeline import PCCDPipeline, Request, generate_to_directory
+from tests.conftest import nacl, silicon, wurtzite
 
 
 def test_request_validation():
@@ -99,3 +100,24 @@ def test_shipped_model_loads_offline_and_samples():
     structures = pipe.sample(["Na", "Cl"], n=4, steps=10, seed=0)
     assert structures and all(len(s) >= 1 for s in structures)
     assert all({e.symbol for e in s.composition.elements} <= {"Na", "Cl"} for s in structures)
+
+
+def test_cli_generate_with_element_lists_from_a_split(tiny_model_dir, tmp_path, capsys):
+    split = tmp_path / "split"
+    split.mkdir()
+    for name, s in [("nacl", nacl()), ("si", silicon()), ("zno", wurtzite())]:
+        s.to(filename=str(split / f"{name}.cif"))
+    out = tmp_path / "gen"
+    args = ["generate", "--elements-from", str(split), "-n", "5", "--steps", "2", "--quiet",
+            "--batch-size", "2", "--out", str(out), "--model", str(tiny_model_dir)]  # fmt: skip
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert {r["elements"] for r in rows} <= {"Na-Cl", "Si", "O-Zn"}  # slot order: ascending Z
+    assert len({r["elements"] for r in rows}) > 1
+    assert main(args) == 0  # same settings: resumes (nothing left to do), rows unchanged
+    assert list(csv.DictReader((out / "summary.csv").open())) == rows
+    assert main([*args, "--seed", "3"]) == 2  # another draw of element lists: refused
+    assert "other settings" in capsys.readouterr().err
+    bad = ["generate", "--elements-from", str(split), "--formula", "NaCl", "--out", str(tmp_path)]
+    assert main(bad) == 2

@@ -18,7 +18,7 @@ from pccd.screen.batch import BatchSettings, batch_statistics, draw_element_list
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.mlip import MLIP, mp2020_corrected_energy
 from pccd.screen.references import COLUMNS, ReferenceEnergies, subsystems
-from pccd.screen.relax import displacement_rmsd, relax
+from pccd.screen.relax import RelaxationError, displacement_rmsd, relax
 from pccd.screen.screening import ScreenSettings, screen_directory
 
 EMT = "ase.calculators.emt:EMT"
@@ -111,6 +111,12 @@ def test_relax_strained_copper_with_emt():
     assert result.energy_per_atom < before
     assert result.volume_change < -0.1
     assert result.structure.lattice.abc[0] == pytest.approx(3.59 / 2**0.5, abs=0.03)
+
+
+def test_relax_refuses_implausible_input_volume_with_reason():
+    sparse = Structure(Lattice.cubic(12.0), ["Cu"], [[0, 0, 0]])  # 1,728 Å³ per atom
+    with pytest.raises(RelaxationError, match=r"input volume 1728\.0"):
+        relax(sparse, MLIP(EMT))
 
 
 # ---- batches -------------------------------------------------------------------------------

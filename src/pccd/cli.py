@@ -165,13 +165,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from pccd.pipeline import PCCDPipeline, Request, generate_to_directory
 
     t0 = time.perf_counter()
-    request = Request.parse(
-        _split(args.elements), formula=args.formula, band_gap=args.band_gap, magnetic=args.magnetic
-    )  # validated before loading anything heavy
-    if args.threads:
-        import torch
+    n: int | None = args.n
+    if args.elements_from:
+        from pccd import data
 
-        torch.set_num_threads(args.threads)
+        table = data.load(args.elements_from).table
+        requests = [
+            Request.parse(els, band_gap=args.band_gap, magnetic=args.magnetic)
+            for els in table.draw_element_lists(args.n, args.seed)
+        ]
+        if args.formula:
+            raise ValueError("--formula fixes the elements; it cannot go with --elements-from")
+        n = None
+    else:
+        requests = Request.parse(
+            _split(args.elements),
+            formula=args.formula,
+            band_gap=args.band_gap,
+            magnetic=args.magnetic,
+        )  # validated before loading anything heavy
+    _set_threads(args.threads)
     pipeline = PCCDPipeline.from_pretrained(args.model)
     counts = {"ok": 0, "failed": 0}
 
@@ -182,8 +195,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     summary = generate_to_directory(
         pipeline,
-        request,
-        args.n,
+        requests,
+        n,
         args.out,
         batch_size=args.batch_size,
         on_batch=report,
@@ -500,7 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_rt.set_defaults(func=_cmd_roundtrip)
 
     p_gen = sub.add_parser("generate", help="generate crystals with a pretrained model")
-    p_gen.add_argument("--elements", help="comma-separated, e.g. Mg,Mn,O (≤3)")
+    which = p_gen.add_mutually_exclusive_group()
+    which.add_argument("--elements", help="comma-separated, e.g. Mg,Mn,O (≤3)")
+    which.add_argument(
+        "--elements-from",
+        metavar="SPLIT",
+        help="one element list per crystal, drawn (seeded) from a split, e.g. the val CSV",
+    )
     p_gen.add_argument("--formula", help="exact cell formula for CSP mode, e.g. Mg2MnO4")
     p_gen.add_argument("--band-gap", type=float, help="condition on a band gap (eV)")
     p_gen.add_argument("--magnetic", choices=["NM", "FM", "AFM", "FiM"])

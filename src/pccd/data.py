@@ -210,6 +210,15 @@ class CrystalTable:
         """(n,) number of sites of every crystal."""
         return np.diff(self.offsets)
 
+    def draw_element_lists(self, n: int, seed: int = 0) -> list[list[int]]:
+        """Element lists (atomic numbers) of ``n`` crystals drawn with replacement, seeded.
+
+        Requests made from these are distributed like the split's crystals, which is how
+        generation is scored against a split (and how a model is asked to "generate like MP").
+        """
+        picks = np.random.default_rng(seed).choice(len(self), n, replace=True)
+        return [np.unique(self.sites(int(i))[1]).tolist() for i in picks]
+
     def structure(self, i: int) -> Structure:
         """Crystal ``i`` as a pymatgen ``Structure``."""
         frac, numbers = self.sites(i)

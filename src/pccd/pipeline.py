@@ -245,6 +245,7 @@ def load_pretrained(
 
 SUMMARY_COLUMNS = (
     "id",
+    "elements",
     "formula",
     "atoms",
     "space_group",
@@ -279,33 +280,45 @@ def describe(structure: Structure) -> dict[str, object]:
 
 def generate_to_directory(
     pipeline: PCCDPipeline,
-    request: Request,
-    n: int,
+    requests: Request | Sequence[Request],
+    n: int | None,
     out_dir: str | Path,
     *,
     batch_size: int = 100,
     on_batch=None,
     **kwargs,
 ) -> Path:
-    """Generate ``n`` crystals into ``out_dir``: one CIF each plus ``summary.csv``.
+    """Generate crystals into ``out_dir``: one CIF each plus ``summary.csv``.
 
-    Files are written as each batch is decoded. Rerunning with the same settings resumes after
-    the last complete batch and never rewrites finished rows; other settings are refused.
-    Returns the summary path.
+    ``requests`` is one request repeated ``n`` times, or one request per crystal (``n`` None),
+    e.g. element lists drawn from a split. Files are written as each batch is decoded.
+    Rerunning with the same settings resumes after the last complete batch and never rewrites
+    finished rows; other settings are refused. Returns the summary path.
     """
     from pccd.outputs import ResultTable, check_run_settings
 
     out = Path(out_dir)
-    settings = {
-        "elements": [e.symbol for e in request.elements],
-        "formula": list(request.formula) if request.formula else None,
-        "band_gap": request.band_gap,
-        "magnetic": request.magnetic,
-        "n": n,
-        "batch_size": batch_size,
-        "model": str(pipeline.meta.get("name", "")),
+    if isinstance(requests, Request):
+        if n is None:
+            raise ValueError("give n with a single request")
+        settings: dict[str, object] = {
+            "elements": [e.symbol for e in requests.elements],
+            "formula": list(requests.formula) if requests.formula else None,
+            "band_gap": requests.band_gap,
+            "magnetic": requests.magnetic,
+        }
+        requests = [requests] * n
+    else:
+        requests = list(requests)
+        # a digest, not the list: a 10,000-request run.json would be unreadable
+        settings = {"requests_sha256": _requests_digest(requests)}
+    n = len(requests)
+    settings.update(
+        n=n,
+        batch_size=batch_size,
+        model=str(pipeline.meta.get("name", "")),
         **{k: v for k, v in kwargs.items() if k != "progress"},
-    }
+    )
     check_run_settings(out, settings)
     table = ResultTable(out / "summary.csv", SUMMARY_COLUMNS, key="id")
     width = len(str(max(n - 1, 1)))
@@ -316,12 +329,13 @@ def generate_to_directory(
     start = 0
     while start < n and batch_done(start):  # resume after the last complete batch
         start += batch_size
-    for batch in pipeline.iter_generate(request, n, batch_size=batch_size, start=start, **kwargs):
+    for batch in pipeline.iter_generate(requests, batch_size=batch_size, start=start, **kwargs):
         for s in batch:
             sid = f"{s.index:0{width}d}"
             if sid in table:
                 continue
-            row: dict[str, object] = {"id": sid}
+            elements = "-".join(e.symbol for e in requests[s.index].elements)
+            row: dict[str, object] = {"id": sid, "elements": elements}
             if s.structure is not None:
                 name = f"{sid}_{s.structure.composition.reduced_formula}.cif"
                 s.structure.to(filename=str(out / name))
@@ -332,3 +346,13 @@ def generate_to_directory(
         if on_batch is not None:
             on_batch(batch)
     return table.path
+
+
+def _requests_digest(requests: Sequence[Request]) -> str:
+    import hashlib
+
+    text = json.dumps(
+        [[[e.symbol for e in r.elements], r.formula, r.band_gap, r.magnetic] for r in requests],
+        default=list,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -160,8 +160,8 @@ def run_batch(
     Writes ``generated/`` (CIFs + summary.csv), ``screen/`` (screen.csv, relaxed/),
     ``batch<N>.csv``, ``batch<N>.json`` (statistics) and ``batch<N>_ehull.png``.
     """
-    from pccd.outputs import ResultTable, check_run_settings
-    from pccd.pipeline import Request
+    from pccd.outputs import check_run_settings
+    from pccd.pipeline import Request, generate_to_directory
     from pccd.screen.screening import screen_directory
 
     out = Path(out_dir)
@@ -169,41 +169,22 @@ def run_batch(
     lists = draw_element_lists(settings)
     requests = [Request.parse(els) for els in lists for _ in range(settings.per_list)]
     gen_dir = out / "generated"
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    table = ResultTable(
-        gen_dir / "summary.csv", ("id", "elements", "status", "reason", "cif"), "id"
-    )
-    width = len(str(len(requests) - 1))
-    batch_size = 50
-    start = 0
-    while start < len(requests) and all(
-        f"{k:0{width}d}" in table for k in range(start, min(len(requests), start + batch_size))
-    ):
-        start += batch_size
-    for batch in pipeline.iter_generate(
-        requests, sampler=sampler, steps=steps, seed=settings.seed, batch_size=batch_size,
-        start=start,
-    ):  # fmt: skip
-        for s in batch:
-            sid = f"{s.index:0{width}d}"
-            row = {"id": sid, "elements": "-".join(e.symbol for e in requests[s.index].elements)}
-            if s.structure is not None:
-                s.structure.to(filename=str(gen_dir / f"{sid}.cif"))
-                row.update(status="ok", cif=f"{sid}.cif")
-            else:
-                row.update(status="decode_failed", reason=str(s.failure))
-            if sid not in table:
-                table.append(row)
-        log(f"  generated {len(table)}/{len(requests)}")
+    summary = generate_to_directory(
+        pipeline, requests, None, gen_dir, batch_size=50, sampler=sampler, steps=steps,
+        seed=settings.seed,
+        on_batch=lambda batch: log(f"  generated up to {batch[-1].index + 1}/{len(requests)}"),
+    )  # fmt: skip
     screen_csv = screen_directory(
         gen_dir, out / "screen", screen_settings, workers=workers,
         progress=lambda done, total: log(f"  screened {done}/{total}") if done % 10 == 0 else None,
     )  # fmt: skip
     with screen_csv.open(newline="") as fh:
-        screened = {r["id"]: r for r in csv.DictReader(fh)}
+        screened = {r["id"]: r for r in csv.DictReader(fh)}  # keyed by CIF file stem
+    with summary.open(newline="") as fh:
+        generated = list(csv.DictReader(fh))
     rows = []
-    for gen in table.rows.values():
-        s = screened.get(gen["id"], {})
+    for gen in generated:
+        s = screened.get(Path(gen["cif"]).stem, {}) if gen["cif"] else {}
         row = {c: s.get(c, "") for c in BATCH_COLUMNS}
         row.update(id=gen["id"], elements=gen["elements"])
         if gen["status"] != "ok":

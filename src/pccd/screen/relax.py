@@ -70,13 +70,20 @@ def relax(
         max_steps: cap on optimizer steps; a relaxation that hits it is returned with
             ``converged=False`` rather than raised, since its energy is still informative.
     """
+    lo, hi = VOLUME_PER_ATOM_LIMITS
+    v0 = structure.volume / len(structure)
+    if not lo <= v0 <= hi:
+        # said apart from a blow-up: the input itself is implausible (some MP entries are)
+        raise RelaxationError(
+            f"{structure.formula}: input volume {v0:.1f} Å³/atom is outside the plausible "
+            f"{lo:g}–{hi:g} Å³/atom; not relaxed"
+        )
     calculator = mlip.calculator  # loaded before the clock starts
     start = time.perf_counter()
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = calculator
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     optimizer = FIRE(target, logfile=None)
-    lo, hi = VOLUME_PER_ATOM_LIMITS
     try:
         for _ in optimizer.irun(fmax=fmax, steps=max_steps):
             vpa = atoms.get_volume() / len(atoms)
