@@ -87,9 +87,9 @@ def main() -> None:
                 },
             }
             result["per_mlip"][name] = entry
+            result["generated_cifs"] = n_cifs
             print(name, json.dumps(entry), flush=True)
-        result["generated_cifs"] = n_cifs
-    Path(args.out).write_text(json.dumps(result, indent=2))
+            Path(args.out).write_text(json.dumps(result, indent=2))  # kept if a later MLIP stops
 
 
 if __name__ == "__main__":
