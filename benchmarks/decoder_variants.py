@@ -17,12 +17,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pccd import data
 from pccd import representation as rep
-from pccd.evaluate import atom_count_wasserstein, has_exact_elements, is_structurally_valid
+from pccd.evaluate import request_quality
 from pccd.pipeline import PCCDPipeline, Request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,20 +71,8 @@ def main() -> None:
             for s, r in zip(samples, requests, strict=True)
         ]
         structs = [o if not isinstance(o, rep.DecodeFailure) else None for o in outs]
-        counts = [len(s) for s in structs if s is not None]
         results[name] = {
-            "exact_elements": float(
-                np.mean(
-                    [
-                        has_exact_elements(s, r.elements)
-                        for s, r in zip(structs, requests, strict=True)
-                    ]
-                )
-            ),
-            "valid": float(
-                np.mean([is_structurally_valid(s, volume_per_atom=(5.0, 60.0)) for s in structs])
-            ),
-            "atom_count_wasserstein": atom_count_wasserstein(counts, ref),
+            **request_quality(structs, [r.elements for r in requests], ref),
             "failures": dict(
                 Counter(o.reason.value for o in outs if isinstance(o, rep.DecodeFailure))
             ),

@@ -19,11 +19,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pccd import data
-from pccd.evaluate import atom_count_wasserstein, has_exact_elements, is_structurally_valid
+from pccd.evaluate import request_quality
 from pccd.pipeline import PCCDPipeline, Request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,12 +58,9 @@ def main() -> None:
         batch_size=args.batch_size,
     )
     seconds = time.perf_counter() - t0
-    exact = [
-        has_exact_elements(s.structure, r.elements) for s, r in zip(samples, requests, strict=True)
-    ]
-    valid = [is_structurally_valid(s.structure, volume_per_atom=(5.0, 60.0)) for s in samples]
     counts = [len(s.structure) for s in samples if s.structure is not None]
-    ref_counts = table.num_sites().tolist()
+    structures = [s.structure for s in samples]
+    quality = request_quality(structures, [r.elements for r in requests], table.num_sites())
     failures = Counter(s.failure.reason.value for s in samples if s.failure is not None)
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -72,9 +68,7 @@ def main() -> None:
         "settings": vars(args),
         "n": args.n,
         "decoded": len(counts) / args.n,
-        "exact_elements": float(np.mean(exact)),
-        "valid": float(np.mean(valid)),
-        "atom_count_wasserstein": atom_count_wasserstein(counts, ref_counts),
+        **quality,
         "atom_count_hist": dict(sorted(Counter(counts).items())),
         "failures": dict(failures),
         "sampling_seconds": seconds,

@@ -28,7 +28,7 @@ import torch
 from pccd import data
 from pccd import representation as rep
 from pccd.diffusion import DDPMScheduler, diffusion_loss
-from pccd.evaluate import atom_count_wasserstein, has_exact_elements, is_structurally_valid
+from pccd.evaluate import request_quality
 from pccd.model import forward_flops
 from pccd.pipeline import PCCDPipeline, Request
 from pccd.training import CrystalDataset, collate, export_pretrained
@@ -80,16 +80,9 @@ def quality(pipe: PCCDPipeline, n: int = 200) -> dict:
     table = data.load(SPLITS / "val.csv.gz").table
     requests = [Request.parse(els) for els in table.draw_element_lists(n, 0)]
     samples = pipe.generate(requests, seed=0, batch_size=100)
-    exact = [
-        has_exact_elements(s.structure, r.elements) for s, r in zip(samples, requests, strict=True)
-    ]
-    valid = [is_structurally_valid(s.structure, volume_per_atom=(5.0, 60.0)) for s in samples]
-    counts = [len(s.structure) for s in samples if s.structure is not None]
-    return {
-        "exact_elements": float(np.mean(exact)),
-        "valid": float(np.mean(valid)),
-        "atom_count_wasserstein": atom_count_wasserstein(counts, table.num_sites().tolist()),
-    }
+    return request_quality(
+        [s.structure for s in samples], [r.elements for r in requests], table.num_sites().tolist()
+    )
 
 
 def score(name: str, run: Path, model_dir: Path, threads: int) -> dict:

@@ -14,6 +14,7 @@ from pccd.evaluate.generation_metrics import (
     density_wasserstein,
     element_count_wasserstein,
     is_compositionally_valid,
+    request_quality,
     unique_mask,
 )
 from pccd.evaluate.novelty import ReferenceIndex
@@ -121,3 +122,15 @@ def test_reference_index_from_an_mp20_csv(tmp_path):
     assert index.is_novel(silicon())  # its reference CIF is broken: nothing to match
     with pytest.raises(FileNotFoundError):
         ReferenceIndex.from_csv(tmp_path / "missing.csv")
+
+
+def test_request_quality_counts_failed_decodes_against_the_shares():
+    squeezed = nacl().copy()
+    squeezed.scale_lattice(len(squeezed) * 2.0)  # 2 Å³/atom: right elements, not valid
+    structures = [nacl(), silicon(), squeezed, None]
+    requested = [["Na", "Cl"], ["Si", "O"], ["Na", "Cl"], ["Si"]]
+    q = request_quality(structures, requested, [8, 2, 8])
+    assert q["exact_elements"] == pytest.approx(2 / 4)
+    assert q["valid"] == pytest.approx(2 / 4)
+    assert q["atom_count_wasserstein"] == pytest.approx(0.0)  # 8, 2 and 8 atoms
+    assert request_quality([nacl()], [["Na", "Cl"]], [6])["atom_count_wasserstein"] == 2.0

@@ -37,6 +37,7 @@ from pccd.evaluate.generation_metrics import (
     is_structurally_valid,
     min_interatomic_distance,
     property_wasserstein,
+    request_quality,
     unique_mask,
 )
 from pccd.evaluate.matching import (
@@ -75,6 +76,7 @@ __all__ = [
     "periodic_difference",
     "plain_rate",
     "property_wasserstein",
+    "request_quality",
     "superpose_distance",
     "unique_mask",
     "whisker_bounds",

@@ -72,6 +72,28 @@ def atom_count_wasserstein(generated: Sequence[int], reference: Sequence[int]) -
     return float(wasserstein_distance(np.asarray(generated), np.asarray(reference)))
 
 
+def request_quality(
+    structures: Sequence[Structure | None],
+    requested: Sequence[Iterable[str | int | Element]],
+    reference_counts: Sequence[int],
+) -> dict[str, float]:
+    """The model issue's three generation-quality figures over one request per crystal.
+
+    A failed decode (``None``) counts against the first two shares: they are over all requests,
+    so a model cannot look better by failing on hard ones. Validity uses 5–60 Å³ per atom.
+    """
+    counts = [len(s) for s in structures if s is not None]
+    return {
+        "exact_elements": float(
+            np.mean([has_exact_elements(s, r) for s, r in zip(structures, requested, strict=True)])
+        ),
+        "valid": float(
+            np.mean([is_structurally_valid(s, volume_per_atom=(5.0, 60.0)) for s in structures])
+        ),
+        "atom_count_wasserstein": atom_count_wasserstein(counts, reference_counts),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Compositional validity (SMACT, the CDVAE rules)
 # --------------------------------------------------------------------------------------------
