@@ -171,6 +171,8 @@ def test_csp_command_runs_and_reports(tiny_model_dir, cif_dir, tmp_path):
     with (out / "candidates.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6 and {r["candidate"] for r in rows} == {"0", "1", "2"}
+    # the default decoder takes the atoms the formula fixes: what decodes has that formula
+    assert all(r["formula_ok"] == "1" for r in rows if r["status"] == "ok")
     assert "51.49%" in (out / "report.md").read_text()
     assert {"match_rate.png", "rmse.png"} <= set(_pngs(out))
     assert main(args) == 0  # resumes without regenerating

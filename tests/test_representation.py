@@ -216,3 +216,50 @@ def test_element_clustering_keeps_a_close_minority_atom():
     assert len(rep.decode(x, ["O", "Cu"], pooled)) == 1
     out = rep.decode(x, ["O", "Cu"], per_element)
     assert sorted(e.symbol for e in out.composition.elements) == ["Cu", "O"]
+
+
+def _counts(s: Structure, els) -> list[int]:
+    return [int(s.composition[e]) for e in els]
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_known_formula_decodes_from_row_blocks(name):
+    s = KNOWN[name]()
+    x, els = rep.encode(s)
+    out = rep.decode(x, els, counts=_counts(s, els))
+    assert isinstance(out, Structure), out
+    assert out.composition == s.composition
+    assert MATCHER.fit(s, out)
+
+
+def test_known_formula_never_merges_two_atoms_silently():
+    s = nacl()
+    els = rep.slot_elements(s)
+    # atoms 0 and 1 (both Na) put on top of each other: DBSCAN sees one Na atom there
+    frac = s.frac_coords.copy()
+    order = np.argsort([rep.slot_elements(s).index(site.specie) for site in s], kind="stable")
+    frac, species = frac[order], [s[int(i)].specie for i in order]
+    frac[1] = frac[0] + 0.01
+    slots = np.array([els.index(e) for e in species])
+    x = rep.encode_arrays(frac, slots, s.lattice.abc, s.lattice.angles)
+    clustered = rep.decode(x, els)
+    assert isinstance(clustered, rep.DecodeFailure) or len(clustered) == len(s) - 1
+    blocks = rep.decode(x, els, counts=_counts(s, els))
+    # the two atoms now sit 0.06 Å apart: the formula is kept and the closeness is reported
+    assert isinstance(blocks, rep.DecodeFailure)
+    assert blocks.reason is rep.DecodeReason.ATOMS_TOO_CLOSE
+    paper = rep.RepresentationConfig(formula_decoding=rep.FormulaDecoding.CLUSTER)
+    assert str(rep.decode(x, els, paper, counts=_counts(s, els))) == str(clustered)
+
+
+def test_known_formula_assigns_species_by_the_rows_votes_not_by_order():
+    s = nacl()
+    els = rep.slot_elements(s)
+    order = np.argsort([-els.index(site.specie) for site in s], kind="stable")  # Cl first
+    frac = s.frac_coords[order]
+    slots = np.array([els.index(s[int(i)].specie) for i in order])
+    x = rep.encode_arrays(frac, slots, s.lattice.abc, s.lattice.angles)
+    out = rep.decode(x, els, counts=_counts(s, els))
+    assert isinstance(out, Structure) and MATCHER.fit(s, out)
+    with pytest.raises(ValueError, match="do not fit"):
+        rep.decode(x, els, counts=[4])

@@ -328,6 +328,7 @@ def _cmd_csp(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         guidance_scale=args.guidance,
+        formula_decoding=args.formula_decoding,
     )
     if settings.k < 1:
         raise ValueError(f"-k must be ≥ 1, got {settings.k}")
@@ -646,6 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_csp.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
     p_csp.add_argument("--batch-size", type=int, default=100)
     p_csp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+    p_csp.add_argument(
+        "--formula-decoding",
+        choices=["blocks", "cluster"],
+        default="blocks",
+        help="atoms from the row blocks the formula fixes (default) or DBSCAN (the paper's)",
+    )
     p_csp.add_argument("--seed", type=int, default=0)
     p_csp.add_argument("--model", help="model directory or shipped model name")
     p_csp.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

@@ -205,7 +205,7 @@ class PCCDPipeline:
             )
             batch = []
             for k, (x, req) in enumerate(zip(x0.detach().cpu().numpy(), chunk, strict=True)):
-                out = rep.decode(x, list(req.elements), self.rep_config)
+                out = rep.decode(x, list(req.elements), self.rep_config, counts=req.formula)
                 ok = isinstance(out, Structure)
                 batch.append(
                     Sample(lo + k, out if ok else None, None if ok else out, x)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from enum import StrEnum
 import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.periodic_table import Element
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
@@ -59,6 +60,13 @@ class ClusterBy(StrEnum):
     ALL = "all"  # all 128 rows at once; the element of a cluster is its majority vote
 
 
+class FormulaDecoding(StrEnum):
+    """How an array is decoded when the exact formula (atom count per element) is known."""
+
+    BLOCKS = "blocks"  # the known count fixes the row blocks: atom i = the rows of block i
+    CLUSTER = "cluster"  # ignore the formula and cluster with DBSCAN, as without one
+
+
 @dataclass(frozen=True)
 class RepresentationConfig:
     """Options of encoding and decoding. Stored with a model so samples decode the same way.
@@ -74,6 +82,10 @@ class RepresentationConfig:
             ``"all"`` clusters all rows together and lets each cluster vote its element.
         merge_overlaps: clusters whose centres are closer than ``min_distance`` are merged
             into one atom (majority element) instead of failing as ``atoms_too_close``.
+        formula_decoding: with a known formula (CSP mode), ``"blocks"`` (default) takes the
+            atoms from the row blocks that the count fixes — the encoder's layout — so the
+            decoded cell has exactly the requested composition; ``"cluster"`` runs DBSCAN as
+            without a formula (the paper's decoder), so atoms can be merged or lost.
         max_atoms: more clusters than this is a failure (the training data has ≤16 sites).
         min_distance: decoded atoms closer than this (Å) is a failure.
         min_volume: decoded cells smaller than this (Å³) are degenerate.
@@ -90,11 +102,13 @@ class RepresentationConfig:
     min_volume: float = 1.0
     cluster_by: ClusterBy = ClusterBy.ELEMENT
     merge_overlaps: bool = True
+    formula_decoding: FormulaDecoding = FormulaDecoding.BLOCKS
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["lattice_scheme"] = self.lattice_scheme.value
         d["cluster_by"] = self.cluster_by.value
+        d["formula_decoding"] = self.formula_decoding.value
         return d
 
     @classmethod
@@ -102,6 +116,7 @@ class RepresentationConfig:
         d = dict(d)
         d["lattice_scheme"] = LatticeScheme(d.get("lattice_scheme", LatticeScheme.LOG))
         d["cluster_by"] = ClusterBy(d.get("cluster_by", ClusterBy.ELEMENT))
+        d["formula_decoding"] = FormulaDecoding(d.get("formula_decoding", FormulaDecoding.BLOCKS))
         return cls(**d)  # type: ignore[arg-type]
 
 
@@ -324,6 +339,7 @@ def decode(
     x: np.ndarray,
     elements: Sequence[str | int | Element],
     config: RepresentationConfig = RepresentationConfig(),
+    counts: Sequence[int] | None = None,
 ) -> Structure | DecodeFailure:
     """Decode one (3, 128, 3) array into a ``Structure``, or say why it cannot be decoded.
 
@@ -332,6 +348,8 @@ def decode(
         elements: the crystal's elements; they are put in slot order (ascending Z), matching
             :func:`encode` and the model's conditioning.
         config: lattice scheme and clustering tolerances.
+        counts: atoms per element in slot order when the formula is known (CSP mode); used as
+            ``config.formula_decoding`` says.
     """
     els = as_elements(elements)
     x = np.asarray(x, dtype=np.float64)
@@ -348,8 +366,11 @@ def decode(
         return DecodeFailure(DecodeReason.DEGENERATE_LATTICE, problem)
 
     frac = ((np.clip(x[0], -1.0, 1.0) + 1.0) / 2.0) % 1.0
-    dist = lattice.get_all_distances(frac, frac)
     votes = np.argmax(x[1, :, : len(els)], axis=1)
+    if counts is not None and config.formula_decoding is FormulaDecoding.BLOCKS:
+        species, coords = _atoms_from_blocks(frac, x[1, :, : len(els)], els, counts)
+        return _checked_structure(lattice, species, coords, config)
+    dist = lattice.get_all_distances(frac, frac)
     if config.cluster_by is ClusterBy.ELEMENT:
         # rows voting for different elements are never neighbours: one DBSCAN call clusters
         # every element's rows separately
@@ -372,6 +393,34 @@ def decode(
         return DecodeFailure(
             DecodeReason.TOO_MANY_ATOMS, f"{len(species)} clusters > {config.max_atoms}"
         )
+    return _checked_structure(lattice, species, coords, config)
+
+
+def _atoms_from_blocks(
+    frac: np.ndarray, slot_scores: np.ndarray, els: list[Element], counts: Sequence[int]
+) -> tuple[list[Element], list[np.ndarray]]:
+    """Atoms of a crystal of known formula: one per row block of :func:`row_blocks`.
+
+    The encoder gives atom ``i`` the rows of block ``i``, so a known atom count fixes the
+    blocks and no clustering is needed: an atom sits at the circular mean of its rows. Species
+    are assigned to blocks one-to-one so the composition is exactly ``counts``, maximising the
+    rows' summed element scores (the model's channel 1), which does not assume any atom order.
+    """
+    if len(counts) != len(els) or min(counts) < 1:
+        raise ValueError(f"counts {list(counts)} do not fit elements {[str(e) for e in els]}")
+    blocks = row_blocks(int(sum(counts)))
+    n = int(sum(counts))
+    score = np.stack([slot_scores[blocks == i].sum(axis=0) for i in range(n)])  # (atoms, slots)
+    slot_of_atom = np.repeat(np.arange(len(els)), counts)
+    rows, cols = linear_sum_assignment(-score[:, slot_of_atom])
+    species = [els[int(slot_of_atom[c])] for c in cols[np.argsort(rows)]]
+    coords = [circular_mean(frac[blocks == i]) for i in range(n)]
+    return species, coords
+
+
+def _checked_structure(
+    lattice: Lattice, species: list[Element], coords: list[np.ndarray], config: RepresentationConfig
+) -> Structure | DecodeFailure:
     structure = Structure(lattice, species, np.array(coords))
     if len(structure) > 1:
         dm = structure.distance_matrix

@@ -18,17 +18,19 @@ same settings resumes after the last complete batch.
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Structure
 
 from pccd import data as data_mod
+from pccd import representation as rep
 from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
 from pccd.evaluate.reconstruction import select_indices
@@ -74,6 +76,9 @@ class CSPSettings:
         sampler, steps: reverse chain (``steps=None``: 20 for ddim, all for ddpm).
         batch_size: samples per network batch (also the resume granularity).
         guidance_scale: classifier-free guidance (1 = plain conditional model).
+        formula_decoding: ``"blocks"`` (default) decodes each candidate with the atoms that
+            the known formula fixes; ``"cluster"`` ignores the formula at decoding (DBSCAN,
+            the paper's decoder). See :class:`pccd.representation.FormulaDecoding`.
     """
 
     n: int = 1000
@@ -83,6 +88,7 @@ class CSPSettings:
     steps: int | None = None
     batch_size: int = 100
     guidance_scale: float = 1.0
+    formula_decoding: str = "blocks"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +134,10 @@ def run_csp(
     if settings.k < 1:
         raise ValueError(f"k must be ≥ 1, got {settings.k}")
     pipeline.make_scheduler(settings.sampler, settings.steps)  # validates before any work
+    pipeline = copy.copy(pipeline)  # the caller's pipeline keeps its own decoder options
+    pipeline.rep_config = replace(
+        pipeline.rep_config, formula_decoding=rep.FormulaDecoding(settings.formula_decoding)
+    )
     out = Path(out_dir)
     check_run_settings(
         out,
