@@ -12,14 +12,16 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
+from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Composition, Lattice, Structure
 
 from pccd.screen.batch import BatchSettings, batch_statistics, draw_element_lists, pool
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.mlip import MLIP, mp2020_corrected_energy
 from pccd.screen.references import COLUMNS, ReferenceEnergies, subsystems
-from pccd.screen.relax import RelaxationError, displacement_rmsd, relax
+from pccd.screen.relax import RelaxationError, collapsed_pair, displacement_rmsd, relax
 from pccd.screen.screening import ScreenSettings, screen_directory
+from tests.conftest import nacl
 
 EMT = "ase.calculators.emt:EMT"
 
@@ -117,6 +119,28 @@ def test_relax_refuses_implausible_input_volume_with_reason():
     sparse = Structure(Lattice.cubic(12.0), ["Cu"], [[0, 0, 0]])  # 1,728 Å³ per atom
     with pytest.raises(RelaxationError, match=r"input volume 1728\.0"):
         relax(sparse, MLIP(EMT))
+
+
+class Attract(Calculator):
+    """A pathological potential: a spring pulls atoms 0 and 1 onto each other."""
+
+    implemented_properties = ("energy", "free_energy", "forces")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        d = self.atoms.positions[1] - self.atoms.positions[0]
+        forces = np.zeros((len(self.atoms), 3))
+        forces[0], forces[1] = 5.0 * d, -5.0 * d
+        energy = 2.5 * float(d @ d)
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+
+
+def test_relaxation_that_collapses_atoms_is_a_failure_not_a_candidate():
+    pair = Structure(Lattice.cubic(6.0), ["Cu", "Cu"], [[0.5, 0.5, 0.5], [0.5, 0.5, 0.75]])
+    assert collapsed_pair(pair) is None  # 1.5 Å apart: 0.54 × the Cu–Cu radii sum
+    with pytest.raises(RelaxationError, match=r"collapsed: Cu–Cu 0\.0"):
+        relax(pair, MLIP("tests.test_screen:Attract"), relax_cell=False)
+    assert collapsed_pair(nacl()) is None
 
 
 # ---- batches -------------------------------------------------------------------------------

@@ -24,6 +24,32 @@ from pccd.screen.mlip import MLIP, MLIPError
 VOLUME_PER_ATOM_LIMITS = (2.0, 200.0)
 
 
+COLLAPSE_FRACTION = 0.5
+"""Atoms closer than this fraction of the sum of their atomic radii count as collapsed."""
+
+
+def collapsed_pair(structure: Structure) -> str | None:
+    """Describe the closest pair if two atoms sit closer than half their radii sum, else None.
+
+    MLIPs trained on near-equilibrium data have holes at short range: a relaxation can pull two
+    atoms to a fraction of an ångström and report an energy far below any real phase (a
+    generated Hf cell collapsed to 0.35 Å "beat" the Hf hull by 0.65 eV/atom). Such a result is
+    an artefact of the potential, not a candidate, so it is reported as a failure.
+    """
+    if len(structure) < 2:
+        return None
+    radii = np.array([s.specie.atomic_radius or 1.0 for s in structure])
+    dist = structure.distance_matrix + np.eye(len(structure)) * 1e9
+    ratio = dist / (radii[:, None] + radii[None, :])
+    i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
+    if ratio[i, j] >= COLLAPSE_FRACTION:
+        return None
+    return (
+        f"{structure[i].specie}–{structure[j].specie} {dist[i, j]:.2f} Å apart, below "
+        f"{COLLAPSE_FRACTION:g} × their radii sum ({radii[i] + radii[j]:.2f} Å)"
+    )
+
+
 class RelaxationError(RuntimeError):
     """A relaxation that failed, with the reason in the message."""
 
@@ -103,6 +129,9 @@ def relax(
         raise RelaxationError(f"relaxation of {structure.formula}: non-finite energy")
     # a plain Structure: nothing that points back at the calculator (it must pickle)
     relaxed = Structure(atoms.cell[:], atoms.get_chemical_symbols(), atoms.get_scaled_positions())
+    collapsed = collapsed_pair(relaxed)
+    if collapsed:
+        raise RelaxationError(f"relaxation of {structure.formula} collapsed: {collapsed}")
     return Relaxation(
         structure=relaxed,
         energy_per_atom=mlip.energy_per_atom(relaxed, raw_energy=raw_energy),
