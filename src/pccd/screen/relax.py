@@ -26,6 +26,8 @@ VOLUME_PER_ATOM_LIMITS = (2.0, 200.0)
 
 COLLAPSE_FRACTION = 0.5
 """Atoms closer than this fraction of the sum of their atomic radii count as collapsed."""
+COLLAPSE_CHECK_EVERY = 20
+"""Optimizer steps between collapse checks during a relaxation (and once at the end)."""
 
 
 def collapsed_pair(structure: Structure) -> str | None:
@@ -48,6 +50,11 @@ def collapsed_pair(structure: Structure) -> str | None:
         f"{structure[i].specie}–{structure[j].specie} {dist[i, j]:.2f} Å apart, below "
         f"{COLLAPSE_FRACTION:g} × their radii sum ({radii[i] + radii[j]:.2f} Å)"
     )
+
+
+def _as_structure(atoms) -> Structure:
+    # a plain Structure: nothing that points back at the calculator (it must pickle)
+    return Structure(atoms.cell[:], atoms.get_chemical_symbols(), atoms.get_scaled_positions())
 
 
 class RelaxationError(RuntimeError):
@@ -111,7 +118,13 @@ def relax(
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     optimizer = FIRE(target, logfile=None)
     try:
-        for _ in optimizer.irun(fmax=fmax, steps=max_steps):
+        for step, _ in enumerate(optimizer.irun(fmax=fmax, steps=max_steps)):
+            if step % COLLAPSE_CHECK_EVERY == COLLAPSE_CHECK_EVERY - 1:
+                collapsed = collapsed_pair(_as_structure(atoms))  # stop early: saves the steps
+                if collapsed:
+                    raise RelaxationError(
+                        f"relaxation of {structure.formula} collapsed: {collapsed}"
+                    )
             vpa = atoms.get_volume() / len(atoms)
             if not lo <= vpa <= hi:
                 raise RelaxationError(
@@ -127,8 +140,7 @@ def relax(
         raise RelaxationError(f"relaxation of {structure.formula} failed: {exc}") from exc
     if not math.isfinite(raw_energy):
         raise RelaxationError(f"relaxation of {structure.formula}: non-finite energy")
-    # a plain Structure: nothing that points back at the calculator (it must pickle)
-    relaxed = Structure(atoms.cell[:], atoms.get_chemical_symbols(), atoms.get_scaled_positions())
+    relaxed = _as_structure(atoms)
     collapsed = collapsed_pair(relaxed)
     if collapsed:
         raise RelaxationError(f"relaxation of {structure.formula} collapsed: {collapsed}")
