@@ -682,7 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_ph = sub.add_parser("phonons", help="phonon bands and dynamical stability of one CIF")
     p_ph.add_argument("cif", help="crystal (CIF/POSCAR)")
     p_ph.add_argument("--out", help="output directory (default: <name>_phonons)")
-    p_ph.add_argument("--mlip", default="chgnet", help="chgnet (default), 7net-0 or module:factory")
+    p_ph.add_argument(
+        "--mlip",
+        default="7net-0",
+        help="7net-0 (default; CHGNet 0.3.0 makes rock-salt NaCl unstable), chgnet, module:f",
+    )
     p_ph.add_argument("--min-length", type=float, default=10.0, help="supercell width, Å")
     p_ph.add_argument("--no-relax", action="store_true", help="the CIF is already relaxed")
     p_ph.add_argument("--fmax", type=float, default=0.01, help="relaxation force criterion")
