@@ -16,6 +16,7 @@ Wasserstein. Run on a quiet machine (one run at a time).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -60,9 +61,15 @@ def _checkpoint(run: Path) -> dict:
     return torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
 
 
+@functools.cache
+def _val_table() -> data.CrystalTable:
+    """The val split, loaded once for all runs' scoring."""
+    return data.load(SPLITS / "val.csv.gz").table
+
+
 def fixed_noise_val_loss(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> float:
     """L1 ε loss of the model on n val crystals with per-batch fixed timesteps and noise."""
-    table = data.load(SPLITS / "val.csv.gz").table
+    table = _val_table()
     idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
     ds = CrystalDataset(table.subset(idx), rep.RepresentationConfig(), augment=False)
     scheduler = DDPMScheduler()
@@ -77,7 +84,7 @@ def fixed_noise_val_loss(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> 
 
 
 def quality(pipe: PCCDPipeline, n: int = 200) -> dict:
-    table = data.load(SPLITS / "val.csv.gz").table
+    table = _val_table()
     requests = [Request.parse(els) for els in table.draw_element_lists(n, 0)]
     samples = pipe.generate(requests, seed=0, batch_size=100)
     return request_quality(

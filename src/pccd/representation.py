@@ -408,8 +408,8 @@ def _atoms_from_blocks(
     """
     if len(counts) != len(els) or min(counts) < 1:
         raise ValueError(f"counts {list(counts)} do not fit elements {[str(e) for e in els]}")
-    blocks = row_blocks(int(sum(counts)))
     n = int(sum(counts))
+    blocks = row_blocks(n)
     score = np.stack([slot_scores[blocks == i].sum(axis=0) for i in range(n)])  # (atoms, slots)
     slot_of_atom = np.repeat(np.arange(len(els)), counts)
     rows, cols = linear_sum_assignment(-score[:, slot_of_atom])
