@@ -34,7 +34,7 @@ from pymatgen.core import Structure
 
 from pccd.outputs import ResultTable
 from pccd.screen.hull import ConvexHull, HullError
-from pccd.screen.mlip import MLIP, MLIPError
+from pccd.mlip import MLIP, MLIPError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import RelaxationError, relax
 

@@ -13,7 +13,7 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Lattice, Structure
 
-from pccd.screen.mlip import MLIP
+from pccd.mlip import MLIP
 from pccd.screen.phonons import (
     PhononError,
     PhononResult,

@@ -7,7 +7,8 @@ import csv
 import pytest
 
 from pccd.cli import main
-from pccd.pipeline import PCCDPipeline, Request, generate_to_directory
+from pccd.pipeline import PCCDPipeline, Request
+from pccd.runs import generate_to_directory
 from tests.conftest import nacl, silicon, wurtzite
 
 
@@ -121,3 +122,26 @@ def test_cli_generate_with_element_lists_from_a_split(tiny_model_dir, tmp_path, 
     assert "other settings" in capsys.readouterr().err
     bad = ["generate", "--elements-from", str(split), "--formula", "NaCl", "--out", str(tmp_path)]
     assert main(bad) == 2
+
+
+def test_untrained_condition_is_refused_before_anything_is_written(tiny_model_dir, tmp_path):
+    pipe = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    pipe.meta["trained_conditions"] = ["elements", "band_gap", "formula"]
+    out = tmp_path / "afm"
+    with pytest.raises(ValueError, match="not trained on magnetic"):
+        generate_to_directory(pipe, Request.parse(["Fe", "O"], magnetic="AFM"), 2, out, steps=2)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        generate_to_directory(pipe, Request.parse(["Fe", "O"]), 2, out, steps=0)
+    with pytest.raises(ValueError, match="batch size"):
+        generate_to_directory(pipe, Request.parse(["Fe", "O"]), 2, out, batch_size=0, steps=2)
+    assert not out.exists()
+    ok = pipe.generate(Request.parse(["Fe", "O"], band_gap=1.0), 1, steps=2)  # trained: fine
+    assert len(ok) == 1
+
+
+def test_shipped_model_refuses_magnetic_ordering():
+    pipe = PCCDPipeline.from_pretrained(None, device="cpu")
+    assert "magnetic" not in pipe.trained_conditions
+    with pytest.raises(ValueError, match="not trained on magnetic"):
+        pipe.generate(Request.parse(["Fe", "O"], magnetic="FM"), 1, steps=2)

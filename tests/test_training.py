@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,31 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     assert (out / "logs" / "version_1" / "metrics.csv").exists()  # resumed run: its own log
     model_dir = export_pretrained(ckpt, tmp_path / "model")
     assert (model_dir / "config.json").exists() and (model_dir / "pccd.json").exists()
+    meta = json.loads((model_dir / "pccd.json").read_text())
+    # the CSV has band gaps but no magnetic ordering: the model card says so
+    assert meta["training"]["label_counts"]["magnetic"] == 0
+    assert meta["trained_conditions"] == ["elements", "band_gap", "formula"]
+
+
+def test_file_order_keeps_origin_and_atom_order():
+    tab = table()
+    ds = CrystalDataset(tab, rep.RepresentationConfig(), atom_order="file", random_shift=False)
+    for i in range(len(ds)):
+        assert torch.equal(ds[i]["x"], ds[i]["x"])  # no augmentation: the same array each time
+
+
+def test_warm_start_adds_layers_as_identity():
+    from pccd.model import PCCDUNet, warm_start
+    from pccd.model.unet import example_inputs
+
+    torch.manual_seed(0)
+    small = PCCDUNet.from_preset("tiny")
+    big = PCCDUNet.from_preset("tiny", attention_levels=None, periodic_features=True)
+    new = warm_start(big, small.state_dict())
+    assert any(".attn." in name for name in new)
+    x, t, cond = example_inputs(2)
+    with torch.no_grad():
+        assert torch.allclose(small(x, t, cond), big(x, t, cond), atol=1e-6)
 
 
 def test_killed_run_resumes_from_checkpoint(tmp_path):

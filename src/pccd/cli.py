@@ -162,7 +162,8 @@ def _split(text: str | None) -> list[str] | None:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import time
 
-    from pccd.pipeline import PCCDPipeline, Request, generate_to_directory
+    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.runs import generate_to_directory
 
     t0 = time.perf_counter()
     n: int | None = args.n
@@ -420,7 +421,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def _cmd_references(args: argparse.Namespace) -> int:
     """Precompute an MLIP's reference energies (developer command; the tables ship)."""
-    from pccd.screen.mlip import MLIP
+    from pccd.mlip import MLIP
     from pccd.screen.references import (
         compute_reference_energies,
         finalize_table,
@@ -447,7 +448,7 @@ def _cmd_phonons(args: argparse.Namespace) -> int:
     """Phonon band structure and stability verdict of one crystal (relaxed first by default)."""
     from pymatgen.core import Structure
 
-    from pccd.screen.mlip import MLIP
+    from pccd.mlip import MLIP
     from pccd.screen.phonons import compute_phonons, plot_band_structure
     from pccd.screen.relax import relax
 

@@ -17,11 +17,14 @@ item and the reason, and everything else loads.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 import os
+import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +37,7 @@ from pymatgen.core.periodic_table import Element
 
 from pccd.conditioning import MAGNETIC_ORDERINGS
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: non-physical cells rejected
 CIF_SUFFIXES = (".cif",)
 POSCAR_NAMES = ("POSCAR", "CONTCAR")
 POSCAR_SUFFIXES = (".vasp", ".poscar")
@@ -52,6 +55,9 @@ class RejectReason(StrEnum):
     ZERO_VOLUME = "zero_volume"
     OVERLAPPING_ATOMS = "overlapping_atoms"
     EMPTY = "empty"
+    #: cell lengths, angles or volume per atom outside what any crystal has (e.g. a 10⁶ Å or a
+    #: negative cell length in the CIF text, an impossible angle triple, 0.2 Å³ per atom)
+    NONPHYSICAL_CELL = "nonphysical_cell"
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,21 @@ class FilterOptions:
         max_elements: largest number of distinct elements.
         min_distance: atoms closer than this (Å, minimum image) count as overlapping.
         min_volume: cells with a smaller volume (Å³) count as degenerate.
+        min_length, max_length: cell lengths (Å) outside this window are non-physical.
+        min_volume_per_atom, max_volume_per_atom: volume per atom (Å³) outside this window is
+            non-physical. The defaults keep every row of the MP splits (mp_pccd train and val:
+            lengths 0.98–104 Å, 4.4–3,734 Å³/atom, the largest being isolated clusters in a
+            box) while rejecting cells no crystal has.
     """
 
     max_sites: int = 16
     max_elements: int = 3
     min_distance: float = 0.5
     min_volume: float = 0.1
+    min_length: float = 0.5
+    max_length: float = 300.0
+    min_volume_per_atom: float = 1.0
+    max_volume_per_atom: float = 5000.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,14 @@ def check_structure(structure: Structure, options: FilterOptions = FilterOptions
     volume = structure.lattice.volume
     if not math.isfinite(volume) or volume < options.min_volume:
         raise InvalidCrystal(RejectReason.ZERO_VOLUME, f"cell volume {volume:.3g} Å³")
+    check_cell(structure.lattice.abc, structure.lattice.angles, options)
+    per_atom = volume / len(structure)
+    if not options.min_volume_per_atom <= per_atom <= options.max_volume_per_atom:
+        raise InvalidCrystal(
+            RejectReason.NONPHYSICAL_CELL,
+            f"{per_atom:.4g} Å³ per atom, outside {options.min_volume_per_atom:g}–"
+            f"{options.max_volume_per_atom:g}",
+        )
     if len(structure) > 1:
         dm = structure.distance_matrix
         iu = np.triu_indices(len(structure), 1)
@@ -139,6 +162,72 @@ def check_structure(structure: Structure, options: FilterOptions = FilterOptions
                 RejectReason.OVERLAPPING_ATOMS,
                 f"two atoms {dmin:.3f} Å apart (< {options.min_distance} Å)",
             )
+
+
+def check_cell(
+    lengths: Sequence[float], angles: Sequence[float], options: FilterOptions = FilterOptions()
+) -> None:
+    """Raise :class:`InvalidCrystal` (``nonphysical_cell``) for impossible cell parameters.
+
+    Lengths must lie in ``[min_length, max_length]`` Å, every angle strictly between 0° and 180°,
+    and the triple must describe a real cell (each angle smaller than the sum of the other two,
+    all three summing to less than 360°).
+    """
+    for axis, value in zip("abc", lengths, strict=True):
+        if not (math.isfinite(value) and options.min_length <= value <= options.max_length):
+            raise InvalidCrystal(
+                RejectReason.NONPHYSICAL_CELL,
+                f"cell length {axis} = {value:g} Å, outside {options.min_length:g}–"
+                f"{options.max_length:g} Å",
+            )
+    for name, value in zip(("alpha", "beta", "gamma"), angles, strict=True):
+        if not (math.isfinite(value) and 0.0 < value < 180.0):
+            raise InvalidCrystal(
+                RejectReason.NONPHYSICAL_CELL, f"cell angle {name} = {value:g}°, not in (0, 180)"
+            )
+    al, be, ga = angles
+    tol = 1e-6
+    if (
+        al + be + ga >= 360.0 - tol
+        or al >= be + ga - tol
+        or be >= al + ga - tol
+        or ga >= al + be - tol
+    ):
+        raise InvalidCrystal(
+            RejectReason.NONPHYSICAL_CELL,
+            f"cell angles {al:g}°, {be:g}°, {ga:g}° describe no cell (each must be less than "
+            "the sum of the other two, all three less than 360°)",
+        )
+
+
+_CIF_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\(\d+\))?"
+_CIF_CELL = re.compile(
+    r"^[ \t]*_cell_(length_a|length_b|length_c|angle_alpha|angle_beta|angle_gamma)[ \t]+"
+    + _CIF_NUMBER,
+    re.MULTILINE,
+)
+
+
+def check_cif_cell(text: str, options: FilterOptions = FilterOptions()) -> None:
+    """Check the cell parameters as the CIF text states them, before a parser touches them.
+
+    pymatgen silently builds *some* cell from a negative length or an impossible angle, so the
+    raw ``_cell_length_*`` / ``_cell_angle_*`` values are checked here (every data block).
+    """
+    blocks = re.split(r"^[ \t]*data_", text, flags=re.MULTILINE)
+    for block in blocks:
+        values: dict[str, float] = {}
+        for key, number in _CIF_CELL.findall(block):
+            values.setdefault(key, float(number))
+        lengths = [values[k] for k in ("length_a", "length_b", "length_c") if k in values]
+        angles = [values[k] for k in ("angle_alpha", "angle_beta", "angle_gamma") if k in values]
+        for axis, value in zip("abc", lengths, strict=False):
+            if not value > 0:
+                raise InvalidCrystal(
+                    RejectReason.NONPHYSICAL_CELL, f"_cell_length_{axis} is {value:g} (≤ 0)"
+                )
+        if len(lengths) == 3 and len(angles) == 3:
+            check_cell(lengths, angles, options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +400,8 @@ def _classify_parse_error(exc: Exception, text: str | None = None) -> InvalidCry
     return InvalidCrystal(RejectReason.UNPARSABLE, f"{exc.__class__.__name__}: {msg}")
 
 
-def _structures_from_cif(text: str) -> list[Structure]:
+def _structures_from_cif(text: str, options: FilterOptions = FilterOptions()) -> list[Structure]:
+    check_cif_cell(text, options)
     try:
         structures = _parse_cif_text(text)
     except Exception as exc:  # pymatgen raises many types for malformed CIFs
@@ -356,9 +446,7 @@ def _accept(
 
 
 def _read_csv(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
-    import pandas as pd
-
-    df = pd.read_csv(path, index_col=0)
+    df = read_table(path, index_col=0)
     if "cif" not in df.columns:
         raise ValueError(f"{path}: no 'cif' column (expected the CDVAE/DiffCSP CSV format)")
     id_col = "material_id" if "material_id" in df.columns else None
@@ -373,7 +461,7 @@ def _read_csv(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
             rejected.append(Rejection(item_id, RejectReason.UNPARSABLE, "empty CIF cell"))
             continue
         try:
-            structure = _structures_from_cif(cif)[0]
+            structure = _structures_from_cif(cif, options)[0]
         except InvalidCrystal as err:
             rejected.append(Rejection(item_id, err.reason, err.detail))
             continue
@@ -384,6 +472,29 @@ def _read_csv(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
             props["magnetic_ordering"] = m
         _accept(item_id, structure, props, options, records, rejected)
     return records, rejected
+
+
+def read_table(path: str | os.PathLike[str], **kwargs):
+    """``pandas.read_csv`` whose errors name the file and say what is wrong with it.
+
+    A truncated ``.gz``, a file named ``.gz`` that is not gzip, or text that is not CSV raise a
+    ``ValueError`` naming ``path`` (pandas would raise EOFError, BadGzipFile, zlib.error, ...).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(
+            f"{path}: damaged or truncated gzip file ({exc}); download or copy it again"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text CSV file ({exc})") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from exc
 
 
 def _is_structure_file(p: Path) -> bool:
@@ -401,7 +512,7 @@ def _read_structure_file(
     """One CIF (possibly several data blocks) or POSCAR file; ids are the file stem."""
     try:
         if f.suffix.lower() in CIF_SUFFIXES:
-            structures = _structures_from_cif(f.read_text(errors="replace"))
+            structures = _structures_from_cif(f.read_text(errors="replace"), options)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -69,7 +69,17 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, object]) ->
     file = directory / "run.json"
     current = json.loads(json.dumps(dict(settings)))  # normalise tuples etc.
     if file.exists():
-        previous = json.loads(file.read_text())
+        try:
+            previous = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{file} is not valid JSON ({exc}); delete it to start this run afresh, or use "
+                "another output directory"
+            ) from exc
+        if not isinstance(previous, dict):
+            raise ValueError(
+                f"{file} does not hold a settings object; delete it or use another output directory"
+            )
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in diff)

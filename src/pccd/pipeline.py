@@ -3,7 +3,8 @@
 ``PCCDPipeline.from_pretrained()`` loads the model shipped inside the package (or any directory
 written by :func:`pccd.training.export_pretrained`) and ``generate`` runs the one denoising loop
 (:func:`pccd.diffusion.denoise`) then decodes every array. Requests are validated before any
-network work so a bad element list fails in milliseconds.
+network work so a bad element list fails in milliseconds. Writing runs to disk (CIFs and
+``summary.csv``) is :mod:`pccd.runs`, one layer up.
 """
 
 from __future__ import annotations
@@ -152,6 +153,33 @@ class PCCDPipeline:
             device,
         )
 
+    @property
+    def trained_conditions(self) -> tuple[str, ...]:
+        """Conditions the weights learned from labelled data (``pccd.json``).
+
+        A model embeds every condition of its config, but an embedding whose training data
+        carried no labels (e.g. magnetic ordering: none in our MP splits) only ever saw its
+        null vector, so asking for a value would steer the output arbitrarily. Models exported
+        before this was recorded list what their model card states.
+        """
+        return tuple(self.meta.get("trained_conditions", self.model.config.conditions))
+
+    def check_request(self, request: Request) -> None:
+        """Refuse a request that uses a condition the model was not trained on."""
+        asked = {
+            "band_gap": request.band_gap is not None,
+            "magnetic": request.magnetic is not None,
+            "formula": request.formula is not None,
+        }
+        for name, used in asked.items():
+            if used and name not in self.trained_conditions:
+                label = name.replace("_", " ")
+                raise ValueError(
+                    f"model {self.meta.get('name', '?')} was not trained on {label} (its "
+                    f"training data had no {label} labels), so it cannot be conditioned on it; "
+                    f"trained conditions: {', '.join(self.trained_conditions)}"
+                )
+
     def make_scheduler(self, sampler: str, steps: int | None):
         """A fresh scheduler for ``sampler`` ('ddim' fast / 'ddpm' ancestral) with ``steps``."""
         if sampler not in SAMPLERS:
@@ -159,7 +187,7 @@ class PCCDPipeline:
         kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
         scheduler = kind(num_train_timesteps=self.num_train_timesteps, schedule=self.schedule)
         default = DEFAULT_DDIM_STEPS if sampler == "ddim" else self.num_train_timesteps
-        scheduler.set_timesteps(steps or default)
+        scheduler.set_timesteps(default if steps is None else steps)  # 0 is an error, not "default"
         return scheduler
 
     def iter_generate(
@@ -187,6 +215,10 @@ class PCCDPipeline:
                 raise ValueError("give n with a single request")
             requests = [requests] * n
         n = len(requests)
+        for request in set(requests):
+            self.check_request(request)
+        if batch_size < 1:
+            raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
         if start % batch_size:
             raise ValueError("start must be a multiple of batch_size")
         for lo in range(start, n, batch_size):
@@ -241,118 +273,3 @@ def load_pretrained(
 ) -> PCCDPipeline:
     """One-line load of the shipped model (or a named / given model directory)."""
     return PCCDPipeline.from_pretrained(name_or_path, device)
-
-
-SUMMARY_COLUMNS = (
-    "id",
-    "elements",
-    "formula",
-    "atoms",
-    "space_group",
-    "density",
-    "min_distance",
-    "status",
-    "reason",
-    "cif",
-)
-
-
-def describe(structure: Structure) -> dict[str, object]:
-    """Formula, atom count, space group (symprec 0.1 Å), density and minimum distance."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        space_group = SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_symbol()
-    except Exception:  # spglib can fail on pathological cells; the row still gets written
-        space_group = ""
-    dmin = ""
-    if len(structure) > 1:
-        dm = structure.distance_matrix
-        dmin = f"{dm[np.triu_indices(len(structure), 1)].min():.3f}"
-    return {
-        "formula": structure.composition.reduced_formula,
-        "atoms": len(structure),
-        "space_group": space_group,
-        "density": f"{structure.density:.4f}",
-        "min_distance": dmin,
-    }
-
-
-def generate_to_directory(
-    pipeline: PCCDPipeline,
-    requests: Request | Sequence[Request],
-    n: int | None,
-    out_dir: str | Path,
-    *,
-    batch_size: int = 100,
-    on_batch=None,
-    **kwargs,
-) -> Path:
-    """Generate crystals into ``out_dir``: one CIF each plus ``summary.csv``.
-
-    ``requests`` is one request repeated ``n`` times, or one request per crystal (``n`` None),
-    e.g. element lists drawn from a split. Files are written as each batch is decoded.
-    Rerunning with the same settings resumes after the last complete batch and never rewrites
-    finished rows; other settings are refused. Returns the summary path.
-    """
-    from pccd.outputs import ResultTable, check_run_settings
-
-    out = Path(out_dir)
-    if isinstance(requests, Request):
-        if n is None:
-            raise ValueError("give n with a single request")
-        settings: dict[str, object] = {
-            "elements": [e.symbol for e in requests.elements],
-            "formula": list(requests.formula) if requests.formula else None,
-            "band_gap": requests.band_gap,
-            "magnetic": requests.magnetic,
-        }
-        requests = [requests] * n
-    else:
-        requests = list(requests)
-        # a digest, not the list: a 10,000-request run.json would be unreadable
-        settings = {"requests_sha256": _requests_digest(requests)}
-    n = len(requests)
-    settings.update(
-        n=n,
-        batch_size=batch_size,
-        model=str(pipeline.meta.get("name", "")),
-        **{k: v for k, v in kwargs.items() if k != "progress"},
-    )
-    check_run_settings(out, settings)
-    table = ResultTable(out / "summary.csv", SUMMARY_COLUMNS, key="id")
-    width = len(str(max(n - 1, 1)))
-
-    def batch_done(lo: int) -> bool:
-        return all(f"{k:0{width}d}" in table for k in range(lo, min(n, lo + batch_size)))
-
-    start = 0
-    while start < n and batch_done(start):  # resume after the last complete batch
-        start += batch_size
-    for batch in pipeline.iter_generate(requests, batch_size=batch_size, start=start, **kwargs):
-        for s in batch:
-            sid = f"{s.index:0{width}d}"
-            if sid in table:
-                continue
-            elements = "-".join(e.symbol for e in requests[s.index].elements)
-            row: dict[str, object] = {"id": sid, "elements": elements}
-            if s.structure is not None:
-                name = f"{sid}_{s.structure.composition.reduced_formula}.cif"
-                s.structure.to(filename=str(out / name))
-                row.update(describe(s.structure), status="ok", cif=name)
-            else:
-                row.update(status="failed", reason=str(s.failure))
-            table.append(row)
-        if on_batch is not None:
-            on_batch(batch)
-    return table.path
-
-
-def _requests_digest(requests: Sequence[Request]) -> str:
-    import hashlib
-
-    text = json.dumps(
-        [[[e.symbol for e in r.elements], r.formula, r.band_gap, r.magnetic] for r in requests],
-        default=list,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -9,8 +9,10 @@ Augmentations keep the crystal the same crystal:
 
 * atom order — the order of atoms over the 128 rows is arbitrary, so it is shuffled
   (``atom_order="by_element"`` shuffles within each element and keeps elements in slot order,
-  ``"random"`` shuffles freely);
-* a random periodic shift of all fractional coordinates (origin choice);
+  ``"random"`` shuffles freely); ``"file"`` keeps the CIF's own order within each element
+  (the authors' setting: no augmentation);
+* a random periodic shift of all fractional coordinates (origin choice; off = the file's own
+  origin, where many atoms sit on special positions such as 0 and ½);
 * optionally a permutation of the occupied element slots together with their conditions.
 
 Checkpoints are written atomically (temporary file + rename) every ``checkpoint_minutes`` and
@@ -44,7 +46,9 @@ class TrainConfig:
     """Every knob of a training run; saved in checkpoints and with exported weights.
 
     The paper's optimiser settings are the defaults: Adam β=(0.9, 0.99), lr 1e-4, batch 128,
-    L1 loss on ε, cosine schedule with T=1000.
+    L1 loss on ε, cosine schedule with T=1000. ``init_from`` names a pretrained model (shipped
+    name or directory) whose weights seed the network (:func:`pccd.model.warm_start`), so an
+    architecture option can be tried as a fine-tune.
     """
 
     preset: str = "cpu"
@@ -68,11 +72,15 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     val_size: int = 1024
+    init_from: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
+
+
+ATOM_ORDERS = ("by_element", "random", "file")
 
 
 class CrystalDataset(Dataset):
@@ -93,8 +101,8 @@ class CrystalDataset(Dataset):
         random_shift: bool = True,
         slot_permutation: bool = False,
     ):
-        if atom_order not in ("by_element", "random"):
-            raise ValueError(f"atom_order must be 'by_element' or 'random', not {atom_order!r}")
+        if atom_order not in ATOM_ORDERS:
+            raise ValueError(f"atom_order must be one of {ATOM_ORDERS}, not {atom_order!r}")
         self.table = table
         self.rep_config = rep_config
         self.augment = augment
@@ -125,7 +133,9 @@ class CrystalDataset(Dataset):
             zs, counts, slots = zs[perm], counts[perm], inv[slots]
         if self.augment:
             order = torch.randperm(len(numbers)).numpy()
-            if self.atom_order == "by_element":
+            if self.atom_order == "file":
+                order = np.argsort(slots, kind="stable")
+            elif self.atom_order == "by_element":
                 order = order[np.argsort(slots[order], kind="stable")]
             if self.random_shift:
                 frac = frac + torch.rand(3, dtype=torch.float64).numpy()
@@ -173,12 +183,28 @@ class PCCDLightning(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg = TrainConfig(**config)
         self.model = PCCDUNet.from_preset(self.cfg.preset, **self.cfg.model_overrides)
+        if self.cfg.init_from:
+            self._warm_start(self.cfg.init_from)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.scheduler = DDPMScheduler(
             num_train_timesteps=self.cfg.num_train_timesteps, schedule=self.cfg.schedule
         )
         self.train_seconds = 0.0  # cumulative over resumed runs
         self._t_last: float | None = None
+        # training rows with a label per optional condition, set by train(); exported so a
+        # model refuses conditions it never learned (see PCCDPipeline.trained_conditions)
+        self.label_counts: dict[str, int] = {}
+
+    def _warm_start(self, name_or_path: str) -> None:
+        from pccd.model import warm_start
+
+        directory = Path(name_or_path)
+        if not (directory / "model.pt").exists():
+            directory = Path(__file__).parent / "weights" / name_or_path
+        if not (directory / "model.pt").exists():
+            raise FileNotFoundError(f"init_from: no model.pt in {name_or_path!r}")
+        state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        warm_start(self.model, state)
 
     def training_step(self, batch: tuple[torch.Tensor, Conditions], batch_idx: int):
         x, cond = batch
@@ -223,9 +249,11 @@ class PCCDLightning(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_seconds"] = self.train_seconds
+        checkpoint["label_counts"] = self.label_counts
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_seconds = float(checkpoint.get("train_seconds", 0.0))
+        self.label_counts = checkpoint.get("label_counts", self.label_counts)
 
 
 class RunTimeLimit(L.Callback):
@@ -324,8 +352,16 @@ def train(
     L.seed_everything(config.seed, workers=True)
     rep_config = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme(config.lattice_scheme))
 
+    label_counts: dict[str, int] = {}
+
     def loader(path: str | Path, *, shuffle: bool, n: int = 0) -> DataLoader:
         table = data_mod.load(path).table
+        if shuffle:
+            label_counts.update(
+                rows=len(table),
+                band_gap=int(np.isfinite(table.band_gap).sum()),
+                magnetic=int((table.magnetic >= 0).sum()),
+            )
         if n:
             table = _val_subset(table, n, config.seed)
         dataset = CrystalDataset(
@@ -349,6 +385,7 @@ def train(
     train_loader = loader(train_path, shuffle=True)
     val_loader = loader(val_path, shuffle=False, n=config.val_size) if val_path else None
     module = PCCDLightning(asdict(config))
+    module.label_counts = label_counts
     checkpoint = AtomicCheckpoint(out, checkpoint_minutes)
     # a new log version per (resumed) run: Lightning would otherwise delete the old metrics
     loggers: list = [L.pytorch.loggers.CSVLogger(out, name="logs")]
@@ -384,6 +421,18 @@ def train(
     return ckpt
 
 
+def trained_conditions(conditions: tuple[str, ...], label_counts: dict[str, int]) -> list[str]:
+    """The model's conditions that its training rows carried labels for.
+
+    Elements and formula come from every crystal itself; band gap and magnetic ordering only
+    count when some training row had a value. Without recorded counts (old checkpoints) every
+    condition is assumed trained.
+    """
+    if not label_counts:
+        return list(conditions)
+    return [c for c in conditions if c in ("elements", "formula") or label_counts.get(c, 0) > 0]
+
+
 def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     """Write the EMA weights of a checkpoint as a pretrained model directory.
 
@@ -399,17 +448,20 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     model.save_pretrained(out)
     steps = int(ckpt["global_step"])
+    labels = ckpt.get("label_counts") or {}
     meta = {
         "name": out.name,
         "representation": rep.RepresentationConfig(
             lattice_scheme=rep.LatticeScheme(cfg.lattice_scheme)
         ).to_dict(),
         "diffusion": {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule},
+        "trained_conditions": trained_conditions(model.config.conditions, labels),
         "training": {
             "config": asdict(cfg),
             "steps": steps,
             "samples_seen": steps * cfg.batch_size,
             "train_hours": round(float(ckpt.get("train_seconds", math.nan)) / 3600.0, 3),
+            "label_counts": labels,
         },
     }
     (out / "pccd.json").write_text(json.dumps(meta, indent=2))
@@ -425,4 +477,5 @@ __all__ = [
     "collate",
     "export_pretrained",
     "train",
+    "trained_conditions",
 ]

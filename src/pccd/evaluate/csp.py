@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,13 +31,17 @@ import numpy as np
 from pymatgen.core import Structure
 
 from pccd import data as data_mod
+from pccd import progress
 from pccd import representation as rep
 from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
+from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
 from pccd.evaluate.reconstruction import select_indices
-from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
+from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import DEFAULT_DDIM_STEPS
+
+_log = logging.getLogger(__name__)
 
 MATCHER_TOLERANCES = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
 """DiffCSP's StructureMatcher tolerances (CDVAE's reconstruction protocol)."""
@@ -61,6 +66,8 @@ COLUMNS = (
     "comp_valid",
     "match",
     "rms",
+    "covalent_ratio",
+    "space_group_number",
     "cif",
 )
 
@@ -120,7 +127,7 @@ def run_csp(
     *,
     source: str = "",
     model_label: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _log.info,
 ) -> dict:
     """Generate, match and summarise (or resume) into ``out_dir``; return the metrics.
 
@@ -133,6 +140,8 @@ def run_csp(
 
     if settings.k < 1:
         raise ValueError(f"k must be ≥ 1, got {settings.k}")
+    if settings.batch_size < 1:
+        raise ValueError(f"batch size must be ≥ 1, got {settings.batch_size}")
     pipeline.make_scheduler(settings.sampler, settings.steps)  # validates before any work
     pipeline = copy.copy(pipeline)  # the caller's pipeline keeps its own decoder options
     pipeline.rep_config = replace(
@@ -170,6 +179,7 @@ def run_csp(
         start += bs
     t0 = time.perf_counter()
     generated = 0
+    pbar = progress.bar(len(flat), "csp candidates", "crystal", initial=len(rows))
     for batch in pipeline.iter_generate(
         flat,
         sampler=settings.sampler,
@@ -209,12 +219,16 @@ def run_csp(
                     comp_valid=int(comp_valid_cache[reduced]),
                     match=int(rms is not None),
                     rms="" if rms is None else f"{rms:.6g}",
+                    covalent_ratio=f"{covalent_ratio(pred):.4f}",
+                    space_group_number=space_group_number(pred),
                     cif=name,
                 )
             rows.append(row)
             generated += 1
+            pbar.update(1)
         done = len(rows)
-        log(f"  {done}/{len(flat)} candidates ({done // k} formulas complete)")
+        _log.debug("%d/%d candidates (%d formulas complete)", done, len(flat), done // k)
+    pbar.close()
     seconds = time.perf_counter() - t0
     meta = {**pipeline.meta, "name": model_label or pipeline.meta.get("name")}
     metrics = summarize(out, settings, source=source, model=meta)
@@ -263,6 +277,7 @@ def summarize_rows(rows: Sequence[dict], k_max: int) -> dict:
         "formula_reproduced": _share(complete, lambda r: r.get("formula_ok") == "1"),
         "struct_valid": _share(complete, lambda r: r.get("struct_valid") == "1"),
         "comp_valid": _share(complete, lambda r: r.get("comp_valid") == "1"),
+        "geometry": _candidate_geometry(complete),
         "failures": dict(
             Counter(
                 r["reason"].split(":")[0]
@@ -278,6 +293,16 @@ def summarize_rows(rows: Sequence[dict], k_max: int) -> dict:
             "no_validity_filter": _rates(complete, k, require_valid=False),
         }
     return out
+
+
+def _candidate_geometry(groups: dict[str, list[dict]]) -> dict[str, float | int]:
+    """Geometry figures of every raw candidate (failed decodes count as implausible)."""
+    rows = [r for c in groups.values() for r in c]
+    ok = [r["status"] == "ok" and r.get("covalent_ratio") not in (None, "") for r in rows]
+    return summarize_geometry(
+        [float(r["covalent_ratio"]) if o else None for r, o in zip(rows, ok, strict=True)],
+        [int(r["space_group_number"]) if o else None for r, o in zip(rows, ok, strict=True)],
+    ).to_dict()
 
 
 def _share(groups: dict[str, list[dict]], predicate) -> float:
@@ -387,8 +412,13 @@ def _write_report(out: Path, metrics: dict, settings: CSPSettings) -> None:
             ["exact formula reproduced", pct(metrics["formula_reproduced"])],
             ["structurally valid", pct(metrics["struct_valid"])],
             ["SMACT-valid composition", pct(metrics["comp_valid"])],
+            ["plausible geometry (smallest covalent ratio ≥ 0.7)",
+             pct(metrics["geometry"]["plausible_share"])],
+            ["space group above P-1 (symprec 0.1 Å)", pct(metrics["geometry"]["symmetric_share"])],
+            ["median smallest covalent ratio (not a share; MP val 0.93)",
+             fmt(metrics["geometry"]["median_ratio"])],
         ],
-    )
+    )  # fmt: skip
     s = metrics["settings"]
     settings_md = markdown_table(
         ["setting", "value"],

@@ -193,7 +193,7 @@ class CSPDistances:
         ged_timeout: seconds per pair for the graph-edit search.
         matcher_tolerances: ``StructureMatcher`` tolerances for ``rms`` / ``rms_anonymous``
             (Wei et al.: ltol 0.6, stol 0.6, angle_tol 20°).
-        mlip: the MLIP for the ``energy`` distance (name as in :mod:`pccd.screen.mlip`:
+        mlip: the MLIP for the ``energy`` distance (name as in :mod:`pccd.mlip`:
             ``"chgnet"``, ``"7net-0"`` or ``"module:factory"``); loaded on first use.
 
     Example::
@@ -234,7 +234,7 @@ class CSPDistances:
     def energy_per_atom(self, structure: Structure) -> float:
         """MLIP single-point energy in eV/atom on the MP2020 scale (the screening oracle's)."""
         if self._mlip is None:
-            from pccd.screen.mlip import MLIP
+            from pccd.mlip import MLIP
 
             self._mlip = MLIP(self.mlip_name)
         try:

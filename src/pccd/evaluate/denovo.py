@@ -23,6 +23,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from pccd import data as data_mod
+from pccd import progress
 from pccd.evaluate import fingerprints, plots
 from pccd.evaluate.generation_metrics import (
     coverage,
@@ -41,9 +43,12 @@ from pccd.evaluate.generation_metrics import (
     property_wasserstein,
     unique_mask,
 )
+from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
+
+_log = logging.getLogger(__name__)
 
 COLUMNS = (
     "name",
@@ -55,6 +60,8 @@ COLUMNS = (
     "density",
     "struct_valid",
     "comp_valid",
+    "covalent_ratio",
+    "space_group_number",
     "novel",
     "known_id",
     "struct_fp",
@@ -114,6 +121,8 @@ def structure_row(structure: Structure, known: ReferenceIndex | None) -> dict[st
         "density": f"{structure.density:.6g}",
         "struct_valid": int(is_structurally_valid(structure)),
         "comp_valid": int(is_compositionally_valid(structure.composition)),
+        "covalent_ratio": f"{covalent_ratio(structure):.4f}",
+        "space_group_number": space_group_number(structure),
     }
     errors = []
     try:
@@ -138,7 +147,7 @@ def structure_row(structure: Structure, known: ReferenceIndex | None) -> dict[st
 def reference_fingerprints(
     structures: Sequence[Structure],
     cache_key: str | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _log.info,
 ) -> dict[str, np.ndarray]:
     """CrystalNN and Magpie fingerprints, densities and element counts of reference crystals.
 
@@ -199,7 +208,7 @@ def evaluate_directory(
     *,
     reference: str | Path | None = None,
     known: str | Path | ReferenceIndex | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _log.info,
 ) -> dict:
     """Score the CIFs in ``directory`` into ``out_dir`` (resumable); return the metrics.
 
@@ -213,6 +222,9 @@ def evaluate_directory(
             for novelty; without it novelty is missing, with the reason.
     """
     out = Path(out_dir)
+    for label, path in (("reference", reference), ("known", known)):
+        if isinstance(path, (str, Path)) and not Path(path).exists():
+            raise FileNotFoundError(f"--{label} {path}: no such file or directory")
     files = list_cifs(directory)
     if not files:
         raise FileNotFoundError(f"no CIF files in {directory}")
@@ -241,6 +253,7 @@ def evaluate_directory(
     rows = ResultTable(out / "structures.csv", COLUMNS, key="name")
     t0 = time.perf_counter()
     todo = [f for f in picked if f.name not in rows]
+    pbar = progress.bar(len(picked), "scored", "crystal", initial=len(picked) - len(todo))
     for count, path in enumerate(todo, 1):
         try:
             with warnings.catch_warnings():  # CIF rounding notes, missing radii: not errors
@@ -256,8 +269,10 @@ def evaluate_directory(
                 "comp_valid": 0,
             }
         rows.append(row)
+        pbar.update(1)
         if count % 100 == 0 or count == len(todo):
-            log(f"  scored {count}/{len(todo)} crystals")
+            _log.debug("scored %d/%d crystals", count, len(todo))
+    pbar.close()
     seconds = time.perf_counter() - t0
 
     ref_data = None
@@ -281,6 +296,29 @@ def evaluate_directory(
     metrics["timing_this_invocation"] = {"scoring_seconds": seconds, "scored": len(todo)}
     write_metrics(out, metrics)
     return metrics
+
+
+def _geometry(
+    rows: Sequence[dict], failures: tuple[int, int] | None, n_available: int
+) -> dict[str, float | int]:
+    """Plausible share, median covalent ratio and share above P-1 of the scored CIFs.
+
+    Unreadable CIFs count as implausible. When the directory is a whole ``pccd generate`` run
+    (its summary.csv lists decode failures and every CIF was scored), the failed decodes join
+    the denominator too, so the share is over every sample the generator drew.
+    """
+    ratios: list[float | None] = []
+    groups: list[int | None] = []
+    for r in rows:
+        ok = r.get("status") == "ok" and r.get("covalent_ratio") not in (None, "")
+        ratios.append(float(r["covalent_ratio"]) if ok else None)
+        groups.append(int(r["space_group_number"]) if ok else None)
+    if failures is not None and len(rows) == n_available:
+        ratios += [None] * failures[0]
+        groups += [None] * failures[0]
+    out = summarize_geometry(ratios, groups).to_dict()
+    out["denominator"] = "every generated sample" if len(ratios) > len(rows) else "scored CIFs"
+    return out
 
 
 def _fp(rows: Sequence[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -323,6 +361,7 @@ def summarize(
     if failures is not None:
         failed, attempted = failures
         metrics["generator_decode_failures"] = {"failed": failed, "attempted": attempted}
+    metrics["geometry"] = _geometry(rows, failures, n_available)
     missing: dict[str, str] = {}
     figures: list[Path] = []
 
@@ -439,6 +478,14 @@ def _write_report(out: Path, m: dict) -> None:
         ["novelty (of valid)", cell("novelty")],
         ["unique and novel (of valid)", cell("unique_and_novel")],
     ]
+    g = m["geometry"]
+    rows += [
+        [f"plausible geometry (smallest covalent ratio ≥ 0.7; of {g['denominator']})",
+         pct(g["plausible_share"])],
+        ["median smallest covalent ratio (MP val: 0.93)", fmt(g["median_ratio"])],
+        [f"space group above P-1 (symprec 0.1 Å; of {g['denominator']})",
+         pct(g["symmetric_share"])],
+    ]  # fmt: skip
     counts = (
         f"{m['n_used']} crystals scored of {m['n_available']} CIFs in `{m['directory']}` "
         f"(--n {m['settings']['n'] or 'all'}, seed {m['settings']['seed']}); "

@@ -25,6 +25,7 @@ complete batch.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections import Counter
@@ -37,6 +38,7 @@ import torch
 from pymatgen.core import Structure
 
 from pccd import data as data_mod
+from pccd import progress
 from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.diffusion import denoise
@@ -46,6 +48,8 @@ from pccd.evaluate.matching import compare_structures, effective_rate, plain_rat
 from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import DEFAULT_DDIM_STEPS
+
+_log = logging.getLogger(__name__)
 
 PAPER = {
     "n": 1280,
@@ -119,7 +123,7 @@ class ReconstructionSettings:
         distances: CSP distance metrics computed per decoded pair (empty = none).
         distance_t: the t at which distances are computed (default: the largest t).
         ged_timeout: seconds per pair for the graph edit distance.
-        mlip: the MLIP of the energy distance (see :mod:`pccd.screen.mlip`).
+        mlip: the MLIP of the energy distance (see :mod:`pccd.mlip`).
     """
 
     n: int = 1280
@@ -223,7 +227,7 @@ def run_reconstruction(
     *,
     source: str = "",
     model_label: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _log.info,
 ) -> dict:
     """Run (or resume) the experiment into ``out_dir`` and write metrics, report and figures.
 
@@ -275,6 +279,7 @@ def run_reconstruction(
         cif_dir = out / "structures" / f"t{t:04d}"
         cif_dir.mkdir(parents=True, exist_ok=True)
         done_before = sum(f"t{t}_{i}" in results for i in range(n))
+        pbar = progress.bar(n, f"reconstruct t={t}", "crystal", initial=done_before)
         for lo in range(0, n, settings.batch_size):
             hi = min(n, lo + settings.batch_size)
             if all(f"t{t}_{i}" in results for i in range(lo, hi)):
@@ -312,7 +317,9 @@ def run_reconstruction(
                     pred.to(filename=str(cif_dir / name))
                     row.update(status="ok", cif=str(Path("structures") / f"t{t:04d}" / name))
                 results.append(row)
-            log(f"  t={t}: {hi}/{n} reconstructed")
+                pbar.update(1)
+            _log.debug("t=%d: %d/%d reconstructed", t, hi, n)
+        pbar.close()
         if sum(f"t{t}_{i}" in results for i in range(n)) > done_before:
             timing[f"t{t}_seconds"] = time.perf_counter() - t0
 
@@ -340,6 +347,7 @@ def _run_distances(
     table = ResultTable(out / "distances.csv", DISTANCE_COLUMNS, key="key")
     calc = CSPDistances(settings.distances, ged_timeout=settings.ged_timeout, mlip=settings.mlip)
     todo = [i for i in range(len(sub)) if f"t{t}_{i}" not in table]
+    pbar = progress.bar(len(sub), f"distances t={t}", "pair", initial=len(sub) - len(todo))
     for count, i in enumerate(todo, 1):
         key = f"t{t}_{i}"
         row = results.rows[key]
@@ -354,8 +362,10 @@ def _run_distances(
         if "graph_edit" in dists:
             entry["graph_edit_note"] = dists["graph_edit"].note
         table.append(entry)
+        pbar.update(1)
         if count % 25 == 0 or count == len(todo):
             log(f"  distances t={t}: {count}/{len(todo)}")
+    pbar.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pccd.model.unet import (
     describe,
     example_inputs,
     forward_flops,
+    warm_start,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "example_inputs",
     "forward_flops",
     "sinusoidal_embedding",
+    "warm_start",
 ]

@@ -25,6 +25,9 @@ and a paper-scale model are the same code and can be trained and compared:
   level), ``mid_attention`` (paper: full) and ``mid_blocks`` (paper: 3).
 * ``upsample`` — nearest + conv or transposed conv.
 * ``conditions`` — which conditions the model embeds.
+* ``periodic_features`` — also feed the network cos/sin(2π·frac) of the noisy fractional
+  coordinates, so it sees that 0.99 and 0.01 are neighbours (the Euclidean array alone puts
+  them 1.96 apart); the diffusion itself is unchanged.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class UNetConfig:
         stem_kernel: kernel size of the first convolution (odd).
         upsample: ``"nearest"`` (repeat rows + conv 3) or ``"transpose"`` (transposed conv).
         dropout: dropout inside residual blocks.
+        periodic_features: add cos/sin(2π·frac) of channel 0 as extra input channels.
     """
 
     layout: str = "seq1d"
@@ -100,6 +104,7 @@ class UNetConfig:
     stem_kernel: int = 3
     upsample: str = "nearest"
     dropout: float = 0.0
+    periodic_features: bool = False
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to tuples so configs compare equal after a round trip.
@@ -237,6 +242,8 @@ class PCCDUNet(nn.Module):
         self.preset = preset
         sd = config.spatial_dims
         c_data = CHANNELS if config.layout == "grid2d" else CHANNELS * COLUMNS
+        # cos and sin of each coordinate column: 2 extra image channels or 6 sequence channels
+        c_extra = (2 if config.layout == "grid2d" else 2 * COLUMNS) * config.periodic_features
         base = config.base_channels
         emb = config.emb_dim
         groups = config.norm_groups
@@ -258,7 +265,7 @@ class PCCDUNet(nn.Module):
             band_gap_frequencies=config.band_gap_frequencies,
             band_gap_scale=config.band_gap_scale,
         )
-        self.stem = conv(sd, c_data, base, config.stem_kernel)
+        self.stem = conv(sd, c_data + c_extra, base, config.stem_kernel)
 
         widths = [base] + [base * m for m in config.channel_mults]
         n_levels = len(config.channel_mults)
@@ -303,6 +310,9 @@ class PCCDUNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.periodic_features:
+            angle = torch.pi * (x[:, :1] + 1.0)  # channel 0 holds 2·frac − 1
+            x = torch.cat([x, torch.cos(angle), torch.sin(angle)], dim=1)
         if self.config.layout == "grid2d":
             return x
         b, c, r, w = x.shape
@@ -387,6 +397,38 @@ class PCCDUNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def warm_start(model: PCCDUNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a smaller model's weights into ``model`` so it computes the same function.
+
+    Why: architecture options (more attention levels, periodic input features) can then be
+    tried by fine-tuning a trained model instead of hours of training from scratch. Tensors of
+    equal shape are copied; the stem's extra input channels get zero weights; every attention
+    that ``state`` lacks gets a zero output projection, so its residual branch starts as the
+    identity. Returns the names of parameters that were not in ``state``.
+    """
+    own = model.state_dict()
+    new: list[str] = []
+    with torch.no_grad():
+        for name, tensor in own.items():
+            old = state.get(name)
+            if old is not None and old.shape == tensor.shape:
+                tensor.copy_(old)
+            elif old is not None and name == "stem.weight" and old.shape[1] < tensor.shape[1]:
+                tensor.zero_()
+                tensor[:, : old.shape[1]].copy_(old)
+            elif old is not None:
+                raise ValueError(
+                    f"{name}: shape {tuple(old.shape)} cannot seed {tuple(tensor.shape)}"
+                )
+            else:
+                new.append(name)
+        for module_name, module in model.named_modules():
+            if isinstance(module, Attention) and f"{module_name}.out.weight" in new:
+                module.out.weight.zero_()
+                module.out.bias.zero_()
+    return new
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -454,4 +496,5 @@ __all__: Sequence[str] = (
     "describe",
     "example_inputs",
     "forward_flops",
+    "warm_start",
 )

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Element
+
+_log = logging.getLogger(__name__)
 
 NOBLE_GASES = {"He", "Ne", "Ar", "Kr", "Xe", "Rn"}
 RADIOACTIVE = {"Tc", "Pm"}  # and everything beyond Bi (Z > 83)
@@ -65,8 +69,37 @@ class BatchSettings:
     seed: int = 0
 
 
+def distinct_lists(settings: BatchSettings) -> int:
+    """How many distinct element lists the pool holds (sizes with a non-zero weight)."""
+    n = len(pool(settings.pool))
+    return sum(
+        math.comb(n, size) for size, w in zip((1, 2, 3), settings.size_weights, strict=True) if w
+    )
+
+
+def check_batch_settings(settings: BatchSettings) -> None:
+    """Raise ``ValueError`` for settings no batch can satisfy (before any work is done)."""
+    pool(settings.pool)
+    if settings.lists < 1:
+        raise ValueError(f"--lists must be ≥ 1, got {settings.lists}")
+    if settings.per_list < 1:
+        raise ValueError(f"--per-list must be ≥ 1, got {settings.per_list}")
+    weights = settings.size_weights
+    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or not any(
+        weights
+    ):
+        raise ValueError(f"size weights must be 3 non-negative numbers, got {weights}")
+    available = distinct_lists(settings)
+    if settings.lists > available:
+        raise ValueError(
+            f"--lists {settings.lists} is more than pool {settings.pool} holds: it has "
+            f"{available} distinct element lists of 1–3 elements; use --lists {available} or fewer"
+        )
+
+
 def draw_element_lists(settings: BatchSettings) -> list[list[str]]:
     """``settings.lists`` distinct element lists from the pool (seeded)."""
+    check_batch_settings(settings)
     elements = pool(settings.pool)
     rng = np.random.default_rng(settings.seed)
     weights = np.asarray(settings.size_weights, dtype=float)
@@ -153,7 +186,8 @@ def run_batch(
     workers: int = 1,
     sampler: str = "ddim",
     steps: int | None = None,
-    log=print,
+    log=_log.info,
+    device: str | None = None,
 ) -> dict[str, object]:
     """Generate and screen one batch into ``out_dir``; resumable at every stage.
 
@@ -161,22 +195,27 @@ def run_batch(
     ``batch<N>.csv``, ``batch<N>.json`` (statistics) and ``batch<N>_ehull.png``.
     """
     from pccd.outputs import check_run_settings
-    from pccd.pipeline import Request, generate_to_directory
+    from pccd.pipeline import Request
+    from pccd.runs import generate_to_directory
     from pccd.screen.screening import screen_directory
 
+    from pccd import progress
+
+    check_batch_settings(settings)
     out = Path(out_dir)
     check_run_settings(out, {**asdict(settings), "sampler": sampler, "steps": steps})
     lists = draw_element_lists(settings)
     requests = [Request.parse(els) for els in lists for _ in range(settings.per_list)]
     gen_dir = out / "generated"
-    summary = generate_to_directory(
-        pipeline, requests, None, gen_dir, batch_size=50, sampler=sampler, steps=steps,
-        seed=settings.seed,
-        on_batch=lambda batch: log(f"  generated up to {batch[-1].index + 1}/{len(requests)}"),
-    )  # fmt: skip
+    with progress.bar(len(requests), "generated", "crystal") as pbar:
+        summary = generate_to_directory(
+            pipeline, requests, None, gen_dir, batch_size=50, sampler=sampler, steps=steps,
+            seed=settings.seed, on_batch=lambda batch: pbar.update(len(batch)),
+        )  # fmt: skip
+    log(f"generated {len(requests)} crystals into {gen_dir}")
     screen_csv = screen_directory(
-        gen_dir, out / "screen", screen_settings, workers=workers,
-        progress=lambda done, total: log(f"  screened {done}/{total}") if done % 10 == 0 else None,
+        gen_dir, out / "screen", screen_settings, workers=workers, device=device,
+        progress=lambda done, total: _log.debug("screened %d/%d", done, total),
     )  # fmt: skip
     with screen_csv.open(newline="") as fh:
         screened = {r["id"]: r for r in csv.DictReader(fh)}  # keyed by CIF file stem

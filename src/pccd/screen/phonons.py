@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from pccd.screen.mlip import MLIP, MLIPError
+from pccd.mlip import MLIP, MLIPError
 
 #: Tolerance (Å) for finding the symmetry used by seekpath and phonopy. Looser than phonopy's
 #: 1e-5 because MLIP-relaxed candidates keep their symmetry only to ~1e-4 Å; a cell found to be

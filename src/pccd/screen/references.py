@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 from pymatgen.core import Composition, Structure
 
-from pccd.screen.mlip import MLIP, MLIPError
+from pccd.mlip import MLIP, MLIPError
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "references"
 COLUMNS = ["material_id", "formula", "nsites", "energy_per_atom", "error"]
@@ -83,13 +83,17 @@ def read_reference_structures(
 @lru_cache(maxsize=2)
 def _reference_frame(path: str) -> pd.DataFrame:
     """The reference CSV, read once per process (on-demand systems each need a slice)."""
-    return pd.read_csv(path, index_col=0)
+    from pccd.data import read_table
+
+    return read_table(path, index_col=0)
 
 
 @lru_cache(maxsize=4)
 def reference_chemsys(path: str, max_elements: int = 3) -> dict[str, str]:
     """material_id -> chemical system for a reference CSV, without parsing structures."""
-    frame = pd.read_csv(path, usecols=["material_id", "elements", "nelements"])
+    from pccd.data import read_table
+
+    frame = read_table(path, usecols=["material_id", "elements", "nelements"])
     frame = frame[frame["nelements"] <= max_elements]
     out = {}
     for material_id, elements in zip(frame["material_id"], frame["elements"], strict=True):

@@ -18,7 +18,7 @@ from ase.optimize import FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from pccd.screen.mlip import MLIP, MLIPError
+from pccd.mlip import MLIP, MLIPError
 
 #: volume per atom (Å³) outside which a relaxation is considered to have blown up
 VOLUME_PER_ATOM_LIMITS = (2.0, 200.0)
@@ -66,7 +66,7 @@ class Relaxation:
     """The outcome of one relaxation."""
 
     structure: Structure  # relaxed
-    energy_per_atom: float  # eV/atom, MP2020 scale (see pccd.screen.mlip)
+    energy_per_atom: float  # eV/atom, MP2020 scale (see pccd.mlip)
     converged: bool  # max force (and stress) below fmax within max_steps
     steps: int
     rmsd: float  # Å, atom displacement between input and relaxed structure

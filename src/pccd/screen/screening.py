@@ -23,7 +23,7 @@ from pymatgen.core import Structure
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.screen.hull import ConvexHull, HullError
-from pccd.screen.mlip import MLIP, MLIPError
+from pccd.mlip import MLIP, MLIPError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import Relaxation, RelaxationError, relax
 
@@ -66,12 +66,13 @@ class ScreenSettings:
 _WORKER_MLIP: MLIP | None = None
 
 
-def _init_worker(mlip_name: str, threads: int) -> None:
+def _init_worker(mlip_name: str, threads: int, device: str | None = None) -> None:
     global _WORKER_MLIP
     import torch
 
-    torch.set_num_threads(threads)
-    _WORKER_MLIP = MLIP(mlip_name)
+    if threads:
+        torch.set_num_threads(threads)
+    _WORKER_MLIP = MLIP(mlip_name, device=device)
 
 
 def _relax_job(structure: Structure, fmax: float, max_steps: int) -> Relaxation | str:
@@ -123,7 +124,7 @@ class Screener:
 
     def assess(self, ident: str, relaxation: Relaxation) -> dict[str, object]:
         """Row fields for a relaxed crystal; registers it for later uniqueness checks."""
-        from pccd.pipeline import describe
+        from pccd.evaluate.geometry import describe_structure
 
         s = relaxation.structure
         elements = [el.symbol for el in s.composition.elements]
@@ -134,7 +135,7 @@ class Screener:
             "energy_per_atom": f"{relaxation.energy_per_atom:.5f}",
             "rmsd": f"{relaxation.rmsd:.4f}",
             "volume_change": f"{relaxation.volume_change:.4f}",
-            "space_group": describe(s)["space_group"],
+            "space_group": describe_structure(s)["space_group"],
             "seconds": f"{relaxation.seconds:.2f}",
         }
         e_hull = math.nan
@@ -165,28 +166,41 @@ def screen_directory(
     threads_per_worker: int = 1,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    device: str | None = None,
 ) -> Path:
     """Screen every CIF in ``directory`` into ``out_dir`` (screen.csv, relaxed/, summary.json).
 
-    Returns the path of ``screen.csv``.
+    The resolved input directory is part of the run's settings, so a rerun on another input
+    is refused instead of mixing two inputs in one screen.csv. ``device`` is the MLIP's torch
+    device (None: automatic). Returns the path of ``screen.csv``.
     """
+    from pccd import progress as progress_bars
+
+    source = Path(directory)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such directory (the CIFs to screen)")
+    if workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be ≥ 1, got {limit}")
+    inputs = list(read_inputs(source))
+    if limit is not None:
+        inputs = inputs[:limit]
     out = Path(out_dir)
-    check_run_settings(out, asdict(settings))
+    check_run_settings(out, {**asdict(settings), "input": str(source.resolve())})
     table = ResultTable(out / "screen.csv", SCREEN_COLUMNS, key="id")
     relaxed_dir = out / "relaxed"
     relaxed_dir.mkdir(parents=True, exist_ok=True)
-    mlip = MLIP(settings.mlip)
+    mlip = MLIP(settings.mlip, device=device)
     screener = Screener(mlip, settings.reference)
     for ident, row in table.rows.items():  # earlier crystals keep counting for uniqueness
         cif = relaxed_dir / f"{ident}.cif"
         if row["unique"] == "True" and cif.exists():
             screener.seen.add(ident, Structure.from_file(cif))
 
-    inputs = list(read_inputs(directory))
-    if limit is not None:
-        inputs = inputs[:limit]
     todo = [(i, s) for i, s in inputs if i not in table]
     total, done = len(inputs), len(inputs) - len(todo)
+    pbar = progress_bars.bar(total, "screened", "crystal", initial=done)
 
     def record(ident: str, item: Structure | str, outcome: Relaxation | str | None) -> None:
         nonlocal done
@@ -203,6 +217,7 @@ def screen_directory(
             row.update(screener.assess(ident, outcome))
         table.append(row)
         done += 1
+        pbar.update(1)
         if progress is not None:
             progress(done, total)
 
@@ -211,7 +226,7 @@ def screen_directory(
         if isinstance(item, str):
             record(ident, item, None)
     if workers <= 1:
-        _init_worker(settings.mlip, threads_per_worker)
+        _init_worker(settings.mlip, threads_per_worker, device)
         for ident, s in runnable:
             record(ident, s, _relax_job(s, settings.fmax, settings.max_steps))
     else:
@@ -220,7 +235,7 @@ def screen_directory(
             workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(settings.mlip, threads_per_worker),
+            initargs=(settings.mlip, threads_per_worker, device),
         ) as pool:
             pending = {}
             queue = iter(runnable)
@@ -232,6 +247,7 @@ def screen_directory(
                         record(*pending.pop(fut), fut.result())
             for fut in list(pending):
                 record(*pending.pop(fut), fut.result())
+    pbar.close()
     summary = summarize_screen(table.path)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return table.path

@@ -26,7 +26,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "7net-0": ("SevenNet-0 (sevenn wheel); raw GGA/GGA+U energies, MP2020-corrected here", True),
 }
 DEFAULT_MLIP = "chgnet"
-SCREEN_EXTRA_HINT = "install the screening extra: pip install 'pccd[screen]'"
+SCREEN_EXTRA_HINT = 'install the screening extra: pip install -e ".[screen]"'
 
 
 class MLIPError(RuntimeError):
@@ -110,7 +110,13 @@ def _load_calculator(name: str, device: str | None):
     except ImportError as exc:
         raise ImportError(f"MLIP {name!r} is not installed; {SCREEN_EXTRA_HINT}") from exc
     module_name, _, attr = name.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"--mlip {name!r}: cannot import {attr!r} from {module_name!r} ({exc}); give "
+            "'package.module:factory' where factory() returns an ASE calculator"
+        ) from exc
     return factory()
 
 

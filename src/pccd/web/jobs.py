@@ -1,0 +1,523 @@
+"""Jobs of the web page: directories under ``--runs`` in exactly the layout of the CLI.
+
+A job *is* a directory ``RUNS/<id>/`` as ``pccd generate --out RUNS/<id>`` writes it (``run.json``,
+``summary.csv``, one CIF per crystal) and its screen is ``RUNS/<id>/screen/`` as ``pccd screen
+RUNS/<id> --out RUNS/<id>/screen`` writes it. ``run.json`` holds every generation setting, so a
+job is fully described by its directory: the page submits a job by writing ``run.json``, and the
+worker (or a restarted server, or ``pccd generate`` with the same flags) generates from it and
+resumes after the last finished batch. Nothing else is stored on disk; whether a job is queued,
+running or failed is known only to the running server, and a restarted server queues every
+partial run it can continue.
+
+Generation and screening run one task at a time in one worker process (``spawn``), which keeps
+the model loaded between jobs. A crash of that process marks its task failed; the next task
+starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STRUCTURE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SCREEN_DIR = "screen"
+#: MLIPs a request may ask for; ``module:factory`` would import code named by a request
+SCREEN_MLIPS = ("chgnet", "7net-0")
+
+
+class JobError(Exception):
+    """A request that cannot be met; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---- the directory layout ------------------------------------------------------------------
+def read_csv_rows(path: Path, key: str = "id") -> list[dict[str, str]]:
+    """Rows of a result CSV; a half-written last line (no key) is skipped."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return [row for row in csv.DictReader(fh) if row.get(key)]
+
+
+def read_run_json(directory: Path) -> dict | None:
+    try:
+        data = json.loads((directory / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def formula_string(elements: list[str], counts: list[int] | None) -> str | None:
+    """``["Mg", "O"], [4, 4]`` → ``"Mg4O4"`` (the cell formula a run.json records as counts)."""
+    if not counts:
+        return None
+    return "".join(f"{e}{c}" for e, c in zip(elements, counts, strict=True))
+
+
+def generation_settings(
+    request,
+    *,
+    n: int,
+    batch_size: int,
+    model: str,
+    sampler: str,
+    steps: int | None,
+    guidance_scale: float,
+    seed: int,
+) -> dict[str, object]:
+    """The ``run.json`` that :func:`pccd.runs.generate_to_directory` records for one request.
+
+    Written when a job is submitted, so a queued job is already a resumable run on disk.
+    """
+    return {
+        "elements": [e.symbol for e in request.elements],
+        "formula": list(request.formula) if request.formula else None,
+        "band_gap": request.band_gap,
+        "magnetic": request.magnetic,
+        "n": n,
+        "batch_size": batch_size,
+        "model": model,
+        "sampler": sampler,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+    }
+
+
+def resolve_inside(root: Path, *parts: str) -> Path:
+    """``root/parts…`` resolved (symlinks followed); 404 unless it stays inside ``root``."""
+    root = root.resolve()
+    path = root.joinpath(*parts).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise JobError(404, "not found")
+    return path
+
+
+# ---- worker process --------------------------------------------------------------------------
+_PIPELINES: dict[str, object] = {}
+
+
+def _pipeline(model: str | None):
+    from pccd.pipeline import PCCDPipeline
+
+    key = str(model)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = PCCDPipeline.from_pretrained(model)
+    return _PIPELINES[key]
+
+
+def _run_generate(task: Mapping) -> None:
+    from pccd.pipeline import Request
+    from pccd.runs import generate_to_directory
+
+    directory = Path(task["dir"])
+    settings = read_run_json(directory)
+    if settings is None or "elements" not in settings:
+        raise ValueError(f"{directory.name} has no run.json of a single-request run")
+    elements = list(settings["elements"])
+    request = Request.parse(
+        elements,
+        formula=formula_string(elements, settings.get("formula")),
+        band_gap=settings.get("band_gap"),
+        magnetic=settings.get("magnetic"),
+    )
+    generate_to_directory(
+        _pipeline(task["model"]),
+        request,
+        int(settings["n"]),
+        directory,
+        batch_size=int(settings["batch_size"]),
+        sampler=settings.get("sampler", "ddim"),
+        steps=settings.get("steps"),
+        guidance_scale=float(settings.get("guidance_scale", 1.0)),
+        seed=int(settings.get("seed", 0)),
+    )
+
+
+def _run_screen(task: Mapping) -> None:
+    try:
+        from pccd.screen.screening import ScreenSettings, screen_directory
+    except ImportError as exc:  # the screen extra is not installed
+        raise RuntimeError(f"screening needs the screen extra (pip install 'pccd[screen]'): {exc}")
+    directory = Path(task["dir"])
+    screen_directory(
+        directory,
+        directory / SCREEN_DIR,
+        ScreenSettings(**task["settings"]),
+        workers=1,
+        threads_per_worker=max(1, int(task.get("threads") or 1)),
+    )
+
+
+def _worker_main(conn, model: str | None, threads: int) -> None:
+    """Loop of the worker process: run one task at a time, answer ("ok"|"error", message)."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if task["kind"] == "generate":
+                _run_generate(task)
+            elif task["kind"] == "screen":
+                _run_screen(task)
+            elif task["kind"] == "warm":
+                _pipeline(model)
+            conn.send(("ok", ""))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class Worker:
+    """One long-lived ``spawn`` process that runs tasks sent through a pipe."""
+
+    def __init__(self, model: str | None, threads: int):
+        ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, model, threads), daemon=True, name="pccd-web-worker"
+        )
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def run(self, task: Mapping, stop: threading.Event) -> tuple[str, str]:
+        self.conn.send(dict(task))
+        while not stop.is_set():
+            try:
+                if self.conn.poll(0.1):
+                    return self.conn.recv()
+            except (EOFError, OSError):
+                break
+            if not self.process.is_alive():
+                try:  # it may have answered just before exiting
+                    if self.conn.poll(0):
+                        return self.conn.recv()
+                except (EOFError, OSError):
+                    pass
+                break
+        if stop.is_set():
+            raise WorkerDied("the server stopped during this task")
+        self.process.join(1)
+        raise WorkerDied(f"the worker process died (exit code {self.process.exitcode})")
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+
+# ---- the manager ----------------------------------------------------------------------------
+@dataclass
+class TaskState:
+    status: str  # queued | running | done | failed
+    error: str = ""
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        now = time.time()
+        end = self.finished_at or now
+        return {
+            "status": self.status,
+            "error": self.error or None,
+            "seconds": round(end - self.started_at, 1) if self.started_at else None,
+        }
+
+
+class JobManager:
+    """Jobs under ``runs``: their state, the task queue and the worker that runs it."""
+
+    def __init__(
+        self,
+        runs: str | Path,
+        model: str | None = None,
+        *,
+        threads: int = 0,
+        reference: str | None = None,
+        max_queue: int = 50,
+    ):
+        from pccd.pipeline import DEFAULT_MODEL, WEIGHTS_DIR
+
+        self.runs = Path(runs).resolve()
+        self.runs.mkdir(parents=True, exist_ok=True)
+        directory = Path(model) if model is not None else WEIGHTS_DIR / DEFAULT_MODEL
+        if model is not None and not directory.exists() and (WEIGHTS_DIR / str(model)).exists():
+            directory = WEIGHTS_DIR / str(model)
+        if not (directory / "config.json").exists():
+            raise FileNotFoundError(f"no pretrained model at {directory} (config.json missing)")
+        self.model = str(directory.resolve())
+        self.model_meta = json.loads((directory / "pccd.json").read_text())
+        self.model_name = str(self.model_meta.get("name", ""))
+        self.threads = threads
+        self.reference = reference
+        self.max_queue = max_queue
+        self._lock = threading.RLock()
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._states: dict[tuple[str, str], TaskState] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.worker: Worker | None = None
+
+    # -- life cycle --
+    def start(self, warm: bool = False) -> None:
+        """Start the runner thread; queue partial runs found on disk; optionally preload."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self.recover()
+        if warm:
+            with self._lock:
+                self._pending += 1
+            self._queue.put(("warm", ""))
+        self._thread = threading.Thread(target=self._loop, name="pccd-web-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def recover(self) -> list[str]:
+        """Queue every partial run under ``runs`` this server can continue; returns their ids."""
+        resumed = []
+        for path in sorted(self.runs.iterdir()):
+            if not path.is_dir() or not JOB_ID.match(path.name):
+                continue
+            state = self.disk_state(path)
+            if state is None:
+                continue
+            if not state["complete"]:
+                if state["resumable"]:
+                    self._enqueue(path.name, "generate", force=True)
+                    resumed.append(path.name)
+            else:
+                screen = self.screen_disk_state(path)
+                if screen is not None and not screen["complete"] and screen["settings"]:
+                    if screen["settings"].get("mlip") in SCREEN_MLIPS:
+                        self._enqueue(
+                            path.name, "screen", force=True, settings=screen["settings"]
+                        )
+                        resumed.append(path.name)
+        return resumed
+
+    # -- disk --
+    def job_dir(self, job_id: str) -> Path:
+        if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+            raise JobError(404, f"no job {job_id!r}")
+        path = resolve_inside(self.runs, job_id)
+        if path.parent != self.runs or not path.is_dir():
+            raise JobError(404, f"no job {job_id!r}")
+        return path
+
+    def disk_state(self, path: Path) -> dict | None:
+        """What a run directory holds; None when it is not a run."""
+        settings = read_run_json(path)
+        summary = path / "summary.csv"
+        if settings is None and not summary.exists():
+            return None
+        rows = read_csv_rows(summary)
+        settings = settings or {}
+        total = settings.get("n") if isinstance(settings.get("n"), int) else len(rows)
+        complete = len(rows) >= total
+        reason = ""
+        if not complete:
+            if "elements" not in settings:
+                reason = "made with one element list per crystal; continue it from the shell"
+            elif settings.get("model") != self.model_name:
+                reason = (
+                    f"made with model {settings.get('model')!r}, this server has "
+                    f"{self.model_name!r}; continue it from the shell"
+                )
+        return {
+            "settings": settings,
+            "rows": rows,
+            "done": len(rows),
+            "total": total,
+            "complete": complete,
+            "resumable": not complete and not reason,
+            "reason": reason,
+        }
+
+    def screen_disk_state(self, path: Path) -> dict | None:
+        out = path / SCREEN_DIR
+        if not out.is_dir():
+            return None
+        rows = read_csv_rows(out / "screen.csv")
+        total = sum(1 for p in path.iterdir() if p.suffix.lower() == ".cif")
+        return {
+            "settings": read_run_json(out),
+            "rows": rows,
+            "done": len(rows),
+            "total": total,
+            "complete": (out / "screen.csv").exists() and len(rows) >= total,
+        }
+
+    # -- queue --
+    def _enqueue(self, job_id: str, kind: str, force: bool = False, **extra) -> TaskState:
+        with self._lock:
+            if not force and self._pending >= self.max_queue:
+                raise JobError(503, f"the queue is full ({self.max_queue} tasks); try later")
+            state = TaskState("queued")
+            self._states[(job_id, kind)] = state
+            self._pending += 1
+        self._queue.put((kind, job_id, extra))
+        return state
+
+    def submit_generate(self, job_id: str, settings: dict[str, object]) -> TaskState:
+        """Create ``runs/<job_id>`` with its run.json and queue its generation."""
+        from pccd.outputs import check_run_settings
+
+        if not JOB_ID.match(job_id):
+            raise JobError(400, f"job name {job_id!r} must match {JOB_ID.pattern}")
+        path = resolve_inside(self.runs, job_id)
+        if path.parent != self.runs:
+            raise JobError(400, "a job name is one directory name")
+        with self._lock:
+            if path.exists():
+                raise JobError(409, f"job {job_id!r} exists already")
+            path.mkdir()
+            check_run_settings(path, settings)
+            return self._enqueue(job_id, "generate")
+
+    def submit_screen(self, job_id: str, settings: dict[str, object]) -> TaskState:
+        path = self.job_dir(job_id)
+        with self._lock:
+            gen = self.state(job_id, "generate")
+            disk = self.disk_state(path)
+            if disk is None:
+                raise JobError(404, f"no job {job_id!r}")
+            if gen is not None and gen.status in ("queued", "running") or not disk["complete"]:
+                raise JobError(409, "the job has not finished generating; screen it when done")
+            current = self.state(job_id, "screen")
+            if current is not None and current.status in ("queued", "running"):
+                raise JobError(409, f"the screen of {job_id} is {current.status} already")
+            screen = self.screen_disk_state(path)
+            if screen is not None and screen["settings"]:
+                previous = screen["settings"]
+                if json.loads(json.dumps(settings)) != previous:
+                    diff = sorted(
+                        k
+                        for k in set(previous) | set(settings)
+                        if previous.get(k) != settings.get(k)
+                    )
+                    raise JobError(
+                        409,
+                        f"{job_id} was screened with other settings ({', '.join(diff)}): "
+                        f"{previous}",
+                    )
+            return self._enqueue(job_id, "screen", settings=settings)
+
+    def state(self, job_id: str, kind: str) -> TaskState | None:
+        with self._lock:
+            return self._states.get((job_id, kind))
+
+    def queue_position(self, job_id: str, kind: str) -> int | None:
+        with self._lock:
+            items = list(self._queue.queue)
+        for i, item in enumerate(items):
+            if item[0] == kind and item[1] == job_id:
+                return i + 1
+        return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._run(item)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def _run(self, item) -> None:
+        if item[0] == "warm":
+            try:
+                self._ensure_worker().run({"kind": "warm"}, self._stop)
+            except WorkerDied:
+                self._drop_worker()
+            return
+        kind, job_id, extra = item
+        state = self.state(job_id, kind)
+        if state is None:
+            return
+        with self._lock:
+            state.status, state.started_at = "running", time.time()
+        task = {
+            "kind": kind,
+            "dir": str(self.runs / job_id),
+            "model": self.model,
+            "threads": self.threads,
+            **extra,
+        }
+        try:
+            outcome, message = self._ensure_worker().run(task, self._stop)
+        except WorkerDied as exc:
+            outcome, message = "error", str(exc)
+            self._drop_worker()
+        with self._lock:
+            state.finished_at = time.time()
+            state.status = "done" if outcome == "ok" else "failed"
+            state.error = message
+
+    def _ensure_worker(self) -> Worker:
+        if self.worker is None or not self.worker.alive():
+            self._drop_worker()
+            self.worker = Worker(self.model, self.threads)
+        return self.worker
+
+    def _drop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def new_job_id(self, label: str) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = re.sub(r"[^A-Za-z0-9-]", "", label)[:40] or "job"
+        return f"{stamp}-{safe}-{secrets.token_hex(2)}"
