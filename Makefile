@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint generate clean-venv
+.PHONY: venv test test-fast lint generate clean-venv
 
 venv: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,eval,screen]"
+	$(BIN)/pip install --quiet -e ".[dev,eval,screen,web]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# everything but the tests marked slow (training runs, subprocess kills, batch runs): < 2 min
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 generate: $(STAMP)
 	$(BIN)/pccd generate --elements Mg,Mn,O -n 20 --out out/MgMnO

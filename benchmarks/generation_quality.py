@@ -7,7 +7,9 @@ For each of n samples, a val crystal is drawn (seeded) and its element list is t
 (no formula, band gap or magnetic condition). Reports, over all n samples (a failed decode counts
 as a miss): the share that decode to a crystal with exactly the requested elements; the share
 structurally valid (all distances ≥ 0.5 Å, 5–60 Å³ per atom); and the Wasserstein distance of
-the atom-count distribution of the decoded crystals to the val split's.
+the atom-count distribution of the decoded crystals to the val split's; and the geometry of the
+raw samples (pccd.evaluate.geometry): the share whose smallest covalent ratio is ≥ 0.7, the
+median ratio and the share with a space group above P-1 (symprec 0.1 Å), all over n.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from pccd import data
 from pccd.evaluate import request_quality
+from pccd.evaluate.geometry import geometry_summary
 from pccd.pipeline import PCCDPipeline, Request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +72,7 @@ def main() -> None:
         "n": args.n,
         "decoded": len(counts) / args.n,
         **quality,
+        "geometry": geometry_summary(structures).to_dict(),
         "atom_count_hist": dict(sorted(Counter(counts).items())),
         "failures": dict(failures),
         "sampling_seconds": seconds,

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import ResultTable
 from pccd.screen.hull import ConvexHull, HullError
-from pccd.mlip import MLIP, MLIPError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import RelaxationError, relax
 

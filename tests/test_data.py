@@ -66,7 +66,7 @@ BAD_ROWS = {
     "bad-overlap": (cif(x=0.05), data.RejectReason.OVERLAPPING_ATOMS),
     "bad-sites": (big_cell().to(fmt="cif"), data.RejectReason.TOO_MANY_SITES),
     "bad-elements": (quaternary().to(fmt="cif"), data.RejectReason.TOO_MANY_ELEMENTS),
-    "bad-volume": (cif(a=0.0), None),  # zero-length cell: unparsable or zero volume, never loaded
+    "bad-volume": (cif(a=0.0), None),  # zero-length cell: non-physical, never loaded
 }
 
 
@@ -104,7 +104,7 @@ def assert_bad_rows(result: data.LoadResult) -> None:
         assert item_id in reasons, f"{item_id} was not rejected"
         if reason is not None:
             assert reasons[item_id] is reason, (item_id, reasons[item_id])
-    assert reasons["bad-volume"] in (data.RejectReason.UNPARSABLE, data.RejectReason.ZERO_VOLUME)
+    assert reasons["bad-volume"] is data.RejectReason.NONPHYSICAL_CELL  # a length of 0 Å
     assert all(r.detail for r in result.rejected)
 
 
@@ -238,3 +238,66 @@ def test_real_val_split_slice_loads_fast_from_cache(tmp_path):
     again = data.load(tmp_path / "slice.csv")
     assert again.from_cache and time.perf_counter() - t < 1.0
     assert len(again) == len(first)
+
+
+# ---- non-physical cells: a reason of their own ---------------------------------------------
+def _nacl_cif() -> str:
+    s = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return s.to(fmt="cif")
+
+
+def _set_cell(text: str, **values: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        key = line.split()[0] if line.split() else ""
+        name = key.removeprefix("_cell_")
+        lines.append(f"{key}   {values[name]}" if name in values else line)
+    return "\n".join(lines) + "\n"
+
+
+NONPHYSICAL = {
+    "huge_length": {"length_a": "1000000"},
+    "negative_length": {"length_b": "-5.6"},
+    "zero_length": {"length_c": "0"},
+    "angle_180": {"angle_alpha": "180"},
+    "negative_angle": {"angle_gamma": "-90"},
+    "impossible_angle_triple": {"angle_alpha": "170", "angle_beta": "30", "angle_gamma": "90"},
+    "tiny_volume_per_atom": {"length_a": "0.9", "length_b": "0.9", "length_c": "0.9"},
+    "huge_volume_per_atom": {"length_a": "250", "length_b": "250", "length_c": "250"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NONPHYSICAL))
+def test_nonphysical_cells_are_rejected_with_their_own_reason(case, tmp_path):
+    bad = _set_cell(_nacl_cif(), **NONPHYSICAL[case])
+    rows = [{"material_id": "good", "cif": _nacl_cif()}, {"material_id": case, "cif": bad}]
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv")
+    result = data.load(tmp_path / "cells.csv", cache=False)
+    assert [r.id for r in result] == ["good"]
+    assert [(r.id, r.reason) for r in result.rejected] == [
+        (case, data.RejectReason.NONPHYSICAL_CELL)
+    ]
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / f"{case}.cif").write_text(bad)
+    result = data.load(tmp_path / "dir", cache=False)
+    assert len(result) == 0
+    assert result.rejected[0].reason == data.RejectReason.NONPHYSICAL_CELL
+
+
+def test_cell_limits_keep_ordinary_and_long_cells():
+    from tests.conftest import KNOWN
+
+    for make in KNOWN.values():
+        data.check_structure(make())  # none of the reference crystals is rejected
+        data.check_cif_cell(make().to(fmt="cif"))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not_gzip"])
+def test_damaged_gzip_is_a_value_error_naming_the_file(kind, tmp_path):
+    plain = tmp_path / "x.csv"
+    pd.DataFrame([{"material_id": "a", "cif": _nacl_cif()}] * 50).to_csv(plain)
+    good = gzip.compress(plain.read_bytes())
+    bad = tmp_path / f"{kind}.csv.gz"
+    bad.write_bytes(good[: len(good) // 2] if kind == "truncated" else plain.read_bytes())
+    with pytest.raises(ValueError, match=bad.name):
+        data.load(bad, cache=False)

@@ -99,6 +99,25 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     assert meta["trained_conditions"] == ["elements", "band_gap", "formula"]
 
 
+def test_packed_checkpoint_resumes(tmp_path):
+    from pccd.training import pack_checkpoint, unpack_checkpoint
+
+    csv = write_csv(tmp_path / "set.csv")
+    ckpt = train(csv, tmp_path / "run", TrainConfig(**TINY), max_steps=3, progress=False)
+    files = pack_checkpoint(ckpt, tmp_path / "packed")
+    assert sum(f.stat().st_size for f in files) < ckpt.stat().st_size
+    rebuilt = unpack_checkpoint(tmp_path / "packed", tmp_path / "fresh")
+    a = torch.load(ckpt, map_location="cpu", weights_only=False)
+    b = torch.load(rebuilt, map_location="cpu", weights_only=False)
+    assert b["global_step"] == 3
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    train(csv, tmp_path / "fresh", TrainConfig(**TINY), max_steps=5, progress=False)
+    state = torch.load(rebuilt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 5  # continued from the unpacked step 3
+    with pytest.raises(FileNotFoundError, match="packed"):
+        unpack_checkpoint(tmp_path, tmp_path / "other")
+
+
 def test_file_order_keeps_origin_and_atom_order():
     tab = table()
     ds = CrystalDataset(tab, rep.RepresentationConfig(), atom_order="file", random_shift=False)
@@ -112,14 +131,37 @@ def test_warm_start_adds_layers_as_identity():
 
     torch.manual_seed(0)
     small = PCCDUNet.from_preset("tiny")
-    big = PCCDUNet.from_preset("tiny", attention_levels=None, periodic_features=True)
+    big = PCCDUNet.from_preset(
+        "tiny", attention_levels=None, periodic_features=True, self_condition=True
+    )
     new = warm_start(big, small.state_dict())
     assert any(".attn." in name for name in new)
     x, t, cond = example_inputs(2)
     with torch.no_grad():
         assert torch.allclose(small(x, t, cond), big(x, t, cond), atol=1e-6)
+        assert torch.allclose(small(x, t, cond), big(x, t, cond, x_self=x), atol=1e-6)
 
 
+def test_self_conditioning_trains_and_samples():
+    from pccd.diffusion import DDIMScheduler, DDPMScheduler, denoise, diffusion_loss
+    from pccd.model import PCCDUNet
+    from pccd.model.unet import example_inputs
+
+    torch.manual_seed(0)
+    model = PCCDUNet.from_preset("tiny", self_condition=True)
+    assert model.self_conditioning
+    x, _, cond = example_inputs(4)
+    loss = diffusion_loss(model, DDPMScheduler(), x.clamp(-1, 1), cond)
+    loss.backward()
+    # the extra input channels of the stem receive gradient: the estimate is really used
+    assert model.stem.weight.grad[:, 9:].abs().sum() > 0
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(3)
+    out = denoise(model, scheduler, cond, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_from_checkpoint(tmp_path):
     """A run killed mid-training leaves an intact last.ckpt from which the next run continues."""
     csv = write_csv(tmp_path / "set.csv")
@@ -146,6 +188,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == step + 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     """`pccd train --devices 2 --strategy ddp` runs two gloo processes on CPU and checkpoints."""
     csv = write_csv(tmp_path / "set.csv")

@@ -2,28 +2,200 @@
 
 Each sub-command lives in a ``_cmd_*`` function that does no science itself; everything it does
 is available from Python too.
+
+Conventions: every argument is validated before any work is done or any file is written; a user
+error (bad argument, missing or damaged file, missing optional extra) is one line
+``error: ...`` on stderr and exit code 2; an interrupt is exit code 130; a traceback means a bug
+in pccd. The library logs through :mod:`logging` (configured here by ``-v`` / ``--quiet``) and
+shows progress bars only when this command enables them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from pccd import data
+from pccd import data, progress
+
+_log = logging.getLogger("pccd.cli")
+
+#: extra that provides the optional dependencies of each command (for ImportError messages)
+EXTRAS = {
+    "reconstruct": "eval",
+    "evaluate": "eval",
+    "csp": "eval",
+    "screen": "screen",
+    "batch": "screen",
+    "phonons": "screen",
+    "references": "screen",
+}
+GENERATE_FORMATS = ("cif", "extxyz", "poscar")
 
 
-def _filter_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-sites", type=int, default=16, help="largest cell kept (default 16)")
-    p.add_argument("--max-elements", type=int, default=3, help="most elements kept (default 3)")
+class UsageError(Exception):
+    """A mistake in the command line: printed as one ``error:`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) that :func:`main` turns into exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---- argument types: checked by argparse, so a bad value fails before any work ----------------
+def _int_type(lo: int, hi: int | None = None, note: str = ""):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"≥ {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{note}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_type(lo: float | None = None, *, strict: bool = True, note: str = ""):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if lo is not None and (value <= lo if strict else value < lo):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if strict else '≥'} {lo:g}{note}, got {value:g}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE_INT = _int_type(1)
+COUNT_OR_ALL = _int_type(0, note=" (0 means all)")
+NON_NEGATIVE_INT = _int_type(0)
+THREADS = _int_type(0, note=" (0 = torch's default)")
+POSITIVE_FLOAT = _float_type(0.0)
+NON_NEGATIVE_FLOAT = _float_type(0.0, strict=False)
+FINITE_FLOAT = _float_type()
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    unknown = [f for f in chosen if f not in GENERATE_FORMATS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {unknown or [text]}; choose from {', '.join(GENERATE_FORMATS)}"
+        )
+    return chosen
+
+
+# ---- parent parsers: the shared flags, defined once -----------------------------------------
+def _verbosity_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages")
+    return p
+
+
+def _threads_parent(default: int = 0) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
-        "--min-distance", type=float, default=0.5, help="overlap threshold in Å (default 0.5)"
+        "--threads", type=THREADS, default=default, help=f"torch threads (default {default})"
+    )
+    return p
+
+
+def _device_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the network / MLIP runs (auto: CUDA when present, else CPU)",
+    )
+    return p
+
+
+def _model_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", help="model directory or shipped model name (default pccd-cpu)")
+    return p
+
+
+def _seed_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return p
+
+
+def _sampling_parent(
+    sampler: str = "ddim", batch_size: int | None = 100, guidance: bool = True
+) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=sampler)
+    p.add_argument(
+        "--steps",
+        type=POSITIVE_INT,
+        help="sampler steps, 1 to the model's training timesteps (default: ddim 20, ddpm all)",
+    )
+    if guidance:
+        p.add_argument(
+            "--guidance", type=FINITE_FLOAT, default=1.0, help="classifier-free guidance"
+        )
+    if batch_size is not None:
+        p.add_argument("--batch-size", type=POSITIVE_INT, default=batch_size)
+    return p
+
+
+def _filter_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--max-sites", type=POSITIVE_INT, default=16, help="largest cell kept (default 16)"
+    )
+    p.add_argument(
+        "--max-elements", type=POSITIVE_INT, default=3, help="most elements kept (default 3)"
+    )
+    p.add_argument(
+        "--min-distance",
+        type=NON_NEGATIVE_FLOAT,
+        default=0.5,
+        help="overlap threshold in Å (default 0.5)",
     )
     p.add_argument("--no-cache", action="store_true", help="parse again, ignore the cache")
+    return p
 
 
+def _screen_parent(mlip: str = "chgnet", fmax: float = 0.05, max_steps: int = 500):
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--mlip", default=mlip, help=f"{mlip} (default), chgnet, 7net-0 or module:f")
+    p.add_argument(
+        "--fmax", type=POSITIVE_FLOAT, default=fmax, help=f"force criterion, eV/Å ({fmax})"
+    )
+    p.add_argument("--max-steps", type=POSITIVE_INT, default=max_steps, help="relaxation step cap")
+    return p
+
+
+def _relax_pool_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
+    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="relaxation processes")
+    return p
+
+
+# ---- helpers ----------------------------------------------------------------------------------
 def _filter_options(args: argparse.Namespace) -> data.FilterOptions:
     return data.FilterOptions(
         max_sites=args.max_sites, max_elements=args.max_elements, min_distance=args.min_distance
@@ -35,6 +207,106 @@ def _histogram(counts: dict, width: int = 40) -> list[str]:
     return [f"  {k!s:>4} {v:7d} {'#' * max(1, round(width * v / top))}" for k, v in counts.items()]
 
 
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _require_path(path: str | None, flag: str, *, directory: bool = False) -> None:
+    """Refuse a missing input before any work, naming the flag."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{flag} {path}: no such file or directory")
+    if directory and not p.is_dir():
+        raise ValueError(f"{flag} {path}: not a directory")
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _device(args: argparse.Namespace) -> str | None:
+    """The torch device asked for (None = automatic); refuses CUDA where there is none."""
+    device = getattr(args, "device", "auto")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    return None if device == "auto" else device
+
+
+def _load_pipeline(args: argparse.Namespace):
+    """The model of ``--model`` on ``--device``; a damaged model directory is a user error."""
+    import pickle
+
+    from pccd.pipeline import PCCDPipeline
+
+    device = _device(args)
+    label = args.model or "the shipped model"
+    try:
+        return PCCDPipeline.from_pretrained(args.model, device)
+    except (ValueError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"model {label}: damaged or foreign model files ({exc!r})") from exc
+    except RuntimeError as exc:  # torch.load / load_state_dict on a foreign or damaged file
+        raise ValueError(f"model {label}: cannot load the weights ({exc})") from exc
+
+
+def _check_steps(pipeline, steps: int | None) -> None:
+    """--steps must not exceed the model's training timesteps (checked before run.json)."""
+    total = pipeline.num_train_timesteps
+    if steps is not None and not 1 <= steps <= total:
+        raise ValueError(
+            f"--steps {steps}: this model was trained with {total} timesteps; use 1–{total}"
+        )
+
+
+def _check_requests(pipeline, requests) -> None:
+    """Refuse requests the model cannot serve before anything is written."""
+    from pccd.pipeline import Request
+
+    check = getattr(pipeline, "check_request", None)
+    if check is None:
+        return
+    for request in {requests} if isinstance(requests, Request) else set(requests):
+        check(request)
+
+
+def _check_mlip(name: str) -> None:
+    """Validate ``--mlip`` without loading weights: known name, importable package/factory."""
+    import importlib
+    import importlib.util
+
+    from pccd.mlip import BUILTIN, MLIP, SCREEN_EXTRA_HINT
+
+    MLIP(name)  # unknown names: ValueError
+    if name in BUILTIN:
+        package = {"chgnet": "chgnet", "7net-0": "sevenn"}.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise ImportError(f"--mlip {name} needs the {package} package; {SCREEN_EXTRA_HINT}")
+        return
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--mlip {name}: cannot import module {module_name!r} ({exc})") from exc
+    if not callable(getattr(module, attr, None)):
+        raise ValueError(f"--mlip {name}: {module_name} has no callable {attr!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or exc.__class__.__name__
+    return " ".join(text.split())
+
+
+# ---- commands ---------------------------------------------------------------------------------
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
     result = data.load(args.path, _filter_options(args), cache=not args.no_cache)
     summary = data.summarize(result)
@@ -70,33 +342,38 @@ def _cmd_roundtrip(args: argparse.Namespace) -> int:
 
     config = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme(args.lattice_scheme))
     result = data.load(args.path, _filter_options(args), cache=not args.no_cache)
+    if len(result.table) == 0:
+        n_rej = len(result.rejected)
+        raise ValueError(f"{args.path}: no crystal passed the filter ({n_rej} rejected)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     matcher = StructureMatcher()
     n = min(args.n, len(result.table)) if args.n else len(result.table)
     matched = 0
-    for i in range(n):
-        record = result.table.record(i)
-        x, elements = rep.encode(record.structure, config)
-        decoded = rep.decode(x, elements, config)
-        if isinstance(decoded, rep.DecodeFailure):
-            print(f"{record.id}: decode failed ({decoded})")
-            continue
-        ok = matcher.fit(record.structure, decoded)
-        matched += ok
-        decoded.to(filename=str(out / f"{record.id}.cif"))
-        print(f"{record.id}: {decoded.composition.reduced_formula} matches original: {ok}")
+    with progress.bar(n, "round trips", "crystal") as pbar:
+        for i in range(n):
+            record = result.table.record(i)
+            x, elements = rep.encode(record.structure, config)
+            decoded = rep.decode(x, elements, config)
+            pbar.update(1)
+            if isinstance(decoded, rep.DecodeFailure):
+                print(f"{record.id}: decode failed ({decoded})")
+                continue
+            ok = matcher.fit(record.structure, decoded)
+            matched += ok
+            decoded.to(filename=str(out / f"{record.id}.cif"))
+            print(f"{record.id}: {decoded.composition.reduced_formula} matches original: {ok}")
     print(f"{matched}/{n} round trips match (StructureMatcher defaults); CIFs in {out}")
     return 0
 
 
-def _key_values(items: Sequence[str] | None) -> dict[str, object]:
+def _key_values(items: Sequence[str] | None, flag: str = "option") -> dict[str, object]:
     """Parse repeated ``KEY=VALUE`` options; values are JSON when they parse, else strings."""
     out: dict[str, object] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -104,20 +381,41 @@ def _key_values(items: Sequence[str] | None) -> dict[str, object]:
     return out
 
 
+def _check_model_config(preset: str, overrides: dict) -> None:
+    """A preset plus ``--model-option`` overrides must make a valid network config."""
+    from dataclasses import asdict, fields
+
+    from pccd.model import PRESETS, UNetConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r} is unknown; choose from {', '.join(PRESETS)}")
+    if not isinstance(overrides, dict):
+        raise ValueError(f"model_overrides must be a KEY=VALUE mapping, got {overrides!r}")
+    names = [f.name for f in fields(UNetConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(
+            f"--model-option: unknown network field(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(names)}"
+        )
+    try:
+        UNetConfig.from_dict({**asdict(PRESETS[preset]), **overrides})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--model-option: {_one_line(exc)}") from exc
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from pccd.training import TrainConfig, train
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    options = _key_values(args.option)
+    options = _key_values(args.option, "--option")
     unknown = set(options) - {f.name for f in fields(TrainConfig)}
     if unknown:
-        raise ValueError(f"unknown training option(s) {sorted(unknown)}")
+        raise ValueError(
+            f"--option: unknown training option(s) {', '.join(sorted(unknown))}; valid: "
+            f"{', '.join(f.name for f in fields(TrainConfig))}"
+        )
     flags = {
         "preset": args.preset,
         "lattice_scheme": args.lattice_scheme,
@@ -126,9 +424,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "num_workers": args.num_workers,
         "val_size": args.val_size,
-        "model_overrides": _key_values(args.model_option),
+        "model_overrides": _key_values(args.model_option, "--model-option"),
     }
-    config = TrainConfig(**{**flags, **options})  # --option wins over the plain flags
+    merged = {**flags, **options}  # --option wins over the plain flags
+    _check_model_config(str(merged["preset"]), merged["model_overrides"])  # type: ignore[arg-type]
+    _require_path(args.data, "--data")
+    _require_path(args.val, "--val")
+    try:
+        config = TrainConfig(**merged)
+    except TypeError as exc:
+        raise ValueError(f"--option: {_one_line(exc)}") from exc
+    _set_threads(args.threads)
     ckpt = train(
         args.data,
         args.out,
@@ -148,35 +454,53 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import pickle
+
     from pccd.training import export_pretrained
 
-    out = export_pretrained(args.checkpoint, args.out)
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        out = export_pretrained(path, args.out)
+    except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"{path}: not a pccd training checkpoint ({exc!r})") from exc
+    except RuntimeError as exc:  # torch.load of a damaged file
+        raise ValueError(f"{path}: cannot read the checkpoint ({_one_line(exc)})") from exc
     print(f"pretrained model written to {out}")
     return 0
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+def _write_formats(structure, out: Path, stem: str, formats: Sequence[str]) -> None:
+    """Write ``structure`` in the extra formats beside its CIF (same stem)."""
+    if "poscar" in formats:
+        structure.to(filename=str(out / f"{stem}.vasp"), fmt="poscar")
+    if "extxyz" in formats:
+        from ase.io import write
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        write(out / f"{stem}.extxyz", AseAtomsAdaptor.get_atoms(structure), format="extxyz")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     import time
 
-    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.pipeline import Request
     from pccd.runs import generate_to_directory
 
     t0 = time.perf_counter()
     n: int | None = args.n
     if args.elements_from:
-        from pccd import data
-
+        if args.formula:
+            raise ValueError("--formula fixes the elements; it cannot go with --elements-from")
+        _require_path(args.elements_from, "--elements-from")
         table = data.load(args.elements_from).table
+        if len(table) == 0:
+            raise ValueError(f"--elements-from {args.elements_from}: no crystal loaded from it")
         requests = [
             Request.parse(els, band_gap=args.band_gap, magnetic=args.magnetic)
             for els in table.draw_element_lists(args.n, args.seed)
         ]
-        if args.formula:
-            raise ValueError("--formula fixes the elements; it cannot go with --elements-from")
         n = None
     else:
         requests = Request.parse(
@@ -186,52 +510,54 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             magnetic=args.magnetic,
         )  # validated before loading anything heavy
     _set_threads(args.threads)
-    pipeline = PCCDPipeline.from_pretrained(args.model)
+    pipeline = _load_pipeline(args)
+    _check_steps(pipeline, args.steps)
+    _check_requests(pipeline, requests)
+    out = Path(args.out)
+    width = len(str(max(args.n - 1, 1)))  # the id width pccd.runs uses
+    extra = [f for f in args.format if f != "cif"]
     counts = {"ok": 0, "failed": 0}
+    with progress.bar(args.n, "generated", "crystal") as pbar:
 
-    def report(batch) -> None:
-        for s in batch:
-            counts["ok" if s.structure is not None else "failed"] += 1
-        print(f"  {counts['ok'] + counts['failed']}/{args.n} sampled ({counts['failed']} failed)")
+        def report(batch) -> None:
+            for s in batch:
+                counts["ok" if s.structure is not None else "failed"] += 1
+                if s.structure is not None and extra:
+                    stem = f"{s.index:0{width}d}_{s.structure.composition.reduced_formula}"
+                    _write_formats(s.structure, out, stem, extra)
+            pbar.update(len(batch))
 
-    summary = generate_to_directory(
-        pipeline,
-        requests,
-        n,
-        args.out,
-        batch_size=args.batch_size,
-        on_batch=report,
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        progress=not args.quiet,
+        summary = generate_to_directory(
+            pipeline,
+            requests,
+            n,
+            out,
+            batch_size=args.batch_size,
+            on_batch=report,
+            sampler=args.sampler,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            progress=False,
+        )
+    print(
+        f"{counts['ok']} decoded, {counts['failed']} failed this run, in "
+        f"{time.perf_counter() - t0:.1f} s; summary: {summary}"
     )
-    print(f"done in {time.perf_counter() - t0:.1f} s; summary: {summary}")
     return 0
-
-
-def _quiet_log(quiet: bool):
-    return (lambda message: None) if quiet else print
-
-
-def _set_threads(threads: int) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     """The paper's reconstruction experiment (noise to t, denoise, decode, compare)."""
     from pccd.evaluate.csp_distances import METRICS
     from pccd.evaluate.reconstruction import ReconstructionSettings, run_reconstruction
-    from pccd.pipeline import PCCDPipeline
 
     try:
         timesteps = tuple(int(t) for t in _split(args.t) or [])
     except ValueError as exc:
         raise ValueError(f"--t takes comma-separated integers, got {args.t!r}") from exc
+    if not timesteps:
+        raise ValueError(f"--t needs at least one step, got {args.t!r}")
     distances = (
         METRICS
         if args.distances == "all"
@@ -241,7 +567,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     )
     unknown = set(distances) - set(METRICS)
     if unknown:
-        raise ValueError(f"unknown distance metric(s) {sorted(unknown)}; choose from {METRICS}")
+        raise ValueError(
+            f"--distances: unknown metric(s) {sorted(unknown)}; choose from {', '.join(METRICS)}"
+        )
+    if args.distance_t is not None and args.distance_t not in timesteps:
+        raise ValueError(f"--distance-t {args.distance_t} is not one of --t {args.t}")
+    if "energy" in distances:
+        _check_mlip(args.mlip)
     settings = ReconstructionSettings(
         n=args.n,
         seed=args.seed,
@@ -257,9 +589,17 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         ged_timeout=args.ged_timeout,
         mlip=args.mlip,
     )
+    _require_path(args.path, "split")
     _set_threads(args.threads)
+    pipeline = _load_pipeline(args)
+    _check_steps(pipeline, args.steps)
+    total = pipeline.num_train_timesteps
+    bad = [t for t in timesteps if not 1 <= t <= total]
+    if bad:
+        raise ValueError(f"--t {args.t}: every t must be between 1 and {total}, got {bad}")
     table = data.load(args.path, _filter_options(args), cache=not args.no_cache).table
-    pipeline = PCCDPipeline.from_pretrained(args.model)
+    if len(table) == 0:
+        raise ValueError(f"{args.path}: no crystal passed the filter")
     metrics = run_reconstruction(
         pipeline,
         table,
@@ -267,7 +607,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         settings,
         source=str(args.path),
         model_label=str(args.model or "shipped"),
-        log=_quiet_log(args.quiet),
     )
     for t, m in metrics["per_t"].items():
         rates = ", ".join(
@@ -286,6 +625,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """De novo metrics of a directory of CIFs (any generator)."""
     from pccd.evaluate.denovo import DeNovoSettings, evaluate_directory
 
+    _require_path(args.directory, "directory", directory=True)
+    _require_path(args.reference, "--reference")
+    _require_path(args.known, "--known")
     settings = DeNovoSettings(
         n=args.n,
         seed=args.seed,
@@ -295,12 +637,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         novelty=not args.no_novelty,
     )
     metrics = evaluate_directory(
-        args.directory,
-        args.out,
-        settings,
-        reference=args.reference,
-        known=args.known,
-        log=_quiet_log(args.quiet),
+        args.directory, args.out, settings, reference=args.reference, known=args.known
     )
     shown = ("struct_valid", "comp_valid", "cov_r", "cov_p", "uniqueness", "novelty")
     parts = [f"{k} {100 * metrics[k]:.2f}%" for k in shown if metrics.get(k) is not None]
@@ -319,7 +656,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_csp(args: argparse.Namespace) -> int:
     """The DiffCSP crystal-structure-prediction benchmark on a split."""
     from pccd.evaluate.csp import CSPSettings, run_csp
-    from pccd.pipeline import PCCDPipeline
 
     settings = CSPSettings(
         n=args.n,
@@ -331,11 +667,13 @@ def _cmd_csp(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         formula_decoding=args.formula_decoding,
     )
-    if settings.k < 1:
-        raise ValueError(f"-k must be ≥ 1, got {settings.k}")
+    _require_path(args.path, "split")
     _set_threads(args.threads)
+    pipeline = _load_pipeline(args)
+    _check_steps(pipeline, args.steps)
     table = data.load(args.path, _filter_options(args), cache=not args.no_cache).table
-    pipeline = PCCDPipeline.from_pretrained(args.model)
+    if len(table) == 0:
+        raise ValueError(f"{args.path}: no crystal passed the filter")
     metrics = run_csp(
         pipeline,
         table,
@@ -343,7 +681,6 @@ def _cmd_csp(args: argparse.Namespace) -> int:
         settings,
         source=str(args.path),
         model_label=str(args.model or "shipped"),
-        log=_quiet_log(args.quiet),
     )
     for k in sorted({1, settings.k}):
         m = metrics[f"k{k}"]["diffcsp_protocol"]
@@ -377,10 +714,16 @@ def _print_screen_summary(summary: dict) -> None:
 
 def _cmd_screen(args: argparse.Namespace) -> int:
     """Relax, hull, novelty and uniqueness for a directory of CIFs."""
+    from pccd.evaluate.denovo import list_cifs
     from pccd.screen.screening import screen_directory, summarize_screen
 
+    _require_path(args.directory, "directory", directory=True)
+    if not list_cifs(args.directory):
+        raise ValueError(f"{args.directory}: no CIF files to screen")
+    _require_path(args.reference, "--reference")
+    _check_mlip(args.mlip)
+    device = _device(args)
     _set_threads(args.threads)
-    log = _quiet_log(args.quiet)
     path = screen_directory(
         args.directory,
         args.out,
@@ -388,7 +731,7 @@ def _cmd_screen(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads_per_worker=args.threads or 1,
         limit=args.limit,
-        progress=lambda done, total: log(f"  {done}/{total} screened"),
+        device=device,
     )
     _print_screen_summary(summarize_screen(path))
     print(f"screen.csv, relaxed/ and summary.json in {args.out}")
@@ -397,14 +740,17 @@ def _cmd_screen(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     """One of the paper's discovery batches: draw element lists, generate, screen."""
-    from pccd.pipeline import PCCDPipeline
-    from pccd.screen.batch import BatchSettings, run_batch
+    from pccd.screen.batch import BatchSettings, check_batch_settings, run_batch
 
-    _set_threads(args.threads)
     settings = BatchSettings(
         pool=args.pool, lists=args.lists, per_list=args.per_list, seed=args.seed
     )
-    pipeline = PCCDPipeline.from_pretrained(args.model)
+    check_batch_settings(settings)
+    _require_path(args.reference, "--reference")
+    _check_mlip(args.mlip)
+    _set_threads(args.threads)
+    pipeline = _load_pipeline(args)
+    _check_steps(pipeline, args.steps)
     stats = run_batch(
         pipeline,
         args.out,
@@ -413,7 +759,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         workers=args.workers,
         sampler=args.sampler,
         steps=args.steps,
-        log=_quiet_log(args.quiet),
+        device=_device(args),
     )
     _print_screen_summary({**stats, "crystals": stats["generated"], "status": "see batch csv"})
     return 0
@@ -429,15 +775,18 @@ def _cmd_references(args: argparse.Namespace) -> int:
         shipped_table,
     )
 
+    _require_path(args.reference, "--reference")
+    _check_mlip(args.mlip)
+    device = _device(args)
     _set_threads(args.threads)
-    partial = Path(args.work) / f"{args.mlip}.partial.csv"
-    log = _quiet_log(args.quiet)
-    written = compute_reference_energies(
-        MLIP(args.mlip),
-        read_reference_structures(args.reference, max_elements=args.max_elements),
-        partial,
-        progress=lambda n: log(f"  {n} computed") if n % 1000 == 0 else None,
-    )
+    partial = Path(args.work) / f"{args.mlip.replace(':', '_')}.partial.csv"
+    with progress.bar(None, "reference energies", "crystal") as pbar:
+        written = compute_reference_energies(
+            MLIP(args.mlip, device=device),
+            read_reference_structures(args.reference, max_elements=args.max_elements),
+            partial,
+            progress=lambda n: pbar.update(1),
+        )
     out = Path(args.out) if args.out else shipped_table(args.mlip)
     rows = finalize_table(partial, out)
     print(f"{written} new energies; {rows} rows in {out}")
@@ -446,28 +795,43 @@ def _cmd_references(args: argparse.Namespace) -> int:
 
 def _cmd_phonons(args: argparse.Namespace) -> int:
     """Phonon band structure and stability verdict of one crystal (relaxed first by default)."""
+    import warnings
+
     from pymatgen.core import Structure
 
-    from pccd.mlip import MLIP
+    from pccd.mlip import MLIP, MLIPError
     from pccd.screen.phonons import compute_phonons, plot_band_structure
-    from pccd.screen.relax import relax
+    from pccd.screen.relax import RelaxationError, relax
 
-    _set_threads(args.threads)
     path = Path(args.cif)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
-        structure = Structure.from_file(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_file(path)
     except Exception as exc:  # pymatgen raises many types on malformed files
-        raise ValueError(f"cannot read {path}: {exc}") from exc
+        raise ValueError(f"cannot read {path}: {_one_line(exc)}") from exc
+    if not structure.is_ordered:
+        raise ValueError(f"{path}: partial occupancies; phonons need an ordered crystal")
+    _check_mlip(args.mlip)
+    mlip = MLIP(args.mlip, device=_device(args))
+    _set_threads(args.threads)
     out = Path(args.out or path.with_suffix("").name + "_phonons")
     out.mkdir(parents=True, exist_ok=True)
-    mlip = MLIP(args.mlip)
-    if not args.no_relax:
-        relaxation = relax(structure, mlip, fmax=args.fmax, max_steps=args.max_steps)
-        structure = relaxation.structure
-        structure.to(filename=str(out / "relaxed.cif"))
-        state = "converged" if relaxation.converged else "NOT converged"
-        print(f"relaxed ({state}, {relaxation.steps} steps) → {out / 'relaxed.cif'}")
-    result = compute_phonons(structure, mlip, min_length=args.min_length)
+    try:
+        if not args.no_relax:
+            relaxation = relax(structure, mlip, fmax=args.fmax, max_steps=args.max_steps)
+            structure = relaxation.structure
+            structure.to(filename=str(out / "relaxed.cif"))
+            state = "converged" if relaxation.converged else "NOT converged"
+            print(f"relaxed ({state}, {relaxation.steps} steps) → {out / 'relaxed.cif'}")
+        result = compute_phonons(structure, mlip, min_length=args.min_length)
+    except (RelaxationError, MLIPError) as exc:
+        raise ValueError(
+            f"{path}: {_one_line(exc)}; no phonons computed (check the structure, or try "
+            "another --mlip)"
+        ) from exc
     (out / "phonons.json").write_text(json.dumps(result.to_dict(), indent=2))
     plot_band_structure(result, out / "band_structure.png")
     print(
@@ -478,43 +842,73 @@ def _cmd_phonons(args: argparse.Namespace) -> int:
     return 0
 
 
-def _screen_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mlip", default="chgnet", help="chgnet (default), 7net-0 or module:factory")
-    p.add_argument("--fmax", type=float, default=0.05, help="force criterion, eV/Å")
-    p.add_argument("--max-steps", type=int, default=500, help="relaxation step cap")
-    p.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
-    p.add_argument("--workers", type=int, default=1, help="relaxation processes")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per process")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+# ---- the parser -------------------------------------------------------------------------------
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """The local web page and JSON API (generate, screen, browse and view crystals)."""
+    try:
+        from pccd.web import serve
+    except ImportError as exc:
+        message = f'pccd serve needs the web extra: pip install -e ".[web]" ({exc})'
+        raise ImportError(message) from exc
+    serve(
+        host=args.host,
+        port=args.port,
+        runs=args.runs,
+        model=args.model,
+        max_n=args.max_n,
+        threads=args.threads,
+        reference=args.reference,
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pccd", description="Point-cloud crystal diffusion (PCCD, arXiv 2401.13192)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    verbosity = _verbosity_parent()
 
     p_data = sub.add_parser("data", help="inspect crystal data sets")
     data_sub = p_data.add_subparsers(dest="data_command", required=True)
     p_inspect = data_sub.add_parser(
-        "inspect", help="counts, rejection reasons, element and size histograms"
+        "inspect",
+        help="counts, rejection reasons, element and size histograms",
+        parents=[verbosity, _filter_parent()],
     )
     p_inspect.add_argument("path", help="CSV(.gz), directory of CIF/POSCAR, or ASE-readable file")
-    _filter_args(p_inspect)
-    p_inspect.add_argument("--show", type=int, default=10, help="rejections listed (default 10)")
-    p_inspect.add_argument("--top", type=int, default=20, help="elements listed (default 20)")
+    p_inspect.add_argument(
+        "--show", type=NON_NEGATIVE_INT, default=10, help="rejections listed (default 10)"
+    )
+    p_inspect.add_argument(
+        "--top", type=NON_NEGATIVE_INT, default=20, help="elements listed (default 20)"
+    )
     p_inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     p_inspect.set_defaults(func=_cmd_data_inspect)
 
-    p_rt = sub.add_parser("roundtrip", help="encode → decode crystals and write the CIFs (demo)")
+    p_rt = sub.add_parser(
+        "roundtrip",
+        help="encode → decode crystals and write the CIFs (demo)",
+        parents=[verbosity, _filter_parent()],
+    )
     p_rt.add_argument("path", help="CSV(.gz), directory of CIF/POSCAR, or ASE-readable file")
     p_rt.add_argument("--out", required=True, help="directory for the decoded CIFs")
-    p_rt.add_argument("-n", type=int, default=10, help="how many crystals (0 = all)")
+    p_rt.add_argument("-n", type=COUNT_OR_ALL, default=10, help="how many crystals (0 = all)")
     p_rt.add_argument("--lattice-scheme", choices=["log", "paper"], default="log")
-    _filter_args(p_rt)
     p_rt.set_defaults(func=_cmd_roundtrip)
 
-    p_gen = sub.add_parser("generate", help="generate crystals with a pretrained model")
+    p_gen = sub.add_parser(
+        "generate",
+        help="generate crystals with a pretrained model",
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _model_parent(),
+            _device_parent(),
+            _seed_parent(),
+            _sampling_parent("ddim", 100),
+        ],
+    )
     which = p_gen.add_mutually_exclusive_group()
     which.add_argument("--elements", help="comma-separated, e.g. Mg,Mn,O (≤3)")
     which.add_argument(
@@ -523,34 +917,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="one element list per crystal, drawn (seeded) from a split, e.g. the val CSV",
     )
     p_gen.add_argument("--formula", help="exact cell formula for CSP mode, e.g. Mg2MnO4")
-    p_gen.add_argument("--band-gap", type=float, help="condition on a band gap (eV)")
+    p_gen.add_argument(
+        "--band-gap", type=NON_NEGATIVE_FLOAT, help="condition on a band gap (eV, ≥ 0)"
+    )
     p_gen.add_argument("--magnetic", choices=["NM", "FM", "AFM", "FiM"])
-    p_gen.add_argument("-n", type=int, default=10, help="how many crystals (default 10)")
+    p_gen.add_argument("-n", type=POSITIVE_INT, default=10, help="how many crystals (default 10)")
     p_gen.add_argument("--out", required=True, help="directory for CIFs and summary.csv")
-    p_gen.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p_gen.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
-    p_gen.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
-    p_gen.add_argument("--seed", type=int, default=0)
-    p_gen.add_argument("--batch-size", type=int, default=100)
-    p_gen.add_argument("--model", help="model directory or shipped model name")
-    p_gen.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p_gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_gen.add_argument(
+        "--format",
+        type=_formats,
+        default=("cif",),
+        help="comma list of cif, extxyz, poscar (default cif; the CIF is always written, "
+        "other formats go beside it with the same name)",
+    )
     p_gen.set_defaults(func=_cmd_generate)
 
-    p_train = sub.add_parser("train", help="train (or resume training) a PCCD model")
+    p_train = sub.add_parser(
+        "train",
+        help="train (or resume training) a PCCD model",
+        parents=[verbosity, _threads_parent(), _seed_parent()],
+    )
     p_train.add_argument("--data", required=True, help="training crystals (CSV, dir, ASE file)")
     p_train.add_argument("--val", help="validation crystals")
     p_train.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
     p_train.add_argument("--preset", default="cpu", help="network preset: cpu, paper, tiny")
     p_train.add_argument("--lattice-scheme", choices=["log", "paper"], default="log")
-    p_train.add_argument("--batch-size", type=int, default=128)
-    p_train.add_argument("--lr", type=float, default=1e-4)
-    p_train.add_argument("--seed", type=int, default=0)
-    p_train.add_argument("--num-workers", type=int, default=0)
-    p_train.add_argument("--val-size", type=int, default=1024, help="val crystals (0 = all)")
-    p_train.add_argument("--max-minutes", type=float, help="stop cleanly after this long")
-    p_train.add_argument("--max-steps", type=int, default=-1)
-    p_train.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p_train.add_argument("--batch-size", type=POSITIVE_INT, default=128)
+    p_train.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-4)
+    p_train.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0)
+    p_train.add_argument(
+        "--val-size", type=COUNT_OR_ALL, default=1024, help="val crystals (0 = all)"
+    )
+    p_train.add_argument("--max-minutes", type=POSITIVE_FLOAT, help="stop cleanly after this long")
+    p_train.add_argument("--max-steps", type=_int_type(-1), default=-1, help="step cap (-1 = none)")
+    p_train.add_argument("--checkpoint-minutes", type=POSITIVE_FLOAT, default=10.0)
     p_train.add_argument("--no-resume", action="store_true", help="ignore OUT/last.ckpt")
     p_train.add_argument("--devices", default="1", help="number of devices (or 'auto')")
     p_train.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn")
@@ -567,37 +967,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set a TrainConfig field, e.g. atom_order=random, ema_decay=0.9995 (repeatable)",
     )
-    p_train.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p_train.add_argument("--quiet", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
 
-    p_exp = sub.add_parser("export", help="write a checkpoint's EMA weights as a model directory")
+    p_exp = sub.add_parser(
+        "export", help="write a checkpoint's EMA weights as a model directory", parents=[verbosity]
+    )
     p_exp.add_argument("checkpoint")
     p_exp.add_argument("out")
     p_exp.set_defaults(func=_cmd_export)
 
     p_rec = sub.add_parser(
-        "reconstruct", help="noise crystals to step t, denoise, decode, compare (paper Fig. 1)"
+        "reconstruct",
+        help="noise crystals to step t, denoise, decode, compare (paper Fig. 1)",
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _model_parent(),
+            _device_parent(),
+            _seed_parent(),
+            _sampling_parent("ddpm", 64),
+            _filter_parent(),
+        ],
     )
     p_rec.add_argument("path", help="the split to draw crystals from (CSV, CIF dir, ASE file)")
     p_rec.add_argument("--out", required=True, help="output directory (resumable)")
-    p_rec.add_argument("-n", type=int, default=1280, help="crystals drawn (default 1280)")
+    p_rec.add_argument(
+        "-n", type=COUNT_OR_ALL, default=1280, help="crystals drawn (default 1280, 0 = all)"
+    )
     p_rec.add_argument(
         "--t",
         default="1000",
         help="noising depth(s) t of T=1000, comma-separated, e.g. 100,250,500,750,1000",
     )
     p_rec.add_argument(
-        "--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ddpm = the paper's"
-    )
-    p_rec.add_argument("--steps", type=int, help="sampler steps (ddpm: all 1000, ddim: 20)")
-    p_rec.add_argument("--batch-size", type=int, default=64)
-    p_rec.add_argument(
         "--formula",
         action="store_true",
         help="also condition on exact atom counts (off: elements only, as in the paper)",
     )
-    p_rec.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
     p_rec.add_argument(
         "--no-align-origin",
         action="store_true",
@@ -609,113 +1015,186 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSP distances per pair: all, none, or a comma list of "
         "energy,ofm,crystalnn,superpose,rms,rms_anonymous,graph_edit",
     )
-    p_rec.add_argument("--distance-t", type=int, help="t for the distances (default: largest)")
-    p_rec.add_argument("--ged-timeout", type=float, default=2.0, help="seconds per pair")
+    p_rec.add_argument(
+        "--distance-t", type=POSITIVE_INT, help="t for the distances (default: largest)"
+    )
+    p_rec.add_argument("--ged-timeout", type=POSITIVE_FLOAT, default=2.0, help="seconds per pair")
     p_rec.add_argument(
         "--mlip", default="chgnet", help="MLIP of the energy distance (chgnet, 7net-0, module:f)"
     )
-    p_rec.add_argument("--seed", type=int, default=0)
-    p_rec.add_argument("--model", help="model directory or shipped model name")
-    p_rec.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p_rec.add_argument("--quiet", action="store_true", help="no progress messages")
-    _filter_args(p_rec)
     p_rec.set_defaults(func=_cmd_reconstruct)
 
     p_ev = sub.add_parser(
-        "evaluate", help="de novo metrics of a directory of CIFs (CDVAE / DiffCSP protocol)"
+        "evaluate",
+        help="de novo metrics of a directory of CIFs (CDVAE / DiffCSP protocol)",
+        parents=[verbosity, _seed_parent()],
     )
     p_ev.add_argument("directory", help="directory of CIF files (any generator)")
     p_ev.add_argument("--out", required=True, help="output directory (resumable)")
     p_ev.add_argument("--reference", help="split for COV and Wasserstein, e.g. the val CSV")
     p_ev.add_argument("--known", help="known-crystal database for novelty (MP-20-format CSV)")
-    p_ev.add_argument("-n", "--n", type=int, default=0, help="crystals scored (0 = all CIFs)")
-    p_ev.add_argument("--seed", type=int, default=0, help="draw of the n crystals")
-    p_ev.add_argument("--struct-cutoff", type=float, default=0.4, help="COV structure cut-off")
-    p_ev.add_argument("--comp-cutoff", type=float, default=10.0, help="COV composition cut-off")
-    p_ev.add_argument("--n-reference", type=int, default=0, help="reference crystals (0 = all)")
+    p_ev.add_argument(
+        "-n", "--n", type=COUNT_OR_ALL, default=0, help="crystals scored (0 = all CIFs)"
+    )
+    p_ev.add_argument(
+        "--struct-cutoff", type=POSITIVE_FLOAT, default=0.4, help="COV structure cut-off"
+    )
+    p_ev.add_argument(
+        "--comp-cutoff", type=POSITIVE_FLOAT, default=10.0, help="COV composition cut-off"
+    )
+    p_ev.add_argument(
+        "--n-reference", type=COUNT_OR_ALL, default=0, help="reference crystals (0 = all)"
+    )
     p_ev.add_argument("--no-novelty", action="store_true", help="skip the novelty check")
-    p_ev.add_argument("--quiet", action="store_true", help="no progress messages")
     p_ev.set_defaults(func=_cmd_evaluate)
 
     p_csp = sub.add_parser(
-        "csp", help="crystal structure prediction benchmark: k candidates per formula"
+        "csp",
+        help="crystal structure prediction benchmark: k candidates per formula",
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _model_parent(),
+            _device_parent(),
+            _seed_parent(),
+            _sampling_parent("ddim", 100),
+            _filter_parent(),
+        ],
     )
     p_csp.add_argument("path", help="the split whose formulas are predicted (e.g. val)")
     p_csp.add_argument("--out", required=True, help="output directory (resumable)")
-    p_csp.add_argument("-n", type=int, default=1000, help="formulas drawn (0 = all)")
-    p_csp.add_argument("-k", type=int, default=20, help="candidates per formula (k=1 also shown)")
-    p_csp.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p_csp.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
-    p_csp.add_argument("--batch-size", type=int, default=100)
-    p_csp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
+    p_csp.add_argument("-n", type=COUNT_OR_ALL, default=1000, help="formulas drawn (0 = all)")
+    p_csp.add_argument(
+        "-k", type=POSITIVE_INT, default=20, help="candidates per formula (k=1 also shown)"
+    )
     p_csp.add_argument(
         "--formula-decoding",
         choices=["blocks", "cluster"],
         default="blocks",
         help="atoms from the row blocks the formula fixes (default) or DBSCAN (the paper's)",
     )
-    p_csp.add_argument("--seed", type=int, default=0)
-    p_csp.add_argument("--model", help="model directory or shipped model name")
-    p_csp.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p_csp.add_argument("--quiet", action="store_true", help="no progress messages")
-    _filter_args(p_csp)
     p_csp.set_defaults(func=_cmd_csp)
 
-    p_scr = sub.add_parser("screen", help="relax CIFs with an MLIP: E_hull, novelty, S.U.N.")
+    p_scr = sub.add_parser(
+        "screen",
+        help="relax CIFs with an MLIP: E_hull, novelty, S.U.N.",
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _device_parent(),
+            _screen_parent(),
+            _relax_pool_parent(),
+        ],
+    )
     p_scr.add_argument("directory", help="directory of CIF files")
     p_scr.add_argument("--out", required=True, help="output directory (resumable)")
-    p_scr.add_argument("--limit", type=int, help="screen only the first N CIFs")
-    _screen_args(p_scr)
+    p_scr.add_argument("--limit", type=POSITIVE_INT, help="screen only the first N CIFs")
     p_scr.set_defaults(func=_cmd_screen)
 
-    p_bat = sub.add_parser("batch", help="a discovery batch of the paper: generate + screen")
+    p_bat = sub.add_parser(
+        "batch",
+        help="a discovery batch of the paper: generate + screen",
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _model_parent(),
+            _device_parent(),
+            _seed_parent(),
+            _sampling_parent("ddim", None, guidance=False),
+            _screen_parent(),
+            _relax_pool_parent(),
+        ],
+    )
     p_bat.add_argument("--pool", type=int, choices=[1, 2, 3], required=True, help="element pool")
     p_bat.add_argument("--out", required=True, help="output directory (resumable)")
-    p_bat.add_argument("--lists", type=int, default=50, help="element lists drawn")
-    p_bat.add_argument("--per-list", type=int, default=2, help="crystals per element list")
-    p_bat.add_argument("--seed", type=int, default=0)
-    p_bat.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p_bat.add_argument("--steps", type=int, help="sampler steps (ddim 20, ddpm 1000)")
-    p_bat.add_argument("--model", help="model directory or shipped model name")
-    _screen_args(p_bat)
+    p_bat.add_argument("--lists", type=POSITIVE_INT, default=50, help="element lists drawn")
+    p_bat.add_argument("--per-list", type=POSITIVE_INT, default=2, help="crystals per element list")
     p_bat.set_defaults(func=_cmd_batch)
 
-    p_ph = sub.add_parser("phonons", help="phonon bands and dynamical stability of one CIF")
+    p_ph = sub.add_parser(
+        "phonons",
+        help="phonon bands and dynamical stability of one CIF",
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _device_parent(),
+            _screen_parent("7net-0", 0.01, 1000),
+        ],
+    )
     p_ph.add_argument("cif", help="crystal (CIF/POSCAR)")
     p_ph.add_argument("--out", help="output directory (default: <name>_phonons)")
-    p_ph.add_argument(
-        "--mlip",
-        default="7net-0",
-        help="7net-0 (default; CHGNet 0.3.0 makes rock-salt NaCl unstable), chgnet, module:f",
-    )
-    p_ph.add_argument("--min-length", type=float, default=10.0, help="supercell width, Å")
+    p_ph.add_argument("--min-length", type=POSITIVE_FLOAT, default=10.0, help="supercell width, Å")
     p_ph.add_argument("--no-relax", action="store_true", help="the CIF is already relaxed")
-    p_ph.add_argument("--fmax", type=float, default=0.01, help="relaxation force criterion")
-    p_ph.add_argument("--max-steps", type=int, default=1000)
-    p_ph.add_argument("--threads", type=int, default=0)
     p_ph.set_defaults(func=_cmd_phonons)
 
-    p_ref = sub.add_parser("references", help="precompute an MLIP's reference energies")
+    p_ref = sub.add_parser(
+        "references",
+        help="precompute an MLIP's reference energies",
+        parents=[verbosity, _threads_parent(1), _device_parent()],
+    )
     p_ref.add_argument("--mlip", default="chgnet")
     p_ref.add_argument("--reference", required=True, help="mp_reference.csv.gz")
-    p_ref.add_argument("--max-elements", type=int, default=3)
+    p_ref.add_argument("--max-elements", type=POSITIVE_INT, default=3)
     p_ref.add_argument("--work", default=".", help="directory for the resumable partial CSV")
     p_ref.add_argument("--out", help="table to write (default: the package's shipped table)")
-    p_ref.add_argument("--threads", type=int, default=1)
-    p_ref.add_argument("--quiet", action="store_true")
     p_ref.set_defaults(func=_cmd_references)
+
+    p_srv = sub.add_parser("serve", help="local web page + JSON API to generate and view crystals")
+    p_srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p_srv.add_argument("--port", type=int, default=8000)
+    p_srv.add_argument("--runs", default="runs", help="job directories (default ./runs)")
+    p_srv.add_argument("--model", help="model directory or shipped model name")
+    p_srv.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
+    p_srv.add_argument("--max-n", type=int, default=1000, help="most crystals per job")
+    p_srv.add_argument("--threads", type=int, default=0, help="torch threads of the worker")
+    p_srv.set_defaults(func=_cmd_serve)
     return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """``pccd`` log records to stderr as plain lines; progress bars unless --quiet."""
+    quiet = bool(getattr(args, "quiet", False))
+    verbose = bool(getattr(args, "verbose", False))
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pccd")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    progress.enable(not quiet)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pccd`` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return _fail(_one_line(exc))
+    _configure_logging(args)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"pccd: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return _fail("interrupted; finished work is kept, rerun the same command to resume", 130)
+    except UsageError as exc:
+        return _fail(_one_line(exc))
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] == "pccd":
+            raise  # our own module missing: a bug, keep the traceback
+        message = _one_line(exc)
+        if "pip install" not in message:
+            extra = EXTRAS.get(args.command, "eval,screen")
+            message += f'; install the optional dependencies: pip install -e ".[{extra}]"'
+        return _fail(message)
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        # ValueError covers json.JSONDecodeError; OSError covers gzip.BadGzipFile
+        return _fail(_one_line(exc))
 
 
 if __name__ == "__main__":

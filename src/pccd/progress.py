@@ -35,4 +35,5 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", initial: int
         file=sys.stderr,
         dynamic_ncols=True,
         leave=True,
+        delay=0.5,  # a job that fails at once (e.g. on its run.json) shows no bar
     )

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pccd.evaluate.geometry import describe_structure
+from pccd.evaluate.geometry import PLAUSIBLE_RATIO, describe_structure
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import PCCDPipeline, Request
 
@@ -89,20 +89,127 @@ def generate_to_directory(
     for batch in pipeline.iter_generate(requests, batch_size=batch_size, start=start, **kwargs):
         for s in batch:
             sid = f"{s.index:0{width}d}"
-            if sid in table:
-                continue
-            elements = "-".join(e.symbol for e in requests[s.index].elements)
-            row: dict[str, object] = {"id": sid, "elements": elements}
-            if s.structure is not None:
-                name = f"{sid}_{s.structure.composition.reduced_formula}.cif"
-                s.structure.to(filename=str(out / name))
-                row.update(describe_structure(s.structure), status="ok", cif=name)
-            else:
-                row.update(status="failed", reason=str(s.failure))
-            table.append(row)
+            if sid not in table:
+                table.append(_sample_row(s, requests[s.index], sid, out))
         if on_batch is not None:
             on_batch(batch)
     return table.path
+
+
+class DrawCapReached(ValueError):
+    """``generate --valid-only`` drew its maximum number of samples before n passed."""
+
+
+def generate_valid_to_directory(
+    pipeline: PCCDPipeline,
+    request: Request,
+    n: int,
+    out_dir: str | Path,
+    *,
+    max_draws: int | None = None,
+    batch_size: int = 100,
+    on_batch=None,
+    **kwargs,
+) -> Path:
+    """Keep sampling until at least ``n`` crystals pass, writing every draw; return the summary.
+
+    The batch in which the n-th crystal passes is finished, so a few more may pass.
+    A draw passes when it decodes, has exactly the requested elements (and formula, if one
+    was given) and plausible geometry (:data:`~pccd.evaluate.geometry.PLAUSIBLE_RATIO`). Every
+    draw gets a ``summary.csv`` row — ``ok`` (passed, with its CIF), ``rejected`` or
+    ``failed`` with the reason — and ``acceptance.json`` counts them, so the acceptance rate is
+    over all draws. Draw ``k`` depends only on (seed, k, batch size): an interrupted run
+    resumes to the same crystals. Raises :class:`DrawCapReached` (after writing everything)
+    when ``max_draws`` (default 50·n) samples gave fewer than ``n`` passing crystals.
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n ≥ 1 and batch size ≥ 1, got n={n}, batch size={batch_size}")
+    cap = 50 * n if max_draws is None else max_draws
+    if cap < n:
+        raise ValueError(f"max draws ({cap}) must be at least n ({n})")
+    pipeline.check_request(request)
+    pipeline.make_scheduler(kwargs.get("sampler", "ddim"), kwargs.get("steps"))
+    out = Path(out_dir)
+    check_run_settings(
+        out,
+        {
+            "valid_only": True,
+            "elements": [e.symbol for e in request.elements],
+            "formula": list(request.formula) if request.formula else None,
+            "band_gap": request.band_gap,
+            "magnetic": request.magnetic,
+            "n": n,
+            "max_draws": cap,
+            "batch_size": batch_size,
+            "model": str(pipeline.meta.get("name", "")),
+            **{k: v for k, v in kwargs.items() if k != "progress"},
+        },
+    )
+    table = ResultTable(out / "summary.csv", SUMMARY_COLUMNS, key="id")
+    width = len(str(max(cap - 1, 1)))
+
+    def accepted() -> int:
+        return sum(1 for r in table.rows.values() if r["status"] == "ok")
+
+    drawn = 0
+    while drawn < cap and all(f"{k:0{width}d}" in table for k in range(drawn, drawn + batch_size)):
+        drawn += batch_size  # resume after the last complete batch
+    drawn = min(drawn, cap)
+    while accepted() < n and drawn < cap:
+        size = min(batch_size, cap - drawn)
+        chunk = [request] * (drawn + size)
+        for batch in pipeline.iter_generate(chunk, batch_size=batch_size, start=drawn, **kwargs):
+            for s in batch:
+                sid = f"{s.index:0{width}d}"
+                if sid in table:
+                    continue
+                row = _sample_row(s, request, sid, out)
+                problem = None if s.structure is None else _rejection(s.structure, request, row)
+                if problem:
+                    (out / str(row["cif"])).unlink()
+                    row.update(status="rejected", reason=problem, cif="")
+                table.append(row)
+            if on_batch is not None:
+                on_batch(batch)
+        drawn += size
+    summary = {"requested": n, "accepted": accepted(), "drawn": len(table), "max_draws": cap}
+    summary["acceptance_rate"] = summary["accepted"] / max(summary["drawn"], 1)
+    (out / "acceptance.json").write_text(json.dumps(summary, indent=2))
+    if summary["accepted"] < n:
+        raise DrawCapReached(
+            f"only {summary['accepted']} of {n} crystals passed in {summary['drawn']} draws "
+            f"(the cap; acceptance {100 * summary['acceptance_rate']:.1f}%); the passing ones "
+            f"are in {out}. Raise --max-draws or relax the request"
+        )
+    return table.path
+
+
+def _rejection(structure, request: Request, row: dict[str, object]) -> str | None:
+    """Why a decoded crystal does not satisfy a --valid-only request (None = it does)."""
+    wanted = {e.symbol for e in request.elements}
+    have = {e.symbol for e in structure.composition.elements}
+    if have != wanted:
+        return f"elements {'-'.join(sorted(have))}, not the requested {'-'.join(sorted(wanted))}"
+    if request.formula is not None:
+        counts = tuple(int(structure.composition[e]) for e in request.elements)
+        if counts != tuple(request.formula):
+            return f"atom counts {counts}, not the requested {tuple(request.formula)}"
+    ratio = float(row["covalent_ratio"])  # type: ignore[arg-type]
+    if ratio < PLAUSIBLE_RATIO:
+        return f"implausible geometry: smallest covalent ratio {ratio:.2f} < {PLAUSIBLE_RATIO}"
+    return None
+
+
+def _sample_row(sample, request: Request, sid: str, out: Path) -> dict[str, object]:
+    """The summary row of one sample; a decoded crystal's CIF is written first."""
+    row: dict[str, object] = {"id": sid, "elements": "-".join(e.symbol for e in request.elements)}
+    if sample.structure is not None:
+        name = f"{sid}_{sample.structure.composition.reduced_formula}.cif"
+        sample.structure.to(filename=str(out / name))
+        row.update(describe_structure(sample.structure), status="ok", cif=name)
+    else:
+        row.update(status="failed", reason=str(sample.failure))
+    return row
 
 
 def _requests_digest(requests: Sequence[Request]) -> str:

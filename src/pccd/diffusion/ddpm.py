@@ -90,6 +90,8 @@ def diffusion_loss(
     with the L1 norm (the paper's choice, more robust to the heavy-tailed errors of the
     discrete channel-1 entries) or ``"l2"`` (the DDPM "simple" loss).
 
+    Self-conditioning models (``model.self_conditioning``) get ``x_self`` as well.
+
     ``drop_probs`` (optional) applies :meth:`Conditions.drop` first, with the same generator:
     classifier-free-guidance training in one call.
     """
@@ -104,7 +106,18 @@ def diffusion_loss(
     ).to(x0.device)
     noise = randn_like(x0, generator)
     x_t = scheduler.add_noise(x0, noise, t)
-    pred = model(x_t, t, cond)
+    kwargs = {}
+    if getattr(model, "self_conditioning", False):
+        # half the samples see the model's own first estimate of x_0 (no gradient through it),
+        # the others zeros, so the network works both at the first step and with an estimate
+        use = torch.rand(b, generator=generator, device=gen_device).to(x0.device) < 0.5
+        x_self = torch.zeros_like(x0)
+        if bool(use.any()):
+            with torch.no_grad():
+                estimate = scheduler.predict_x0_batch(model(x_t, t, cond, x_self=x_self), t, x_t)
+            x_self = torch.where(use[:, None, None, None], estimate, x_self)
+        kwargs["x_self"] = x_self
+    pred = model(x_t, t, cond, **kwargs)
     if loss == "l1":
         return F.l1_loss(pred, noise)
     return F.mse_loss(pred, noise)

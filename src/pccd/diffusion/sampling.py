@@ -26,22 +26,25 @@ def guided_eps(
     cond: Conditions,
     guidance_scale: float = 1.0,
     cond_pair: Conditions | None = None,
+    x_self: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ε̂ with classifier-free guidance: ε_∅ + s·(ε_c − ε_∅).
 
     s = 1 is the plain conditional model (one forward pass); otherwise the conditional and
     unconditional branches run as *one* forward of the doubled batch, which is cheaper than two
     passes on a CPU (better GEMM shapes, one Python traversal of the network). ``cond_pair``
-    may pass the precomputed ``Conditions.cat([cond, cond.null_like()])``.
+    may pass the precomputed ``Conditions.cat([cond, cond.null_like()])``. ``x_self`` is the
+    previous x̂_0 for self-conditioning models.
     """
     b = x_t.shape[0]
     if guidance_scale == 1.0:
         ts = torch.full((b,), int(t), dtype=torch.long, device=x_t.device)
-        return model(x_t, ts, cond)
+        return model(x_t, ts, cond) if x_self is None else model(x_t, ts, cond, x_self=x_self)
     if cond_pair is None:
         cond_pair = Conditions.cat([cond, cond.null_like()])
     ts = torch.full((2 * b,), int(t), dtype=torch.long, device=x_t.device)
-    eps_c, eps_u = model(torch.cat([x_t, x_t]), ts, cond_pair).chunk(2)
+    kwargs = {} if x_self is None else {"x_self": torch.cat([x_self, x_self])}
+    eps_c, eps_u = model(torch.cat([x_t, x_t]), ts, cond_pair, **kwargs).chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
@@ -91,10 +94,13 @@ def denoise(
         iterator = tqdm(iterator, desc="denoising", unit="step")
     was_training = model.training
     model.eval()
+    x_self = torch.zeros_like(x) if getattr(model, "self_conditioning", False) else None
     try:
         for t in iterator:
-            eps = guided_eps(model, x, t, cond, guidance_scale, cond_pair)
-            x, _ = scheduler.step(eps, t, x, generator)
+            eps = guided_eps(model, x, t, cond, guidance_scale, cond_pair, x_self)
+            x, x0_hat = scheduler.step(eps, t, x, generator)
+            if x_self is not None:
+                x_self = x0_hat.clamp(-1.0, 1.0)
     finally:
         model.train(was_training)
     return x.clamp(-1.0, 1.0)

@@ -172,6 +172,13 @@ class NoiseScheduler:
         x0 = (x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
         return x0.clamp(-1.0, 1.0) if self.clip_sample else x0
 
+    def predict_x0_batch(
+        self, eps: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`predict_x0` with one step per sample (``t`` of shape (B,)), always clipped."""
+        abar = self._gather(self.alphas_cumprod, t, x_t)
+        return ((x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1.0, 1.0)
+
     def eps_from_x0(self, x0: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
         """The noise consistent with ``x_t`` and an x̂_0 (used after clipping x̂_0)."""
         abar = self._abar(t)

@@ -25,6 +25,9 @@ and a paper-scale model are the same code and can be trained and compared:
   level), ``mid_attention`` (paper: full) and ``mid_blocks`` (paper: 3).
 * ``upsample`` — nearest + conv or transposed conv.
 * ``conditions`` — which conditions the model embeds.
+* ``self_condition`` — self-conditioning (Chen et al. 2023, "Analog Bits"): the network also
+  sees its own previous estimate of the clean array, so each step refines a whole-crystal
+  guess instead of starting over from the noisy array.
 * ``periodic_features`` — also feed the network cos/sin(2π·frac) of the noisy fractional
   coordinates, so it sees that 0.99 and 0.01 are neighbours (the Euclidean array alone puts
   them 1.96 apart); the diffusion itself is unchanged.
@@ -83,6 +86,7 @@ class UNetConfig:
         upsample: ``"nearest"`` (repeat rows + conv 3) or ``"transpose"`` (transposed conv).
         dropout: dropout inside residual blocks.
         periodic_features: add cos/sin(2π·frac) of channel 0 as extra input channels.
+        self_condition: take the previous clean-array estimate as 3 extra array channels.
     """
 
     layout: str = "seq1d"
@@ -105,6 +109,7 @@ class UNetConfig:
     upsample: str = "nearest"
     dropout: float = 0.0
     periodic_features: bool = False
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to tuples so configs compare equal after a round trip.
@@ -243,7 +248,8 @@ class PCCDUNet(nn.Module):
         sd = config.spatial_dims
         c_data = CHANNELS if config.layout == "grid2d" else CHANNELS * COLUMNS
         # cos and sin of each coordinate column: 2 extra image channels or 6 sequence channels
-        c_extra = (2 if config.layout == "grid2d" else 2 * COLUMNS) * config.periodic_features
+        per_channel = 1 if config.layout == "grid2d" else COLUMNS
+        c_extra = per_channel * (2 * config.periodic_features + CHANNELS * config.self_condition)
         base = config.base_channels
         emb = config.emb_dim
         groups = config.norm_groups
@@ -309,10 +315,20 @@ class PCCDUNet(nn.Module):
         self.final_conv = conv(sd, base, c_data, 1)
 
     # ------------------------------------------------------------------ forward
-    def _to_layout(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def self_conditioning(self) -> bool:
+        """Whether :meth:`forward` takes ``x_self`` (samplers and the loss ask this)."""
+        return self.config.self_condition
+
+    def _to_layout(self, x: torch.Tensor, x_self: torch.Tensor | None = None) -> torch.Tensor:
+        extra = []
+        if self.config.self_condition:
+            extra.append(torch.zeros_like(x) if x_self is None else x_self)
         if self.config.periodic_features:
             angle = torch.pi * (x[:, :1] + 1.0)  # channel 0 holds 2·frac − 1
-            x = torch.cat([x, torch.cos(angle), torch.sin(angle)], dim=1)
+            extra += [torch.cos(angle), torch.sin(angle)]
+        if extra:
+            x = torch.cat([x, *extra], dim=1)
         if self.config.layout == "grid2d":
             return x
         b, c, r, w = x.shape
@@ -329,8 +345,18 @@ class PCCDUNet(nn.Module):
         """The (B, emb_dim) vector that drives FiLM: time embedding + condition embedding."""
         return self.time_embed(t) + self.cond_encoder(cond)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        """Predict the noise ε in ``x`` (B, 3, 128, 3) at time steps ``t`` (B,) given ``cond``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditions,
+        x_self: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the noise ε in ``x`` (B, 3, 128, 3) at time steps ``t`` (B,) given ``cond``.
+
+        ``x_self``: the previous estimate of the clean array (self-conditioning models only;
+        ``None`` = no estimate yet, fed as zeros).
+        """
         if x.dim() != 4 or x.shape[1] != CHANNELS or x.shape[3] != COLUMNS:
             raise ValueError(
                 f"expected x of shape (B, {CHANNELS}, rows, {COLUMNS}), got {tuple(x.shape)}"
@@ -344,7 +370,7 @@ class PCCDUNet(nn.Module):
                 f"batch mismatch: x {x.shape[0]}, t {tuple(t.shape)}, cond {cond.batch_size}"
             )
         emb = self.embed(t, cond)
-        h = self.stem(self._to_layout(x))
+        h = self.stem(self._to_layout(x, x_self))
         stem_out = h
         skips: list[torch.Tensor] = []
         for level in self.down:

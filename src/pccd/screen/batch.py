@@ -85,9 +85,7 @@ def check_batch_settings(settings: BatchSettings) -> None:
     if settings.per_list < 1:
         raise ValueError(f"--per-list must be ≥ 1, got {settings.per_list}")
     weights = settings.size_weights
-    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or not any(
-        weights
-    ):
+    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
         raise ValueError(f"size weights must be 3 non-negative numbers, got {weights}")
     available = distinct_lists(settings)
     if settings.lists > available:
@@ -148,6 +146,11 @@ def batch_statistics(rows: list[dict[str, str]]) -> dict[str, object]:
         "e_hull_below_0.08": sum(h < 0.08 for h, _ in hulls) / n if n else None,
         "novel": sum(nv for _, nv in hulls) / n if n else None,
         "sun": sum(r["sun"] == "True" for r in rows if r["e_above_hull"]) / n if n else None,
+        # the same shares over every generated crystal: failures count as misses
+        "e_hull_below_0.25_of_all": sum(h < 0.25 for h, _ in hulls) / len(rows) if rows else None,
+        "e_hull_below_0.08_of_all": sum(h < 0.08 for h, _ in hulls) / len(rows) if rows else None,
+        "novel_of_all": sum(nv for _, nv in hulls) / len(rows) if rows else None,
+        "failed": len(rows) - n,
     }
 
 
@@ -194,12 +197,11 @@ def run_batch(
     Writes ``generated/`` (CIFs + summary.csv), ``screen/`` (screen.csv, relaxed/),
     ``batch<N>.csv``, ``batch<N>.json`` (statistics) and ``batch<N>_ehull.png``.
     """
+    from pccd import progress
     from pccd.outputs import check_run_settings
     from pccd.pipeline import Request
     from pccd.runs import generate_to_directory
     from pccd.screen.screening import screen_directory
-
-    from pccd import progress
 
     check_batch_settings(settings)
     out = Path(out_dir)

@@ -21,9 +21,9 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from pccd.evaluate.novelty import ReferenceIndex
+from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.screen.hull import ConvexHull, HullError
-from pccd.mlip import MLIP, MLIPError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import Relaxation, RelaxationError, relax
 

@@ -146,7 +146,8 @@ def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, s
     sampler = data.get("sampler", "ddim")
     if sampler not in SAMPLERS:
         raise JobError(400, f"sampler must be one of {list(SAMPLERS)}, not {sampler!r}")
-    steps = _int(data, "steps", None, 1, int(manager.model_meta["diffusion"]["num_train_timesteps"]))
+    max_steps = int(manager.model_meta["diffusion"]["num_train_timesteps"])
+    steps = _int(data, "steps", None, 1, max_steps)
     if "guidance" in data and "guidance_scale" in data:
         raise JobError(400, "give guidance or guidance_scale, not both")
     guidance = _float(data, "guidance" if "guidance" in data else "guidance_scale", 1.0, 0.0, 20.0)
@@ -161,7 +162,7 @@ def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, s
         seed=_int(data, "seed", 0, 0, 2**31 - 1),
     )
     if request.formula:
-        label = "".join(f"{e.symbol}{c}" for e, c in zip(request.elements, request.formula))
+        label = cell_formula([e.symbol for e in request.elements], list(request.formula))
     else:
         label = "-".join(e.symbol for e in request.elements)
     return settings, label
@@ -178,6 +179,20 @@ def parse_screen(data: dict, reference: str | None) -> dict:
         "max_steps": _int(data, "max_steps", 500, 1, 2000),
         "reference": reference,
     }
+
+
+def cell_formula(elements: list[str], counts: list[int]) -> str:
+    """``["O", "Mg", "Mn"], [4, 2, 1]`` → ``"Mg2MnO4"`` (pymatgen's order, no 1s)."""
+    from pymatgen.core import Composition
+
+    try:
+        text = Composition(dict(zip(elements, counts, strict=True))).formula
+    except (ValueError, KeyError, TypeError):
+        return "".join(f"{e}{c}" for e, c in zip(elements, counts, strict=False))
+    return "".join(
+        part[:-1] if part.endswith("1") and not part[-2].isdigit() else part
+        for part in text.split()
+    )
 
 
 # ---- views of a job ------------------------------------------------------------------------
@@ -229,8 +244,8 @@ def job_summary(manager: JobManager, job_id: str, disk: dict) -> dict[str, objec
         }
     elements = settings.get("elements")
     formula = None
-    if elements and settings.get("formula"):
-        formula = "".join(f"{e}{c}" for e, c in zip(elements, settings["formula"]))
+    if elements and isinstance(settings.get("formula"), list):
+        formula = cell_formula(elements, settings["formula"])
     try:
         created = (manager.runs / job_id / "run.json").stat().st_mtime
     except OSError:
@@ -277,7 +292,8 @@ def structure_rows(manager: JobManager, job_id: str, disk: dict, with_cif: bool)
                 item["cif"] = resolve_file(directory, cif_name).read_text()
             except (JobError, OSError):
                 item["cif"] = None
-        s = screened.get(Path(cif_name).stem) if cif_name else None
+        stem = Path(cif_name).stem
+        s = screened.get(stem) if cif_name else None
         if s is not None:
             item.update(
                 screen_status=s.get("status") or None,
@@ -289,7 +305,7 @@ def structure_rows(manager: JobManager, job_id: str, disk: dict, with_cif: bool)
                 known_id=s.get("known_id") or None,
                 unique=_flag(s.get("unique")),
                 sun=_flag(s.get("sun")),
-                relaxed=(directory / SCREEN_DIR / "relaxed" / f"{Path(cif_name).stem}.cif").exists(),
+                relaxed=(directory / SCREEN_DIR / "relaxed" / f"{stem}.cif").exists(),
             )
         out.append(item)
     return out
@@ -484,8 +500,12 @@ def create_app(
         finally:
             manager.stop()
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/api/info", info),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs", create_job, methods=["POST"]),

@@ -16,6 +16,7 @@ starts a fresh worker.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import multiprocessing
@@ -25,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -152,12 +153,14 @@ def _run_screen(task: Mapping) -> None:
     try:
         from pccd.screen.screening import ScreenSettings, screen_directory
     except ImportError as exc:  # the screen extra is not installed
-        raise RuntimeError(f"screening needs the screen extra (pip install 'pccd[screen]'): {exc}")
+        message = f"screening needs the screen extra (pip install 'pccd[screen]'): {exc}"
+        raise RuntimeError(message) from exc
     directory = Path(task["dir"])
+    known = {f.name for f in fields(ScreenSettings)}  # run.json also records e.g. the input
     screen_directory(
         directory,
         directory / SCREEN_DIR,
-        ScreenSettings(**task["settings"]),
+        ScreenSettings(**{k: v for k, v in task["settings"].items() if k in known}),
         workers=1,
         threads_per_worker=max(1, int(task.get("threads") or 1)),
     )
@@ -233,10 +236,8 @@ class Worker:
         raise WorkerDied(f"the worker process died (exit code {self.process.exitcode})")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn.close()
-        except OSError:
-            pass
         if self.process.is_alive():
             self.process.terminate()
         self.process.join(5)
@@ -337,12 +338,14 @@ class JobManager:
                     resumed.append(path.name)
             else:
                 screen = self.screen_disk_state(path)
-                if screen is not None and not screen["complete"] and screen["settings"]:
-                    if screen["settings"].get("mlip") in SCREEN_MLIPS:
-                        self._enqueue(
-                            path.name, "screen", force=True, settings=screen["settings"]
-                        )
-                        resumed.append(path.name)
+                if (
+                    screen is not None
+                    and not screen["complete"]
+                    and screen["settings"]
+                    and screen["settings"].get("mlip") in SCREEN_MLIPS
+                ):
+                    self._enqueue(path.name, "screen", force=True, settings=screen["settings"])
+                    resumed.append(path.name)
         return resumed
 
     # -- disk --
@@ -431,7 +434,7 @@ class JobManager:
             disk = self.disk_state(path)
             if disk is None:
                 raise JobError(404, f"no job {job_id!r}")
-            if gen is not None and gen.status in ("queued", "running") or not disk["complete"]:
+            if (gen is not None and gen.status in ("queued", "running")) or not disk["complete"]:
                 raise JobError(409, "the job has not finished generating; screen it when done")
             current = self.state(job_id, "screen")
             if current is not None and current.status in ("queued", "running"):
@@ -439,17 +442,11 @@ class JobManager:
             screen = self.screen_disk_state(path)
             if screen is not None and screen["settings"]:
                 previous = screen["settings"]
-                if json.loads(json.dumps(settings)) != previous:
-                    diff = sorted(
-                        k
-                        for k in set(previous) | set(settings)
-                        if previous.get(k) != settings.get(k)
-                    )
-                    raise JobError(
-                        409,
-                        f"{job_id} was screened with other settings ({', '.join(diff)}): "
-                        f"{previous}",
-                    )
+                diff = sorted(k for k in settings if previous.get(k) != settings[k])
+                if diff:
+                    shown = {k: previous.get(k) for k in settings}
+                    message = f"{job_id} was screened with other settings ({', '.join(diff)})"
+                    raise JobError(409, f"{message}: {shown}")
             return self._enqueue(job_id, "screen", settings=settings)
 
     def state(self, job_id: str, kind: str) -> TaskState | None:

@@ -1,0 +1,466 @@
+"""``pccd serve``: the JSON API through Starlette's test client, with the tiny random model.
+
+Jobs really run (in the server's worker process), so these tests cover the life cycle, the
+directory layout shared with ``pccd generate`` / ``pccd screen``, resuming after a restart, a
+crashing worker, and every kind of bad request, path traversal included.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+from pymatgen.core import Structure
+from starlette.testclient import TestClient
+
+from pccd.outputs import ResultTable, check_run_settings
+from pccd.web.app import MAX_BODY_BYTES, create_app
+from pccd.web.jobs import generation_settings
+from tests.conftest import nacl, silicon
+
+BASE = "http://127.0.0.1"
+JSON = {"Content-Type": "application/json"}
+SMALL = {"elements": ["Na", "Cl"], "n": 4, "seed": 0, "steps": 2, "batch_size": 2}
+
+
+def client_for(runs: Path, model: Path, **kwargs) -> TestClient:
+    return TestClient(create_app(runs, str(model), **kwargs), base_url=BASE)
+
+
+def wait_for(client: TestClient, job_id: str, key: str = "status", timeout: float = 180.0):
+    """Poll GET /api/jobs/<id> until the job (or its screen) is done or failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/api/jobs/{job_id}").json()
+        status = body[key]["status"] if key == "screen" and body[key] else body.get(key)
+        if status in ("done", "failed"):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {status} after {timeout} s: {body}")
+        time.sleep(0.2)
+
+
+def summary_rows(directory: Path) -> list[dict[str, str]]:
+    with (directory / "summary.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def shell_run(runs: Path, name: str = "shell-run") -> Path:
+    """A run directory as `pccd generate` writes it, with two real crystals and one failure."""
+    from pccd.evaluate.geometry import describe_structure
+    from pccd.runs import SUMMARY_COLUMNS
+
+    directory = runs / name
+    check_run_settings(
+        directory,
+        {"elements": ["Na", "Cl"], "formula": None, "band_gap": None, "magnetic": None, "n": 3},
+    )
+    table = ResultTable(directory / "summary.csv", SUMMARY_COLUMNS, key="id")
+    for sid, structure in (("0", nacl()), ("1", silicon())):
+        cif = f"{sid}_{structure.composition.reduced_formula}.cif"
+        structure.to(filename=str(directory / cif))
+        table.append(
+            {"id": sid, "elements": "Na-Cl", **describe_structure(structure)}
+            | {"status": "ok", "cif": cif}
+        )
+    table.append({"id": "2", "elements": "Na-Cl", "status": "failed", "reason": "no_atoms"})
+    return directory
+
+
+# ---- life cycle ---------------------------------------------------------------------------------
+def test_job_life_cycle_writes_the_layout_of_pccd_generate(tmp_path, tiny_model_dir):
+    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.runs import generate_to_directory
+
+    runs = tmp_path / "runs"
+    with client_for(runs, tiny_model_dir) as client:
+        response = client.post("/api/jobs", json=SMALL)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        assert response.json()["status"] == "queued"
+        body = wait_for(client, job_id)
+        assert body["status"] == "done", body
+        assert body["progress"] == {"done": 4, "total": 4}
+        assert [s["id"] for s in body["structures"]] == ["0", "1", "2", "3"]
+        for s in body["structures"]:
+            assert {"id", "formula", "cif", "status", "reason", "covalent_ratio"} <= set(s)
+        listed = client.get("/api/jobs").json()["jobs"]
+        assert [j["id"] for j in listed] == [job_id]
+        assert listed[0]["status"] == "done"
+        info = client.get("/api/info").json()
+        assert info["model"] == "tiny-test"
+
+    # the same request from Python (what `pccd generate` calls) writes the same run
+    shell = tmp_path / "shell"
+    generate_to_directory(
+        PCCDPipeline.from_pretrained(tiny_model_dir),
+        Request.parse(["Na", "Cl"]),
+        4,
+        shell,
+        batch_size=2,
+        sampler="ddim",
+        steps=2,
+        guidance_scale=1.0,
+        seed=0,
+    )
+    job = runs / job_id
+    assert json.loads((job / "run.json").read_text()) == json.loads(
+        (shell / "run.json").read_text()
+    )
+    assert summary_rows(job) == summary_rows(shell)
+    assert sorted(p.name for p in job.iterdir()) == sorted(p.name for p in shell.iterdir())
+
+
+def test_formula_job_and_named_job(tmp_path, tiny_model_dir):
+    runs = tmp_path / "runs"
+    with client_for(runs, tiny_model_dir) as client:
+        body = {"formula": "Na2Cl2", "n": 2, "steps": 1, "name": "my-csp", "guidance": 2.0}
+        response = client.post("/api/jobs", json=body)
+        assert response.status_code == 201, response.text
+        assert response.json()["id"] == "my-csp"
+        done = wait_for(client, "my-csp")
+        assert done["status"] == "done"
+        assert done["formula"] == "Na2Cl2"
+        settings = json.loads((runs / "my-csp" / "run.json").read_text())
+        assert settings["formula"] == [2, 2]
+        assert settings["guidance_scale"] == 2.0
+        again = client.post("/api/jobs", json=body)
+        assert again.status_code == 409
+
+
+def test_shell_run_shows_up_with_downloads_in_every_format(tmp_path, tiny_model_dir):
+    from ase.io import read
+    from pymatgen.io.vasp import Poscar
+
+    runs = tmp_path / "runs"
+    shell_run(runs)
+    (runs / "not-a-run").mkdir()  # no run.json, no summary.csv: not listed
+    with client_for(runs, tiny_model_dir) as client:
+        jobs = client.get("/api/jobs").json()["jobs"]
+        assert [j["id"] for j in jobs] == ["shell-run"]
+        body = client.get("/api/jobs/shell-run").json()
+        assert body["status"] == "done"
+        rows = {s["id"]: s for s in body["structures"]}
+        assert rows["0"]["formula"] == "NaCl" and rows["0"]["atoms"] == 8
+        assert rows["0"]["plausible"] is True
+        assert Structure.from_str(rows["0"]["cif"], fmt="cif").composition.reduced_formula == "NaCl"
+        assert rows["2"]["status"] == "failed" and rows["2"]["cif"] is None
+        assert client.get("/api/jobs/shell-run?cif=0").json()["structures"][0]["cif"] is None
+
+        base = "/api/jobs/shell-run/structures/0"
+        cif = client.get(f"{base}.cif")
+        assert cif.status_code == 200
+        assert "attachment" in cif.headers["content-disposition"]
+        s = Structure.from_str(cif.text, fmt="cif")
+        assert s.matches(nacl())
+        atoms = read(io.StringIO(client.get(f"{base}.extxyz").text), format="extxyz")
+        assert sorted(atoms.get_chemical_symbols()) == sorted(str(x.specie) for x in nacl())
+        poscar = Poscar.from_str(client.get(f"{base}.vasp").text)
+        assert poscar.structure.matches(nacl())
+        detail = client.get(base).json()
+        assert detail["formula"] == "NaCl"
+        assert detail["lattice"]["a"] == pytest.approx(5.64)
+        assert detail["lattice"]["alpha"] == pytest.approx(90.0)
+        assert len(detail["sites"]) == 8
+        assert client.get("/api/jobs/shell-run/structures/1.cif").status_code == 200
+
+
+# ---- restart and crash --------------------------------------------------------------------------
+def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_dir):
+    runs = tmp_path / "runs"
+    with client_for(runs, tiny_model_dir) as client:
+        job_id = client.post("/api/jobs", json=SMALL).json()["id"]
+        assert wait_for(client, job_id)["status"] == "done"
+    job = runs / job_id
+    complete = summary_rows(job)
+    # cut the run after its first batch, as an interrupted `pccd generate` leaves it
+    lines = (job / "summary.csv").read_text().splitlines(keepends=True)
+    (job / "summary.csv").write_text("".join(lines[:3]))
+    # a job queued but never started: only its run.json exists
+    from pccd.pipeline import Request
+
+    queued = runs / "queued-job"
+    check_run_settings(
+        queued,
+        generation_settings(
+            Request.parse(["Mg", "O"]),
+            n=3,
+            batch_size=2,
+            model="tiny-test",
+            sampler="ddim",
+            steps=1,
+            guidance_scale=1.0,
+            seed=3,
+        ),
+    )
+    # a partial run of another model is shown, not resumed
+    other = runs / "other-model"
+    check_run_settings(other, {"elements": ["Si"], "n": 5, "model": "someone-else"})
+    (other / "summary.csv").write_text("id,status\n0,failed\n")
+
+    with client_for(runs, tiny_model_dir) as client:
+        assert wait_for(client, job_id)["status"] == "done"
+        assert wait_for(client, "queued-job")["status"] == "done"
+        assert summary_rows(job) == complete
+        assert len(summary_rows(queued)) == 3
+        body = client.get("/api/jobs/other-model").json()
+        assert body["status"] == "failed"
+        assert "someone-else" in body["error"]
+        assert body["progress"] == {"done": 1, "total": 5}
+
+
+def test_a_crashing_worker_fails_its_job_and_the_server_goes_on(tmp_path, tiny_model_dir):
+    runs = tmp_path / "runs"
+    with client_for(runs, tiny_model_dir) as client:
+        manager = client.app.state.manager
+        slow = {"elements": ["Na", "Cl"], "n": 400, "sampler": "ddpm", "steps": 1000}
+        job_id = client.post("/api/jobs", json=slow).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/jobs/{job_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        while manager.worker is None or manager.worker.pid is None:
+            time.sleep(0.05)
+        os.kill(manager.worker.pid, signal.SIGKILL)  # the worker this test's server started
+        body = wait_for(client, job_id)
+        assert body["status"] == "failed"
+        assert "died" in body["error"]
+        assert client.get("/api/info").status_code == 200
+        after = client.post("/api/jobs", json=SMALL).json()["id"]
+        assert wait_for(client, after)["status"] == "done"
+
+
+# ---- screening ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_screen_fills_rows_in_the_layout_of_pccd_screen(tmp_path, tiny_model_dir):
+    pytest.importorskip("chgnet")
+    runs = tmp_path / "runs"
+    shell_run(runs)
+    with client_for(runs, tiny_model_dir, threads=1) as client:
+        bad = client.post("/api/jobs/shell-run/screen", json={"mlip": "os:system"})
+        assert bad.status_code == 400
+        response = client.post("/api/jobs/shell-run/screen", json={"max_steps": 2})
+        assert response.status_code == 202, response.text
+        again = client.post("/api/jobs/shell-run/screen", json={"max_steps": 2})
+        assert again.status_code == 409
+        body = wait_for(client, "shell-run", key="screen", timeout=600)
+        assert body["screen"]["status"] == "done", body["screen"]
+        assert body["screen"]["progress"] == {"done": 2, "total": 2}
+        rows = {s["id"]: s for s in body["structures"]}
+        assert rows["0"]["screen_status"] in ("ok", "no_hull", "relax_failed")
+        assert "e_above_hull" in rows["1"]
+        other = client.post("/api/jobs/shell-run/screen", json={"max_steps": 3})
+        assert other.status_code == 409
+        assert "other settings" in other.json()["error"]
+        if rows["0"]["relaxed"]:
+            relaxed = client.get("/api/jobs/shell-run/structures/0.cif?relaxed=1")
+            assert relaxed.status_code == 200
+    screen = runs / "shell-run" / "screen"
+    assert (screen / "screen.csv").exists() and (screen / "run.json").exists()
+    assert json.loads((screen / "run.json").read_text())["max_steps"] == 2
+
+    # an interrupted screen is resumed by a restarted server
+    lines = (screen / "screen.csv").read_text().splitlines(keepends=True)
+    (screen / "screen.csv").write_text("".join(lines[:2]))
+    with client_for(runs, tiny_model_dir, threads=1) as client:
+        body = wait_for(client, "shell-run", key="screen", timeout=600)
+        assert body["screen"]["status"] == "done", body["screen"]
+        assert body["screen"]["progress"] == {"done": 2, "total": 2}
+    assert len((screen / "screen.csv").read_text().splitlines()) == 3
+
+
+# ---- bad requests -------------------------------------------------------------------------------
+BAD_JOBS = [
+    ({"elements": ["Na", "Xx"]}, 400, "unknown element"),
+    ({"elements": ["Na", "Cl", "O", "K"]}, 400, "elements"),
+    ({"elements": ["Na", "Na"]}, 400, "repeated"),
+    ({"elements": "Na,Cl", "n": 0}, 400, "n must be between"),
+    ({"elements": ["Na"], "n": 1001}, 400, "n must be between"),
+    ({"elements": ["Na"], "n": "ten"}, 400, "whole number"),
+    ({"elements": ["Na"], "n": True}, 400, "whole number"),
+    ({"elements": ["Na"], "n": 2.5}, 400, "whole number"),
+    ({"elements": ["Na"], "steps": 0}, 400, "steps"),
+    ({"elements": ["Na"], "steps": 100000}, 400, "steps"),
+    ({"elements": ["Na"], "seed": -1}, 400, "seed"),
+    ({"elements": ["Na"], "guidance": -1}, 400, "guidance"),
+    ({"elements": ["Na"], "guidance": 1, "guidance_scale": 1}, 400, "not both"),
+    ({"elements": ["Na"], "band_gap": -0.5}, 400, "band_gap"),
+    ({"elements": ["Na"], "band_gap": "wide"}, 400, "band_gap"),
+    ({"elements": ["Na"], "sampler": "euler"}, 400, "sampler"),
+    ({"elements": ["Na"], "magnetic": "XYZ"}, 400, "magnetic"),
+    ({"elements": ["Na"], "batch_size": 1000}, 400, "batch_size"),
+    ({"elements": ["Na"], "model": "/etc"}, 400, "unknown field"),
+    ({"elements": ["Na"], "out": "/tmp/x"}, 400, "unknown field"),
+    ({"elements": [1, 2]}, 400, "elements"),
+    ({"elements": {"Na": 1}}, 400, "elements"),
+    ({}, 400, "give the elements"),
+    ({"formula": "Xy2"}, 400, "unknown element"),
+    ({"formula": "Na10Cl10"}, 400, "atoms"),
+    ({"formula": "Na0.5Cl"}, 400, "whole"),
+    ({"formula": "NaCl", "elements": ["K", "Cl"]}, 400, "not the requested"),
+    ({"formula": 12}, 400, "formula"),
+    ({"elements": ["Na"], "name": "../evil"}, 400, "job name"),
+    ({"elements": ["Na"], "name": "a/b"}, 400, "job name"),
+    ({"elements": ["Na"], "name": ".hidden"}, 400, "job name"),
+    ({"elements": ["Na"], "name": "/etc/cron.d"}, 400, "job name"),
+    ({"elements": ["Na"], "name": 5}, 400, "name"),
+]
+
+
+@pytest.fixture
+def idle_client(tmp_path, tiny_model_dir):
+    """A server whose worker never starts (no valid job reaches it)."""
+    runs = tmp_path / "runs"
+    shell_run(runs)
+    with client_for(runs, tiny_model_dir, max_n=1000) as client:
+        yield client, runs
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_JOBS)
+def test_bad_job_requests_get_4xx_with_a_message(idle_client, body, status, message):
+    client, runs = idle_client
+    before = _tree(runs.parent)
+    response = client.post("/api/jobs", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert _tree(runs.parent) == before  # nothing created anywhere
+
+
+def test_malformed_bodies(idle_client):
+    client, runs = idle_client
+    cases = [
+        (b"{not json", JSON, 400, "malformed JSON"),
+        (b"[1, 2]", JSON, 400, "JSON object"),
+        (b'"Na"', JSON, 400, "JSON object"),
+        (b"\xff\xfe", JSON, 400, "malformed JSON"),
+        (b'{"elements": ["Na"]}', {"Content-Type": "text/plain"}, 415, "application/json"),
+        (b"elements=Na", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "JSON"),
+        (b'{"elements": ["Na"]}', {}, 415, "JSON"),
+        (
+            json.dumps({"elements": ["Na"], "pad": "x" * MAX_BODY_BYTES}).encode(),
+            JSON,
+            413,
+            "larger",
+        ),
+    ]
+    before = _tree(runs)
+    for content, headers, status, message in cases:
+        response = client.post("/api/jobs", content=content, headers=headers)
+        assert response.status_code == status, (content[:40], response.text)
+        assert message in response.json()["error"]
+
+    def chunks():  # no Content-Length: the cap holds while streaming
+        for _ in range(MAX_BODY_BYTES // 1000 + 2):
+            yield b" " * 1000
+
+    response = client.post("/api/jobs", content=chunks(), headers=JSON)
+    assert response.status_code == 413
+    assert _tree(runs) == before
+
+
+def test_traversal_and_unknown_paths_are_404(idle_client, tmp_path):
+    client, runs = idle_client
+    secret = tmp_path / "secret.cif"
+    nacl().to(filename=str(secret))
+    (runs / "escape").symlink_to(tmp_path)  # a link out of --runs
+    (runs / "shell-run" / "9_link.cif").symlink_to(secret)
+    with (runs / "shell-run" / "summary.csv").open("a") as fh:  # a row naming a file outside
+        fh.write("9,Na-Cl,NaCl,8,Fm-3m,2.1,2.8,1.0,1,ok,,../../secret.cif\n")
+        fh.write("8,Na-Cl,NaCl,8,Fm-3m,2.1,2.8,1.0,1,ok,,9_link.cif\n")
+    paths = [
+        "/api/jobs/..",
+        "/api/jobs/%2e%2e",
+        "/api/jobs/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/api/jobs/..%2F..%2Fetc",
+        "/api/jobs/escape",
+        "/api/jobs/escape/structures/secret.cif",
+        "/api/jobs/nope",
+        "/api/jobs/shell-run/structures/..%2f..%2fsecret.cif",
+        "/api/jobs/shell-run/structures/%2e%2e.cif",
+        "/api/jobs/shell-run/structures/run.json",
+        "/api/jobs/shell-run/structures/9.cif",
+        "/api/jobs/shell-run/structures/8.cif",
+        "/api/jobs/shell-run/structures/9.vasp",
+        "/api/jobs/shell-run/structures/42.cif",
+        "/api/jobs/shell-run/structures/2.cif",
+        "/api/jobs/shell-run/structures/0.exe",
+        "/api/jobs/shell-run/structures/0.cif?relaxed=1",
+        "/static/../app.py",
+        "/static/%2e%2e/app.py",
+        "/static/..%2fapp.py",
+        "/api/nothing",
+    ]
+    for path in paths:
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.status_code, response.text[:200])
+        assert "Fm-3m" not in response.text and "_cell_length_a" not in response.text
+    assert [j["id"] for j in client.get("/api/jobs").json()["jobs"]] == ["shell-run"]
+    assert client.post("/api/jobs/nope/screen", json={}).status_code == 404
+    assert client.post("/api/jobs/%2e%2e/screen", json={}).status_code == 404
+    assert client.post("/api/jobs/shell-run/screen", json={"mlip": "x:y"}).status_code == 400
+    assert client.post("/api/jobs/shell-run/screen", json={"fmax": 0}).status_code == 400
+    assert client.post("/api/jobs/shell-run/screen", json={"reference": "/x"}).status_code == 400
+    assert client.delete("/api/jobs/shell-run").status_code == 405
+
+
+def test_requests_for_other_hosts_are_refused(idle_client):
+    client, _ = idle_client
+    assert client.get("/api/jobs", headers={"Host": "evil.example"}).status_code == 400
+    assert client.get("/api/jobs", headers={"Host": "localhost:8000"}).status_code == 200
+
+
+def test_screen_waits_for_generation_and_queue_limit(tmp_path, tiny_model_dir):
+    runs = tmp_path / "runs"
+    with client_for(runs, tiny_model_dir) as client:
+        manager = client.app.state.manager
+        manager.max_queue = 1
+        slow = {"elements": ["Na"], "n": 300, "sampler": "ddpm", "steps": 1000}
+        first = client.post("/api/jobs", json=slow).json()["id"]
+        early = client.post(f"/api/jobs/{first}/screen", json={})
+        assert early.status_code == 409
+        assert "not finished" in early.json()["error"]
+        full = client.post("/api/jobs", json=SMALL)
+        assert full.status_code == 503
+        assert "queue is full" in full.json()["error"]
+        manager.stop()  # ends the slow job's worker
+    assert not (runs / "unexpected").exists()
+
+
+# ---- the page -----------------------------------------------------------------------------------
+def test_page_and_static_files_load_nothing_from_the_internet(idle_client):
+    import re
+
+    client, _ = idle_client
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="viewer"' in page.text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/static/") for s in sources), sources
+    app_js = client.get("/static/app.js")
+    assert app_js.status_code == 200
+    assert "http://" not in app_js.text and "https://" not in app_js.text
+    assert client.get("/static/3Dmol-min.js").status_code == 200
+    licence = client.get("/static/3Dmol-LICENSE.txt")
+    assert licence.status_code == 200 and "BSD" in licence.text
+
+
+def test_cli_has_a_serve_command_bound_to_loopback():
+    from pccd.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.runs) == ("127.0.0.1", 8000, "runs")
+    assert args.func.__name__ == "_cmd_serve"
