@@ -360,3 +360,32 @@ def test_screen_killed_mid_run_resumes_without_losing_or_duplicating_rows(tmp_pa
     assert sorted(ids) == sorted(p.stem for p in inputs.glob("*.cif"))  # none lost
     assert len(ids) == len(set(ids))  # none duplicated
     assert after[: len(before)] == before  # finished rows untouched
+
+
+def test_generate_valid_only_reports_the_cap(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "valid"
+    code, _, err = run(capsys, "generate", "--elements", "Na,Cl", "-n", "2", "--valid-only",
+                       "--max-draws", "4", "--batch-size", "2", "--steps", "2",
+                       "--model", tiny_model_dir, "--out", out, "--quiet")  # fmt: skip
+    # an untrained model never passes: the cap is a clear one-line answer, the draws are kept
+    assert_user_error(code, err, "0 of 2 crystals passed in 4 draws")
+    assert (out / "acceptance.json").exists()
+    code, _, err = run(capsys, "generate", "--elements", "Na,Cl", "--max-draws", "4",
+                       "--model", tiny_model_dir, "--out", tmp_path / "x")  # fmt: skip
+    assert_user_error(code, err, "--max-draws only applies with --valid-only")
+
+
+def test_checkpoint_pack_and_unpack(tmp_path, capsys):
+    from pccd.training import TrainConfig, train
+    from tests.test_training import TINY, write_csv
+
+    csv = write_csv(tmp_path / "set.csv")
+    train(csv, tmp_path / "run", TrainConfig(**TINY), max_steps=2, progress=False)
+    code, out, _ = run(capsys, "checkpoint", "pack", tmp_path / "run", tmp_path / "packed")
+    assert code == 0 and "weights.pt" in out
+    code, out, _ = run(capsys, "checkpoint", "unpack", tmp_path / "packed", tmp_path / "again")
+    assert code == 0 and (tmp_path / "again" / "last.ckpt").exists()
+    code, _, err = run(capsys, "checkpoint", "pack", tmp_path / "nothing", tmp_path / "p2")
+    assert_user_error(code, err, "no such checkpoint")
+    code, _, err = run(capsys, "checkpoint", "unpack", tmp_path / "run", tmp_path / "p3")
+    assert_user_error(code, err, "not a packed checkpoint")

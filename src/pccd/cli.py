@@ -453,6 +453,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    """Pack a run's last.ckpt into files a git repository takes, or rebuild it from them."""
+    import pickle
+
+    from pccd.training import pack_checkpoint, unpack_checkpoint
+
+    if args.action == "pack":
+        path = Path(args.source)
+        path = path / "last.ckpt" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        try:
+            files = pack_checkpoint(path, args.dest)
+        except (KeyError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+            raise ValueError(f"{path}: not a pccd training checkpoint ({_one_line(exc)})") from exc
+        sizes = ", ".join(f"{f.name} {f.stat().st_size / 1e6:.1f} MB" for f in files)
+        print(f"packed {path} into {args.dest}: {sizes}")
+    else:
+        ckpt = unpack_checkpoint(args.source, args.dest)
+        print(f"rebuilt {ckpt}; `pccd train --out {args.dest} ...` resumes from it")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import pickle
 
@@ -490,6 +513,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     n: int | None = args.n
+    if args.max_draws is not None and not args.valid_only:
+        raise ValueError("--max-draws only applies with --valid-only")
+    if args.valid_only and args.elements_from:
+        raise ValueError("--valid-only takes one request (--elements or --formula), not a split")
     if args.elements_from:
         if args.formula:
             raise ValueError("--formula fixes the elements; it cannot go with --elements-from")
@@ -514,8 +541,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     _check_steps(pipeline, args.steps)
     _check_requests(pipeline, requests)
     out = Path(args.out)
-    width = len(str(max(args.n - 1, 1)))  # the id width pccd.runs uses
     extra = [f for f in args.format if f != "cif"]
+    if args.valid_only:
+        return _generate_valid(args, pipeline, requests, out, extra, t0)
+    width = len(str(max(args.n - 1, 1)))  # the id width pccd.runs uses
     counts = {"ok": 0, "failed": 0}
     with progress.bar(args.n, "generated", "crystal") as pbar:
 
@@ -543,6 +572,45 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     print(
         f"{counts['ok']} decoded, {counts['failed']} failed this run, in "
         f"{time.perf_counter() - t0:.1f} s; summary: {summary}"
+    )
+    return 0
+
+
+def _generate_valid(args, pipeline, request, out: Path, extra: list[str], t0: float) -> int:
+    """``generate --valid-only``: sample until n crystals pass; report the acceptance rate."""
+    import csv
+    import time
+
+    from pymatgen.core import Structure
+
+    from pccd.runs import generate_valid_to_directory
+
+    with progress.bar(None, "drawn", "crystal") as pbar:
+        summary = generate_valid_to_directory(
+            pipeline,
+            request,
+            args.n,
+            out,
+            max_draws=args.max_draws,
+            batch_size=args.batch_size,
+            on_batch=lambda batch: pbar.update(len(batch)),
+            sampler=args.sampler,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            progress=False,
+        )
+    if extra:
+        with summary.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["status"] == "ok":
+                    structure = Structure.from_file(out / row["cif"])
+                    _write_formats(structure, out, Path(row["cif"]).stem, extra)
+    acc = json.loads((out / "acceptance.json").read_text())
+    print(
+        f"{acc['accepted']} passing crystals of {acc['drawn']} drawn (acceptance "
+        f"{100 * acc['acceptance_rate']:.1f}%) in {time.perf_counter() - t0:.1f} s; "
+        f"summary: {summary}"
     )
     return 0
 
@@ -930,6 +998,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of cif, extxyz, poscar (default cif; the CIF is always written, "
         "other formats go beside it with the same name)",
     )
+    p_gen.add_argument(
+        "--valid-only",
+        action="store_true",
+        help="keep sampling until n crystals decode with the requested elements (or formula) "
+        "and plausible geometry (smallest covalent ratio ≥ 0.7); every draw is a summary row",
+    )
+    p_gen.add_argument(
+        "--max-draws", type=POSITIVE_INT, help="cap on draws with --valid-only (default 50·n)"
+    )
     p_gen.set_defaults(func=_cmd_generate)
 
     p_train = sub.add_parser(
@@ -975,6 +1052,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("checkpoint")
     p_exp.add_argument("out")
     p_exp.set_defaults(func=_cmd_export)
+
+    p_ck = sub.add_parser(
+        "checkpoint",
+        help="pack a training checkpoint into ≤45 MB files for git, or unpack it to resume",
+    )
+    p_ck.add_argument("action", choices=["pack", "unpack"])
+    p_ck.add_argument("source", help="pack: run dir or .ckpt; unpack: packed dir")
+    p_ck.add_argument("dest", help="pack: output dir; unpack: run dir to resume in")
+    p_ck.set_defaults(func=_cmd_checkpoint)
 
     p_rec = sub.add_parser(
         "reconstruct",
