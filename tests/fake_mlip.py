@@ -17,3 +17,18 @@ class SlowEMT(EMT):
 
 def slow_emt() -> SlowEMT:
     return SlowEMT()
+
+
+class CrashOnSilver(EMT):
+    """EMT whose process dies (as if killed) when it meets silver: a task that kills workers."""
+
+    def calculate(self, atoms=None, *args, **kwargs):
+        import os
+
+        if atoms is not None and "Ag" in atoms.get_chemical_symbols():
+            os._exit(1)
+        return super().calculate(atoms, *args, **kwargs)
+
+
+def crash_on_silver() -> CrashOnSilver:
+    return CrashOnSilver()

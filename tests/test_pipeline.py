@@ -210,3 +210,36 @@ def test_valid_only_counts_every_draw_and_resumes(tiny_model_dir, tmp_path, monk
     assert (out2 / "summary.csv").read_text() == before
     with pytest.raises(ValueError, match="max draws"):
         runs.generate_valid_to_directory(pipe, req, 3, tmp_path / "v3", max_draws=2, steps=2)
+
+
+def test_repulsion_pushes_close_atoms_apart():
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+
+    from pccd import representation as rep
+    from pccd.evaluate.geometry import covalent_ratio
+    from pccd.repulsion import repel
+
+    squeezed = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0.1, 0.1, 0.1], [0.3, 0.1, 0.1]])
+    x, els = rep.encode(squeezed)
+    assert covalent_ratio(squeezed) < 0.5
+    for counts in (None, [1, 1]):  # atoms found by clustering, or by the formula's blocks
+        fixed = repel(x, els, rep.RepresentationConfig(), tau=0.85, counts=counts)
+        out = rep.decode(fixed, els)
+        assert isinstance(out, Structure) and len(out) == 2
+        assert covalent_ratio(out) == pytest.approx(0.85, abs=0.02)
+        assert np.array_equal(fixed[1:], x[1:])  # only coordinates move
+    fine = rep.encode(nacl())[0]
+    assert np.allclose(repel(fine, els, rep.RepresentationConfig()), fine, atol=1e-6)
+
+
+def test_repulsion_option_is_validated_and_changes_samples(tiny_model_dir, tmp_path):
+    pipe = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    req = Request.parse(["Na", "Cl"])
+    with pytest.raises(ValueError, match="repulsion"):
+        generate_to_directory(pipe, req, 2, tmp_path / "r", steps=2, repulsion=3.0)
+    assert not (tmp_path / "r").exists()
+    plain = pipe.generate(req, 2, steps=4, seed=0)
+    guided = pipe.generate(req, 2, steps=4, seed=0, repulsion=0.85)
+    assert len(guided) == 2 and all((s.structure is None) != (s.failure is None) for s in guided)
+    assert plain[0].array.shape == guided[0].array.shape

@@ -120,6 +120,27 @@ def test_job_life_cycle_writes_the_layout_of_pccd_generate(tmp_path, tiny_model_
     assert summary_rows(job) == summary_rows(shell)
     assert sorted(p.name for p in job.iterdir()) == sorted(p.name for p in shell.iterdir())
 
+    # and `pccd generate` with the same flags continues an interrupted page job
+    from pccd.cli import main
+
+    lines = (job / "summary.csv").read_text().splitlines(keepends=True)
+    (job / "summary.csv").write_text("".join(lines[:3]))
+    flags = [
+        "--elements",
+        "Na,Cl",
+        "-n",
+        "4",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--seed",
+        "0",
+        "--quiet",
+    ]
+    assert main(["generate", *flags, "--model", str(tiny_model_dir), "--out", str(job)]) == 0
+    assert summary_rows(job) == summary_rows(shell)
+
 
 def test_formula_job_and_named_job(tmp_path, tiny_model_dir):
     runs = tmp_path / "runs"
@@ -145,6 +166,7 @@ def test_shell_run_shows_up_with_downloads_in_every_format(tmp_path, tiny_model_
     runs = tmp_path / "runs"
     shell_run(runs)
     (runs / "not-a-run").mkdir()  # no run.json, no summary.csv: not listed
+    check_run_settings(runs / "a-screen", {"mlip": "chgnet", "fmax": 0.05})  # not listed either
     with client_for(runs, tiny_model_dir) as client:
         jobs = client.get("/api/jobs").json()["jobs"]
         assert [j["id"] for j in jobs] == ["shell-run"]
@@ -203,6 +225,13 @@ def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_d
             seed=3,
         ),
     )
+    # a partial run reached through a link out of --runs is neither listed nor resumed
+    outside = tmp_path / "outside"
+    check_run_settings(outside, json.loads((queued / "run.json").read_text()))
+    (runs / "linked-job").symlink_to(outside)
+    # a partial run made with an option the page does not set is shown, not resumed
+    relaxed = runs / "relaxed-run"
+    check_run_settings(relaxed, {**json.loads((queued / "run.json").read_text()), "relax": {}})
     # a partial run of another model is shown, not resumed
     other = runs / "other-model"
     check_run_settings(other, {"elements": ["Si"], "n": 5, "model": "someone-else"})
@@ -213,10 +242,16 @@ def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_d
         assert wait_for(client, "queued-job")["status"] == "done"
         assert summary_rows(job) == complete
         assert len(summary_rows(queued)) == 3
+        assert client.get("/api/jobs/linked-job").status_code == 404
+        assert "linked-job" not in [j["id"] for j in client.get("/api/jobs").json()["jobs"]]
         body = client.get("/api/jobs/other-model").json()
         assert body["status"] == "failed"
         assert "someone-else" in body["error"]
         assert body["progress"] == {"done": 1, "total": 5}
+        body = client.get("/api/jobs/relaxed-run").json()
+        assert body["status"] == "failed" and "relax" in body["error"]
+    assert not (outside / "summary.csv").exists()
+    assert not (relaxed / "summary.csv").exists()
 
 
 def test_a_crashing_worker_fails_its_job_and_the_server_goes_on(tmp_path, tiny_model_dir):

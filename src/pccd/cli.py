@@ -188,10 +188,34 @@ def _screen_parent(mlip: str = "chgnet", fmax: float = 0.05, max_steps: int = 50
     return p
 
 
-def _relax_pool_parent() -> argparse.ArgumentParser:
+def _relax_engine_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--relax-engine",
+        choices=["ase", "batched"],
+        default="ase",
+        help="ase: per-crystal FIRE (default); batched: many crystals in lockstep, one MLIP "
+        "call per step for all (same FIRE, checks and failure classes)",
+    )
+    p.add_argument(
+        "--relax-batch-size",
+        type=POSITIVE_INT,
+        default=16,
+        help="crystals relaxed together by --relax-engine batched (default 16)",
+    )
+    return p
+
+
+def _relax_pool_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, parents=[_relax_engine_parent()])
     p.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
     p.add_argument("--workers", type=POSITIVE_INT, default=1, help="relaxation processes")
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the relaxations as tasks on a running Dask scheduler (tcp://host:8786); "
+        "rows are written here as results arrive, so a rerun resumes",
+    )
     return p
 
 
@@ -506,6 +530,7 @@ def _write_formats(structure, out: Path, stem: str, formats: Sequence[str]) -> N
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    import csv
     import time
 
     from pccd.pipeline import Request
@@ -517,6 +542,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--max-draws only applies with --valid-only")
     if args.valid_only and args.elements_from:
         raise ValueError("--valid-only takes one request (--elements or --formula), not a split")
+    relaxer = _decode_relaxer(args)
     if args.elements_from:
         if args.formula:
             raise ValueError("--formula fixes the elements; it cannot go with --elements-from")
@@ -543,6 +569,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     extra = [f for f in args.format if f != "cif"]
     if args.valid_only:
+        if relaxer is not None:
+            raise ValueError("--relax does not go with --valid-only; relax with pccd screen")
         return _generate_valid(args, pipeline, requests, out, extra, t0)
     width = len(str(max(args.n - 1, 1)))  # the id width pccd.runs uses
     counts = {"ok": 0, "failed": 0}
@@ -563,17 +591,44 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             out,
             batch_size=args.batch_size,
             on_batch=report,
+            relax=relaxer,
             sampler=args.sampler,
             steps=args.steps,
             guidance_scale=args.guidance,
             seed=args.seed,
             progress=False,
+            repulsion=args.repulsion,
+        )
+    relaxed = ""
+    if relaxer is not None:
+        with summary.open(newline="") as fh:
+            status = [r["relax_status"] for r in csv.DictReader(fh)]
+        relaxed = (
+            f"; relaxed with {relaxer.mlip}: {status.count('ok')} ok, "
+            f"{status.count('relax_failed')} failed (reasons in the summary)"
         )
     print(
         f"{counts['ok']} decoded, {counts['failed']} failed this run, in "
-        f"{time.perf_counter() - t0:.1f} s; summary: {summary}"
+        f"{time.perf_counter() - t0:.1f} s{relaxed}; summary: {summary}"
     )
     return 0
+
+
+def _decode_relaxer(args: argparse.Namespace):
+    """``generate --relax MLIP``: the relaxer (validated before any work), else None."""
+    if args.relax is None:
+        if args.relax_engine != "ase" or args.relax_batch_size != 16:
+            raise ValueError("--relax-engine / --relax-batch-size only apply with --relax MLIP")
+        return None
+    from pccd.screen.decode_relax import DecodeRelaxer
+
+    _check_mlip(args.relax)
+    return DecodeRelaxer(
+        args.relax,
+        engine=args.relax_engine,
+        batch_size=args.relax_batch_size,
+        device=_device(args),
+    )
 
 
 def _generate_valid(args, pipeline, request, out: Path, extra: list[str], t0: float) -> int:
@@ -599,6 +654,7 @@ def _generate_valid(args, pipeline, request, out: Path, extra: list[str], t0: fl
             guidance_scale=args.guidance,
             seed=args.seed,
             progress=False,
+            repulsion=args.repulsion,
         )
     if extra:
         with summary.open(newline="") as fh:
@@ -734,6 +790,7 @@ def _cmd_csp(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         guidance_scale=args.guidance,
         formula_decoding=args.formula_decoding,
+        repulsion=args.repulsion,
     )
     _require_path(args.path, "split")
     _set_threads(args.threads)
@@ -764,8 +821,27 @@ def _screen_settings(args: argparse.Namespace):
     from pccd.screen.screening import ScreenSettings
 
     return ScreenSettings(
-        mlip=args.mlip, fmax=args.fmax, max_steps=args.max_steps, reference=args.reference
+        mlip=args.mlip,
+        fmax=args.fmax,
+        max_steps=args.max_steps,
+        reference=args.reference,
+        relax_engine=args.relax_engine,
     )
+
+
+def _check_dask(args: argparse.Namespace) -> None:
+    """--dask: not with --workers (the cluster has its own), and the package must be there."""
+    if args.dask is None:
+        return
+    if args.workers > 1:
+        raise ValueError("--workers does not apply with --dask: the Dask cluster has its workers")
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ImportError(
+            "--dask needs the distributed package; install the screening extra: "
+            'pip install -e ".[screen]"'
+        )
 
 
 def _print_screen_summary(summary: dict) -> None:
@@ -790,6 +866,7 @@ def _cmd_screen(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.directory}: no CIF files to screen")
     _require_path(args.reference, "--reference")
     _check_mlip(args.mlip)
+    _check_dask(args)
     device = _device(args)
     _set_threads(args.threads)
     path = screen_directory(
@@ -800,6 +877,8 @@ def _cmd_screen(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads or 1,
         limit=args.limit,
         device=device,
+        dask=args.dask,
+        relax_batch_size=args.relax_batch_size,
     )
     _print_screen_summary(summarize_screen(path))
     print(f"screen.csv, relaxed/ and summary.json in {args.out}")
@@ -816,6 +895,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     check_batch_settings(settings)
     _require_path(args.reference, "--reference")
     _check_mlip(args.mlip)
+    _check_dask(args)
     _set_threads(args.threads)
     pipeline = _load_pipeline(args)
     _check_steps(pipeline, args.steps)
@@ -828,6 +908,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         device=_device(args),
+        dask=args.dask,
+        relax_batch_size=args.relax_batch_size,
     )
     _print_screen_summary({**stats, "crystals": stats["generated"], "status": "see batch csv"})
     return 0
@@ -975,6 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
             _device_parent(),
             _seed_parent(),
             _sampling_parent("ddim", 100),
+            _relax_engine_parent(),
         ],
     )
     which = p_gen.add_mutually_exclusive_group()
@@ -999,6 +1082,14 @@ def build_parser() -> argparse.ArgumentParser:
         "other formats go beside it with the same name)",
     )
     p_gen.add_argument(
+        "--repulsion",
+        type=FINITE_FLOAT,
+        metavar="TAU",
+        help="sampling-time guidance (off by default): in the second half of the chain push "
+        "atoms apart to ≥ TAU × their covalent bond length, e.g. 0.85 (samples are then "
+        "guided, not the raw model)",
+    )
+    p_gen.add_argument(
         "--valid-only",
         action="store_true",
         help="keep sampling until n crystals decode with the requested elements (or formula) "
@@ -1006,6 +1097,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_gen.add_argument(
         "--max-draws", type=POSITIVE_INT, help="cap on draws with --valid-only (default 50·n)"
+    )
+    p_gen.add_argument(
+        "--relax",
+        metavar="MLIP",
+        help="relax each crystal right after decoding with this MLIP (chgnet, 7net-0 or "
+        "module:factory; off by default): relaxed CIFs in OUT/relaxed/, raw and relaxed "
+        "energies and failure reasons in summary.csv",
     )
     p_gen.set_defaults(func=_cmd_generate)
 
@@ -1158,6 +1256,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["blocks", "cluster"],
         default="blocks",
         help="atoms from the row blocks the formula fixes (default) or DBSCAN (the paper's)",
+    )
+    p_csp.add_argument(
+        "--repulsion",
+        type=FINITE_FLOAT,
+        metavar="TAU",
+        help="sampling-time repulsion (see pccd generate --help); off = the raw model",
     )
     p_csp.set_defaults(func=_cmd_csp)
 

@@ -180,6 +180,18 @@ class PCCDPipeline:
                     f"trained conditions: {', '.join(self.trained_conditions)}"
                 )
 
+    def check_options(
+        self,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        repulsion: float | None = None,
+        **_: object,
+    ) -> None:
+        """Validate sampling options before any work or file is written (raises ValueError)."""
+        self.make_scheduler(sampler, steps)
+        if repulsion is not None and not 0 < repulsion <= 1.5:
+            raise ValueError(f"repulsion must be a fraction of a bond in (0, 1.5], got {repulsion}")
+
     def make_scheduler(self, sampler: str, steps: int | None):
         """A fresh scheduler for ``sampler`` ('ddim' fast / 'ddpm' ancestral) with ``steps``."""
         if sampler not in SAMPLERS:
@@ -202,13 +214,17 @@ class PCCDPipeline:
         batch_size: int = 100,
         start: int = 0,
         progress: bool = False,
+        repulsion: float | None = None,
     ) -> Iterator[list[Sample]]:
         """Yield decoded samples batch by batch (so callers can write them as they come).
 
         ``requests`` is one request repeated ``n`` times, or one request per sample (a batch may
         then mix element lists). Sample ``k`` depends only on (seed, k, batch_size), so a
         resumed run that skips the first ``start`` samples (a multiple of ``batch_size``)
-        produces the same crystals.
+        produces the same crystals. ``repulsion`` (an option, off by default): in the second
+        half of the chain, push atoms of the clean-array estimate apart to at least this
+        fraction of their covalent bond length (:func:`pccd.repulsion.repel`); samples made
+        with it are guided, not the raw model.
         """
         if isinstance(requests, Request):
             if n is None:
@@ -217,6 +233,7 @@ class PCCDPipeline:
         n = len(requests)
         for request in set(requests):
             self.check_request(request)
+        self.check_options(sampler, steps, repulsion)
         if batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
         if start % batch_size:
@@ -234,6 +251,7 @@ class PCCDPipeline:
                 generator=gen,
                 guidance_scale=guidance_scale,
                 progress=progress,
+                x0_correction=None if repulsion is None else self._repulsion(chunk, repulsion),
             )
             batch = []
             for k, (x, req) in enumerate(zip(x0.detach().cpu().numpy(), chunk, strict=True)):
@@ -243,6 +261,24 @@ class PCCDPipeline:
                     Sample(lo + k, out if ok else None, None if ok else out, x)  # type: ignore[arg-type]
                 )
             yield batch
+
+    def _repulsion(self, chunk: Sequence[Request], tau: float):
+        """The x̂_0 correction of :func:`pccd.repulsion.repel` for one batch of requests."""
+        from pccd.repulsion import repel
+
+        half = self.num_train_timesteps // 2
+
+        def correct(x0: torch.Tensor, t: int) -> torch.Tensor:
+            if t >= half:
+                return x0
+            arrays = x0.detach().cpu().numpy()
+            fixed = [
+                repel(a, r.elements, self.rep_config, tau=tau, counts=r.formula)
+                for a, r in zip(arrays, chunk, strict=True)
+            ]
+            return torch.from_numpy(np.stack(fixed)).to(x0.device, x0.dtype)
+
+        return correct
 
     def generate(
         self, requests: Request | Sequence[Request], n: int | None = None, **kwargs

@@ -370,18 +370,7 @@ def decode(
     if counts is not None and config.formula_decoding is FormulaDecoding.BLOCKS:
         species, coords = _atoms_from_blocks(frac, x[1, :, : len(els)], els, counts)
         return _checked_structure(lattice, species, coords, config)
-    dist = lattice.get_all_distances(frac, frac)
-    if config.cluster_by is ClusterBy.ELEMENT:
-        # rows voting for different elements are never neighbours: one DBSCAN call clusters
-        # every element's rows separately
-        dist[votes[:, None] != votes[None, :]] = 1e9
-    labels = (
-        DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
-        .fit(dist)
-        .labels_
-    )
-    if config.merge_overlaps and labels.max() > 0:
-        labels = _merge_overlapping_clusters(labels, frac, lattice, config.min_distance)
+    labels = cluster_rows(frac, votes, lattice, config)
     species, coords = [], []
     for k in range(int(labels.max()) + 1):
         member = labels == k
@@ -394,6 +383,30 @@ def decode(
             DecodeReason.TOO_MANY_ATOMS, f"{len(species)} clusters > {config.max_atoms}"
         )
     return _checked_structure(lattice, species, coords, config)
+
+
+def cluster_rows(
+    frac: np.ndarray, votes: np.ndarray, lattice: Lattice, config: RepresentationConfig
+) -> np.ndarray:
+    """(128,) atom label of every row (-1 = DBSCAN noise): the decoder's clustering.
+
+    Periodic Cartesian distances from ``lattice``; with ``cluster_by="element"`` rows voting
+    for different elements are never neighbours; overlapping clusters are merged when
+    ``merge_overlaps``. Used by :func:`decode` and by sampling-time repulsion.
+    """
+    dist = lattice.get_all_distances(frac, frac)
+    if config.cluster_by is ClusterBy.ELEMENT:
+        # rows voting for different elements are never neighbours: one DBSCAN call clusters
+        # every element's rows separately
+        dist[votes[:, None] != votes[None, :]] = 1e9
+    labels = (
+        DBSCAN(eps=config.eps, min_samples=config.min_samples, metric="precomputed")
+        .fit(dist)
+        .labels_
+    )
+    if config.merge_overlaps and labels.max() > 0:
+        labels = _merge_overlapping_clusters(labels, frac, lattice, config.min_distance)
+    return labels
 
 
 def _atoms_from_blocks(

@@ -40,6 +40,7 @@ def generate_to_directory(
     *,
     batch_size: int = 100,
     on_batch=None,
+    relax=None,
     **kwargs,
 ) -> Path:
     """Generate crystals into ``out_dir``: one CIF each plus ``summary.csv``.
@@ -47,7 +48,10 @@ def generate_to_directory(
     ``requests`` is one request repeated ``n`` times, or one request per crystal (``n`` None),
     e.g. element lists drawn from a split. Files are written as each batch is decoded.
     Rerunning with the same settings resumes after the last complete batch and never rewrites
-    finished rows; other settings are refused. Returns the summary path.
+    finished rows; other settings are refused. ``relax`` (a
+    :class:`pccd.screen.decode_relax.DecodeRelaxer`) relaxes each decoded batch before its
+    rows are written: relaxed CIFs in ``relaxed/``, raw and relaxed energies and the reason of
+    any failure in extra summary columns. Returns the summary path.
     """
     out = Path(out_dir)
     if isinstance(requests, Request):
@@ -67,7 +71,7 @@ def generate_to_directory(
     n = len(requests)
     for request in set(requests):  # refuse before run.json is written
         pipeline.check_request(request)
-    pipeline.make_scheduler(kwargs.get("sampler", "ddim"), kwargs.get("steps"))
+    pipeline.check_options(**kwargs)
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n ≥ 1 and batch size ≥ 1, got n={n}, batch size={batch_size}")
     settings.update(
@@ -76,8 +80,14 @@ def generate_to_directory(
         model=str(pipeline.meta.get("name", "")),
         **{k: v for k, v in kwargs.items() if k != "progress"},
     )
+    columns = SUMMARY_COLUMNS
+    if relax is not None:  # only then: summaries of runs without --relax keep their columns
+        from pccd.screen.decode_relax import RELAX_COLUMNS
+
+        settings["relax"] = relax.settings()
+        columns = SUMMARY_COLUMNS + RELAX_COLUMNS
     check_run_settings(out, settings)
-    table = ResultTable(out / "summary.csv", SUMMARY_COLUMNS, key="id")
+    table = ResultTable(out / "summary.csv", columns, key="id")
     width = len(str(max(n - 1, 1)))
 
     def batch_done(lo: int) -> bool:
@@ -87,10 +97,14 @@ def generate_to_directory(
     while start < n and batch_done(start):  # resume after the last complete batch
         start += batch_size
     for batch in pipeline.iter_generate(requests, batch_size=batch_size, start=start, **kwargs):
-        for s in batch:
-            sid = f"{s.index:0{width}d}"
-            if sid not in table:
-                table.append(_sample_row(s, requests[s.index], sid, out))
+        rows = [
+            _sample_row(s, requests[s.index], sid, out)
+            for s in batch
+            if (sid := f"{s.index:0{width}d}") not in table
+        ]
+        if relax is not None:
+            relax.relax_rows(rows, out)
+        table.extend(rows)
         if on_batch is not None:
             on_batch(batch)
     return table.path
@@ -128,7 +142,7 @@ def generate_valid_to_directory(
     if cap < n:
         raise ValueError(f"max draws ({cap}) must be at least n ({n})")
     pipeline.check_request(request)
-    pipeline.make_scheduler(kwargs.get("sampler", "ddim"), kwargs.get("steps"))
+    pipeline.check_options(**kwargs)
     out = Path(out_dir)
     check_run_settings(
         out,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -59,6 +61,7 @@ def denoise(
     guidance_scale: float = 1.0,
     start_t: int | None = None,
     progress: bool = False,
+    x0_correction: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain of ``scheduler`` (its ``timesteps``) and return x̂_0 in [-1, 1].
 
@@ -72,6 +75,9 @@ def denoise(
         start_t: start the chain at this step instead of T−1 (reconstruction: ``x_T`` must then
             be a clean array noised to ``start_t``, see :func:`noise_to` / :func:`reconstruct`).
         progress: show a tqdm bar.
+        x0_correction: optional ``f(x̂_0, t) -> x̂_0'`` applied to the clean-array estimate at
+            every step before the scheduler moves on (the noise estimate is made consistent
+            with the corrected x̂_0), e.g. sampling-time repulsion; ``None`` = the plain model.
     """
     device = _model_device(model)
     cond = cond.to(device)
@@ -98,6 +104,9 @@ def denoise(
     try:
         for t in iterator:
             eps = guided_eps(model, x, t, cond, guidance_scale, cond_pair, x_self)
+            if x0_correction is not None:
+                x0_fixed = x0_correction(scheduler.predict_x0(eps, t, x), t)
+                eps = scheduler.eps_from_x0(x0_fixed, t, x)
             x, x0_hat = scheduler.step(eps, t, x, generator)
             if x_self is not None:
                 x_self = x0_hat.clamp(-1.0, 1.0)

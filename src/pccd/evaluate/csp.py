@@ -96,6 +96,7 @@ class CSPSettings:
     batch_size: int = 100
     guidance_scale: float = 1.0
     formula_decoding: str = "blocks"
+    repulsion: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +143,7 @@ def run_csp(
         raise ValueError(f"k must be ≥ 1, got {settings.k}")
     if settings.batch_size < 1:
         raise ValueError(f"batch size must be ≥ 1, got {settings.batch_size}")
-    pipeline.make_scheduler(settings.sampler, settings.steps)  # validates before any work
+    pipeline.check_options(settings.sampler, settings.steps, settings.repulsion)  # before any work
     pipeline = copy.copy(pipeline)  # the caller's pipeline keeps its own decoder options
     pipeline.rep_config = replace(
         pipeline.rep_config, formula_decoding=rep.FormulaDecoding(settings.formula_decoding)
@@ -188,6 +189,7 @@ def run_csp(
         seed=settings.seed,
         batch_size=bs,
         start=start,
+        repulsion=settings.repulsion,
     ):
         for sample in batch:
             if str(sample.index) in rows:

@@ -191,11 +191,15 @@ def run_batch(
     steps: int | None = None,
     log=_log.info,
     device: str | None = None,
+    dask=None,
+    relax_batch_size: int | None = None,
 ) -> dict[str, object]:
     """Generate and screen one batch into ``out_dir``; resumable at every stage.
 
     Writes ``generated/`` (CIFs + summary.csv), ``screen/`` (screen.csv, relaxed/),
     ``batch<N>.csv``, ``batch<N>.json`` (statistics) and ``batch<N>_ehull.png``.
+    ``dask`` (a scheduler address) and ``relax_batch_size`` go to
+    :func:`~pccd.screen.screening.screen_directory`.
     """
     from pccd import progress
     from pccd.outputs import check_run_settings
@@ -218,6 +222,7 @@ def run_batch(
     screen_csv = screen_directory(
         gen_dir, out / "screen", screen_settings, workers=workers, device=device,
         progress=lambda done, total: _log.debug("screened %d/%d", done, total),
+        dask=dask, relax_batch_size=relax_batch_size,
     )  # fmt: skip
     with screen_csv.open(newline="") as fh:
         screened = {r["id"]: r for r in csv.DictReader(fh)}  # keyed by CIF file stem

@@ -58,7 +58,15 @@ def _as_structure(atoms) -> Structure:
 
 
 class RelaxationError(RuntimeError):
-    """A relaxation that failed, with the reason in the message."""
+    """A relaxation that failed, with the reason in the message.
+
+    ``seconds`` is the wall time spent before it failed (None when refused before any work),
+    so a throughput count can include failures.
+    """
+
+    def __init__(self, message: str, seconds: float | None = None):
+        super().__init__(message)
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class Relaxation:
     rmsd: float  # Å, atom displacement between input and relaxed structure
     volume_change: float  # relative, relaxed / input - 1
     seconds: float
+    #: eV/atom of the input structure (MP2020 scale), from the relaxation's first evaluation
+    initial_energy_per_atom: float | None = None
 
 
 def displacement_rmsd(initial: Structure, final: Structure) -> float:
@@ -89,6 +99,74 @@ def displacement_rmsd(initial: Structure, final: Structure) -> float:
     return float(np.sqrt(np.mean(np.sum(cart**2, axis=1))))
 
 
+def check_input_volume(structure: Structure) -> None:
+    """Refuse an input whose volume per atom is outside :data:`VOLUME_PER_ATOM_LIMITS`."""
+    lo, hi = VOLUME_PER_ATOM_LIMITS
+    v0 = structure.volume / len(structure)
+    if not lo <= v0 <= hi:
+        # said apart from a blow-up: the input itself is implausible (some MP entries are)
+        raise RelaxationError(
+            f"{structure.formula}: input volume {v0:.1f} Å³/atom is outside the plausible "
+            f"{lo:g}–{hi:g} Å³/atom; not relaxed"
+        )
+
+
+def check_step(structure: Structure, atoms, step: int) -> None:
+    """The checks run after every optimizer step (``step`` 0 is the input): collapse every
+    :data:`COLLAPSE_CHECK_EVERY` steps, blow-up and non-finite positions every step.
+
+    Shared by :func:`relax` and the batched engine, so both classify failures identically.
+    """
+    lo, hi = VOLUME_PER_ATOM_LIMITS
+    if step % COLLAPSE_CHECK_EVERY == COLLAPSE_CHECK_EVERY - 1:
+        collapsed = collapsed_pair(_as_structure(atoms))  # stop early: saves the steps
+        if collapsed:
+            raise RelaxationError(f"relaxation of {structure.formula} collapsed: {collapsed}")
+    vpa = atoms.get_volume() / len(atoms)
+    if not lo <= vpa <= hi:
+        raise RelaxationError(
+            f"relaxation of {structure.formula} blew up: volume {vpa:.1f} Å³/atom"
+        )
+    if not np.isfinite(atoms.get_positions()).all():
+        raise RelaxationError(f"relaxation of {structure.formula}: non-finite positions")
+
+
+def finish_relaxation(
+    structure: Structure,
+    atoms,
+    mlip: MLIP,
+    *,
+    converged: bool,
+    steps: int,
+    raw_energy: float,
+    initial_raw_energy: float | None,
+    seconds: float,
+) -> Relaxation:
+    """The final checks (finite energy, no collapse) and the :class:`Relaxation` record."""
+    if not math.isfinite(raw_energy):
+        raise RelaxationError(f"relaxation of {structure.formula}: non-finite energy")
+    relaxed = _as_structure(atoms)
+    collapsed = collapsed_pair(relaxed)
+    if collapsed:
+        raise RelaxationError(f"relaxation of {structure.formula} collapsed: {collapsed}")
+    initial = None
+    if initial_raw_energy is not None and math.isfinite(initial_raw_energy):
+        try:
+            initial = mlip.energy_per_atom(structure, raw_energy=initial_raw_energy)
+        except MLIPError:
+            initial = None
+    return Relaxation(
+        structure=relaxed,
+        energy_per_atom=mlip.energy_per_atom(relaxed, raw_energy=raw_energy),
+        converged=converged,
+        steps=steps,
+        rmsd=displacement_rmsd(structure, relaxed),
+        volume_change=float(relaxed.volume / structure.volume - 1.0),
+        seconds=seconds,
+        initial_energy_per_atom=initial,
+    )
+
+
 def relax(
     structure: Structure,
     mlip: MLIP,
@@ -102,54 +180,41 @@ def relax(
         fmax: force convergence criterion (eV/Å); the cell filter also scales stresses to it.
         max_steps: cap on optimizer steps; a relaxation that hits it is returned with
             ``converged=False`` rather than raised, since its energy is still informative.
+
+    Raises:
+        RelaxationError: with the reason (and ``seconds`` spent) for an implausible input
+            volume, a blow-up, a collapse or an MLIP failure during the relaxation.
     """
-    lo, hi = VOLUME_PER_ATOM_LIMITS
-    v0 = structure.volume / len(structure)
-    if not lo <= v0 <= hi:
-        # said apart from a blow-up: the input itself is implausible (some MP entries are)
-        raise RelaxationError(
-            f"{structure.formula}: input volume {v0:.1f} Å³/atom is outside the plausible "
-            f"{lo:g}–{hi:g} Å³/atom; not relaxed"
-        )
+    check_input_volume(structure)
     calculator = mlip.calculator  # loaded before the clock starts
     start = time.perf_counter()
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.calc = calculator
-    target = FrechetCellFilter(atoms) if relax_cell else atoms
-    optimizer = FIRE(target, logfile=None)
     try:
-        for step, _ in enumerate(optimizer.irun(fmax=fmax, steps=max_steps)):
-            if step % COLLAPSE_CHECK_EVERY == COLLAPSE_CHECK_EVERY - 1:
-                collapsed = collapsed_pair(_as_structure(atoms))  # stop early: saves the steps
-                if collapsed:
-                    raise RelaxationError(
-                        f"relaxation of {structure.formula} collapsed: {collapsed}"
-                    )
-            vpa = atoms.get_volume() / len(atoms)
-            if not lo <= vpa <= hi:
-                raise RelaxationError(
-                    f"relaxation of {structure.formula} blew up: volume {vpa:.1f} Å³/atom"
-                )
-            if not np.isfinite(atoms.get_positions()).all():
-                raise RelaxationError(f"relaxation of {structure.formula}: non-finite positions")
-        converged = bool(optimizer.converged())
-        raw_energy = float(atoms.get_potential_energy())
-    except (MLIPError, RelaxationError):
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = calculator
+        target = FrechetCellFilter(atoms) if relax_cell else atoms
+        optimizer = FIRE(target, logfile=None)
+        initial_raw_energy = None
+        try:
+            for step, _ in enumerate(optimizer.irun(fmax=fmax, steps=max_steps)):
+                if step == 0:  # computed with the first forces (FIRE logs it): no extra call
+                    initial_raw_energy = float(atoms.get_potential_energy())
+                check_step(structure, atoms, step)
+            converged = bool(optimizer.converged())
+            raw_energy = float(atoms.get_potential_energy())
+        except (MLIPError, RelaxationError):
+            raise
+        except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+            raise RelaxationError(f"relaxation of {structure.formula} failed: {exc}") from exc
+        return finish_relaxation(
+            structure,
+            atoms,
+            mlip,
+            converged=converged,
+            steps=int(optimizer.nsteps),
+            raw_energy=raw_energy,
+            initial_raw_energy=initial_raw_energy,
+            seconds=time.perf_counter() - start,
+        )
+    except RelaxationError as exc:
+        exc.seconds = time.perf_counter() - start
         raise
-    except (ValueError, RuntimeError, IndexError, KeyError) as exc:
-        raise RelaxationError(f"relaxation of {structure.formula} failed: {exc}") from exc
-    if not math.isfinite(raw_energy):
-        raise RelaxationError(f"relaxation of {structure.formula}: non-finite energy")
-    relaxed = _as_structure(atoms)
-    collapsed = collapsed_pair(relaxed)
-    if collapsed:
-        raise RelaxationError(f"relaxation of {structure.formula} collapsed: {collapsed}")
-    return Relaxation(
-        structure=relaxed,
-        energy_per_atom=mlip.energy_per_atom(relaxed, raw_energy=raw_energy),
-        converged=converged,
-        steps=int(optimizer.nsteps),
-        rmsd=displacement_rmsd(structure, relaxed),
-        volume_change=float(relaxed.volume / structure.volume - 1.0),
-        seconds=time.perf_counter() - start,
-    )

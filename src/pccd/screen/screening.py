@@ -2,17 +2,23 @@
 
 One row per crystal is appended to ``screen.csv`` as soon as it is finished (relaxed CIFs go to
 ``relaxed/``), so an interrupted screen keeps its work and a rerun skips finished crystals.
-Relaxations, the expensive part, run in ``workers`` processes; hull, novelty and uniqueness are
-cheap and run in the parent, which owns the output files.
+Relaxations, the expensive part, run in ``workers`` processes or as tasks on a Dask cluster
+(``dask``); hull, novelty and uniqueness are cheap and run in the parent (the Dask client),
+which owns the output files, so a distributed screen resumes exactly like a local one.
+The relaxation engine is per-crystal ASE FIRE (``"ase"``) or the lockstep batch of
+:mod:`pccd.screen.batched` (``"batched"``), which classifies failures identically.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
+import threading
+import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -26,6 +32,8 @@ from pccd.outputs import ResultTable, check_run_settings
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import Relaxation, RelaxationError, relax
+
+_log = logging.getLogger(__name__)
 
 SCREEN_COLUMNS = (
     "id",
@@ -60,6 +68,41 @@ class ScreenSettings:
     fmax: float = 0.05
     max_steps: int = 500
     reference: str | None = None
+    relax_engine: str = "ase"  # "ase" (per-crystal FIRE) or "batched" (pccd.screen.batched)
+
+    def recorded(self) -> dict[str, object]:
+        """The settings as run.json records them (the default engine is left out, so runs
+        made before the engine option existed resume)."""
+        out = asdict(self)
+        if out["relax_engine"] == "ase":
+            del out["relax_engine"]
+        return out
+
+
+class ScreenIncomplete(ValueError):
+    """Some crystals got no row (a Dask task lost for good); a rerun screens just those."""
+
+
+@dataclass(frozen=True)
+class RelaxFailure:
+    """A failed relaxation as it comes back from a worker: the reason and the time it took."""
+
+    reason: str
+    seconds: float | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RelaxFailure:
+        return cls(str(exc), getattr(exc, "seconds", None))
+
+
+Outcome = Relaxation | RelaxFailure
+
+
+def _check_engine(engine: str) -> None:
+    from pccd.screen.batched import RELAX_ENGINES
+
+    if engine not in RELAX_ENGINES:
+        raise ValueError(f"unknown relaxation engine {engine!r}; use one of {RELAX_ENGINES}")
 
 
 # ---- worker side: one MLIP per process ----------------------------------------------------
@@ -75,15 +118,137 @@ def _init_worker(mlip_name: str, threads: int, device: str | None = None) -> Non
     _WORKER_MLIP = MLIP(mlip_name, device=device)
 
 
-def _relax_job(structure: Structure, fmax: float, max_steps: int) -> Relaxation | str:
-    """Relax in a worker; a failure comes back as its reason, never as an exception."""
+def _relax_job(structure: Structure, fmax: float, max_steps: int) -> Outcome:
+    """Relax in a worker; a failure comes back as a :class:`RelaxFailure`, never raised."""
     assert _WORKER_MLIP is not None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return relax(structure, _WORKER_MLIP, fmax=fmax, max_steps=max_steps)
     except (RelaxationError, MLIPError) as exc:
-        return str(exc)
+        return RelaxFailure.of(exc)
+
+
+def _relax_chunk_with(
+    mlip: MLIP,
+    items: Sequence[tuple[str, Structure]],
+    fmax: float,
+    max_steps: int,
+    engine: str,
+    batch_size: int,
+) -> list[tuple[str, Outcome]]:
+    """Relax a chunk of crystals with one engine; failures come back as values."""
+    from pccd.screen.batched import relax_many
+
+    out: list[tuple[str, Outcome]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if engine == "batched":
+            for ident, result in relax_many(
+                items, mlip, fmax=fmax, max_steps=max_steps, batch_size=batch_size
+            ):
+                out.append((ident, RelaxFailure.of(result) if isinstance(result, Exception)
+                            else result))  # fmt: skip
+            return out
+        for ident, structure in items:
+            try:
+                out.append((ident, relax(structure, mlip, fmax=fmax, max_steps=max_steps)))
+            except (RelaxationError, MLIPError) as exc:
+                out.append((ident, RelaxFailure.of(exc)))
+    return out
+
+
+def _relax_chunk(
+    items: Sequence[tuple[str, Structure]], fmax: float, max_steps: int, engine: str,
+    batch_size: int,
+) -> list[tuple[str, Outcome]]:  # fmt: skip
+    """A chunk in a local worker process (its MLIP comes from :func:`_init_worker`)."""
+    assert _WORKER_MLIP is not None
+    return _relax_chunk_with(_WORKER_MLIP, items, fmax, max_steps, engine, batch_size)
+
+
+# ---- Dask worker side: one MLIP per worker thread (ASE calculators are not thread-safe) ---
+_DASK_LOCAL = threading.local()
+
+
+def _dask_relax_chunk(
+    items: Sequence[tuple[str, Structure]],
+    mlip_name: str,
+    device: str | None,
+    threads: int,
+    fmax: float,
+    max_steps: int,
+    engine: str,
+    batch_size: int,
+) -> list[tuple[str, Outcome]]:
+    """The Dask task: relax a chunk on whatever worker runs it (MLIP loaded once there)."""
+    cache = getattr(_DASK_LOCAL, "mlips", None)
+    if cache is None:
+        cache = _DASK_LOCAL.mlips = {}
+    key = (mlip_name, device)
+    if key not in cache:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        cache[key] = MLIP(mlip_name, device=device)
+    return _relax_chunk_with(cache[key], items, fmax, max_steps, engine, batch_size)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[k : k + size] for k in range(0, len(items), size)]
+
+
+def _outcomes_dask(
+    address,
+    runnable: list[tuple[str, Structure]],
+    settings: ScreenSettings,
+    *,
+    device: str | None,
+    threads: int,
+    batch_size: int,
+    lost: list[str],
+) -> Iterator[tuple[str, Outcome]]:
+    """Submit the relaxations to a Dask scheduler and yield results as they arrive.
+
+    ``address`` is a scheduler address (``tcp://host:8786``) or a ``distributed.Client``.
+    A task whose worker dies is rerun elsewhere by the scheduler; a task that fails for good
+    (``KilledWorker`` after repeated deaths) leaves its crystals in ``lost``.
+    """
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:
+        raise ImportError(
+            f"--dask needs the distributed package ({exc}); install the screening extra: "
+            'pip install -e ".[screen]"'
+        ) from exc
+    own = not isinstance(address, Client)
+    try:
+        client = Client(address, timeout="30s") if own else address
+    except (OSError, TimeoutError) as exc:
+        raise OSError(f"--dask {address}: cannot reach a Dask scheduler there ({exc})") from exc
+    try:
+        size = batch_size if settings.relax_engine == "batched" else 1
+        run = uuid.uuid4().hex[:8]
+        futures = {}
+        for chunk in _chunks(runnable, size):
+            fut = client.submit(
+                _dask_relax_chunk, chunk, settings.mlip, device, threads, settings.fmax,
+                settings.max_steps, settings.relax_engine, batch_size,
+                key=f"pccd-relax-{run}-{chunk[0][0]}", pure=False,
+            )  # fmt: skip
+            futures[fut] = [ident for ident, _ in chunk]
+        for fut in as_completed(futures):
+            try:
+                results = fut.result()
+            except Exception as exc:  # KilledWorker, a lost scheduler, a bug on the worker
+                _log.debug("dask task for %s failed: %s", ", ".join(futures[fut]), exc)
+                lost.extend(f"{ident} ({type(exc).__name__})" for ident in futures[fut])
+                continue
+            yield from results
+    finally:
+        if own:
+            client.close()
 
 
 # ---- parent side ----------------------------------------------------------------------------
@@ -167,12 +332,19 @@ def screen_directory(
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     device: str | None = None,
+    dask=None,
+    relax_batch_size: int | None = None,
 ) -> Path:
     """Screen every CIF in ``directory`` into ``out_dir`` (screen.csv, relaxed/, summary.json).
 
     The resolved input directory is part of the run's settings, so a rerun on another input
     is refused instead of mixing two inputs in one screen.csv. ``device`` is the MLIP's torch
-    device (None: automatic). Returns the path of ``screen.csv``.
+    device (None: automatic). ``dask`` is a Dask scheduler address (or a
+    ``distributed.Client``): relaxations then run as tasks on its workers (``workers`` is not
+    used) and rows are written here as results arrive. ``relax_batch_size`` is the number of
+    crystals relaxed together by the ``batched`` engine (default 16; also the Dask task size).
+    Returns the path of ``screen.csv``; raises :class:`ScreenIncomplete` (after writing every
+    finished row) when Dask tasks were lost for good.
     """
     from pccd import progress as progress_bars
 
@@ -183,11 +355,17 @@ def screen_directory(
         raise ValueError(f"workers must be ≥ 1, got {workers}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be ≥ 1, got {limit}")
+    _check_engine(settings.relax_engine)
+    from pccd.screen.batched import DEFAULT_BATCH_SIZE
+
+    batch_size = DEFAULT_BATCH_SIZE if relax_batch_size is None else relax_batch_size
+    if batch_size < 1:
+        raise ValueError(f"relax batch size must be ≥ 1, got {batch_size}")
     inputs = list(read_inputs(source))
     if limit is not None:
         inputs = inputs[:limit]
     out = Path(out_dir)
-    check_run_settings(out, {**asdict(settings), "input": str(source.resolve())})
+    check_run_settings(out, {**settings.recorded(), "input": str(source.resolve())})
     table = ResultTable(out / "screen.csv", SCREEN_COLUMNS, key="id")
     relaxed_dir = out / "relaxed"
     relaxed_dir.mkdir(parents=True, exist_ok=True)
@@ -202,15 +380,20 @@ def screen_directory(
     total, done = len(inputs), len(inputs) - len(todo)
     pbar = progress_bars.bar(total, "screened", "crystal", initial=done)
 
-    def record(ident: str, item: Structure | str, outcome: Relaxation | str | None) -> None:
+    def record(ident: str, item: Structure | str, outcome: Outcome | str | None) -> None:
         nonlocal done
+        if ident in table:  # never two rows for one crystal (a result delivered twice)
+            return
         row: dict[str, object] = {"id": ident}
         if isinstance(item, Structure):
             row.update(formula=item.composition.reduced_formula, atoms=len(item))
         if isinstance(item, str):
             row.update(status="unreadable", reason=item)
-        elif isinstance(outcome, str):
-            row.update(status="relax_failed", reason=outcome)
+        elif isinstance(outcome, RelaxFailure | str):
+            failure = outcome if isinstance(outcome, RelaxFailure) else RelaxFailure(outcome)
+            row.update(status="relax_failed", reason=failure.reason)
+            if failure.seconds is not None:  # failures count in the throughput too
+                row["seconds"] = f"{failure.seconds:.2f}"
         else:
             assert outcome is not None
             outcome.structure.to(filename=str(relaxed_dir / f"{ident}.cif"))
@@ -222,15 +405,40 @@ def screen_directory(
             progress(done, total)
 
     runnable = [(i, s) for i, s in todo if isinstance(s, Structure)]
+    structures = dict(runnable)
     for ident, item in todo:
         if isinstance(item, str):
             record(ident, item, None)
-    if workers <= 1:
+    engine = settings.relax_engine
+    lost: list[str] = []
+    if dask is not None:
+        outcomes = _outcomes_dask(
+            dask, runnable, settings, device=device, threads=threads_per_worker,
+            batch_size=batch_size, lost=lost,
+        )  # fmt: skip
+        for ident, outcome in outcomes:
+            record(ident, structures[ident], outcome)
+    elif workers <= 1:
         _init_worker(settings.mlip, threads_per_worker, device)
-        for ident, s in runnable:
-            record(ident, s, _relax_job(s, settings.fmax, settings.max_steps))
+        if engine == "batched":  # streamed: each row is written as its crystal finishes
+            from pccd.screen.batched import relax_many
+
+            assert _WORKER_MLIP is not None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for ident, result in relax_many(
+                    runnable, _WORKER_MLIP, fmax=settings.fmax, max_steps=settings.max_steps,
+                    batch_size=batch_size,
+                ):  # fmt: skip
+                    outcome = RelaxFailure.of(result) if isinstance(result, Exception) else result
+                    record(ident, structures[ident], outcome)
+        else:
+            for ident, s in runnable:
+                record(ident, s, _relax_job(s, settings.fmax, settings.max_steps))
     else:
         ctx = get_context("spawn")  # torch and fork do not mix
+        # ase: one crystal per job; batched: a chunk per job, at most a batch, spread over workers
+        size = 1 if engine == "ase" else max(1, min(batch_size, -(-len(runnable) // workers)))
         with ProcessPoolExecutor(
             workers,
             mp_context=ctx,
@@ -238,18 +446,28 @@ def screen_directory(
             initargs=(settings.mlip, threads_per_worker, device),
         ) as pool:
             pending = {}
-            queue = iter(runnable)
-            for ident, s in queue:  # keep at most 2 jobs per worker in flight
-                pending[pool.submit(_relax_job, s, settings.fmax, settings.max_steps)] = (ident, s)
+            args = (settings.fmax, settings.max_steps, engine, batch_size)
+            for chunk in _chunks(runnable, size):  # keep at most 2 jobs per worker in flight
+                pending[pool.submit(_relax_chunk, chunk, *args)] = chunk
                 if len(pending) >= 2 * workers:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        record(*pending.pop(fut), fut.result())
+                        pending.pop(fut)
+                        for ident, outcome in fut.result():
+                            record(ident, structures[ident], outcome)
             for fut in list(pending):
-                record(*pending.pop(fut), fut.result())
+                pending.pop(fut)
+                for ident, outcome in fut.result():
+                    record(ident, structures[ident], outcome)
     pbar.close()
     summary = summarize_screen(table.path)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if lost:
+        raise ScreenIncomplete(
+            f"{len(lost)} crystal(s) got no row because their Dask tasks failed for good "
+            f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}; -v shows why); the "
+            f"other rows are in {table.path}: rerun the same command to screen just those"
+        )
     return table.path
 
 

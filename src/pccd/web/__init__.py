@@ -37,6 +37,12 @@ def serve(
         allowed_hosts=None if host in LOOPBACK else ["*"],
         warm=True,
     )
+    if host not in LOOPBACK:
+        print(
+            f"pccd serve: warning: listening on {host}; anyone who can reach this port can "
+            "start jobs (the page has no login)",
+            flush=True,
+        )
     shown = f"[{host}]" if ":" in host else host
     print(f"pccd serve: http://{shown}:{port}/  (jobs in {Path(runs).resolve()})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import json
 import multiprocessing
+import os
 import queue
 import re
 import secrets
@@ -99,6 +100,23 @@ def generation_settings(
     }
 
 
+#: run.json keys of a run the page can continue; others (--relax, --valid-only, …) it leaves
+#: to the shell
+GENERATION_KEYS = {
+    "elements",
+    "formula",
+    "band_gap",
+    "magnetic",
+    "n",
+    "batch_size",
+    "model",
+    "sampler",
+    "steps",
+    "guidance_scale",
+    "seed",
+}
+
+
 def resolve_inside(root: Path, *parts: str) -> Path:
     """``root/parts…`` resolved (symlinks followed); 404 unless it stays inside ``root``."""
     root = root.resolve()
@@ -162,7 +180,7 @@ def _run_screen(task: Mapping) -> None:
         directory / SCREEN_DIR,
         ScreenSettings(**{k: v for k, v in task["settings"].items() if k in known}),
         workers=1,
-        threads_per_worker=max(1, int(task.get("threads") or 1)),
+        threads_per_worker=int(task.get("threads") or 0) or os.cpu_count() or 1,
     )
 
 
@@ -237,10 +255,11 @@ class Worker:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.conn.close()
+            self.conn.close()  # an idle worker sees the end of its pipe and exits by itself
+        self.process.join(3)
         if self.process.is_alive():
             self.process.terminate()
-        self.process.join(5)
+            self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
@@ -326,8 +345,10 @@ class JobManager:
     def recover(self) -> list[str]:
         """Queue every partial run under ``runs`` this server can continue; returns their ids."""
         resumed = []
-        for path in sorted(self.runs.iterdir()):
-            if not path.is_dir() or not JOB_ID.match(path.name):
+        for entry in sorted(self.runs.iterdir()):
+            try:
+                path = self.job_dir(entry.name)  # skips links out of runs, files, odd names
+            except JobError:
                 continue
             state = self.disk_state(path)
             if state is None:
@@ -361,16 +382,23 @@ class JobManager:
         """What a run directory holds; None when it is not a run."""
         settings = read_run_json(path)
         summary = path / "summary.csv"
-        if settings is None and not summary.exists():
-            return None
+        if not summary.exists() and (settings is None or "n" not in settings):
+            return None  # not a generation run (e.g. the run.json of a screen or evaluation)
         rows = read_csv_rows(summary)
         settings = settings or {}
         total = settings.get("n") if isinstance(settings.get("n"), int) else len(rows)
-        complete = len(rows) >= total
+        done = len(rows)
+        complete = done >= total
+        if settings.get("valid_only"):  # `pccd generate --valid-only`: n passing crystals
+            done = sum(1 for r in rows if r.get("status") == "ok")
+            complete = done >= total or (path / "acceptance.json").exists()
         reason = ""
+        options = sorted(set(settings) - GENERATION_KEYS)
         if not complete:
             if "elements" not in settings:
                 reason = "made with one element list per crystal; continue it from the shell"
+            elif options:
+                reason = f"made with {', '.join(options)}; continue it from the shell"
             elif settings.get("model") != self.model_name:
                 reason = (
                     f"made with model {settings.get('model')!r}, this server has "
@@ -379,7 +407,7 @@ class JobManager:
         return {
             "settings": settings,
             "rows": rows,
-            "done": len(rows),
+            "done": done,
             "total": total,
             "complete": complete,
             "resumable": not complete and not reason,

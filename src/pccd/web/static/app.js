@@ -7,13 +7,17 @@ const state = {
   selected: null, structure: null, viewer: null, polling: false,
 };
 
-const COLUMNS = [
-  ["id", "id"], ["formula", "formula"], ["atoms", "atoms"], ["space_group", "space group"],
-  ["density", "density g/cm³"], ["min_distance", "d_min Å"],
-  ["covalent_ratio", "d/(r_i+r_j)"], ["plausible", "plausible"], ["status", "status"],
-  ["reason", "reason"], ["e_above_hull", "E_hull eV/atom"], ["novel", "novel"], ["sun", "S.U.N."],
+const COLUMNS = [ // [key, label, tooltip]
+  ["id", "id"], ["formula", "formula"], ["atoms", "atoms", "atoms in the cell"],
+  ["space_group", "space group", "space group at symprec 0.1 Å"],
+  ["density", "density", "g/cm³"], ["min_distance", "d_min", "shortest distance, Å"],
+  ["covalent_ratio", "d/(rᵢ+rⱼ)", "smallest distance over the covalent radii sum; plausible ≥ 0.7"],
+  ["plausible", "plausible"], ["status", "status", "decoding"],
+  ["e_above_hull", "E_hull", "energy above the convex hull after relaxation, eV/atom"],
+  ["screen_status", "screen", "relaxation and hull"], ["novel", "novel"],
+  ["sun", "S.U.N.", "stable (E_hull ≤ 0.1), unique and novel"], ["reason", "reason"],
 ];
-const SCREEN_KEYS = new Set(["e_above_hull", "novel", "sun"]);
+const SCREEN_KEYS = new Set(["e_above_hull", "screen_status", "novel", "sun"]);
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -120,6 +124,8 @@ async function refreshJob() {
     bits.slice(1).join(" · "), detail.error ? el("div", { class: "error" }, detail.error) : "");
   const p = detail.progress || {};
   $("job-bar").style.width = p.total ? `${(100 * p.done) / p.total}%` : "0";
+  // rows arrive once per batch: show that sampling is under way before the first one
+  $("job-bar").parentElement.classList.toggle("busy", detail.status === "running" && p.done < p.total);
   const sc = detail.screen;
   $("screen-btn").disabled = detail.status !== "done" || (sc && ["queued", "running"].includes(sc.status));
   $("screen-status").replaceChildren(sc ? el("span", {},
@@ -151,10 +157,12 @@ function rows() {
 }
 
 function renderTable() {
-  const screened = state.detail && state.detail.structures.some((r) => r.screen_status !== undefined);
-  const columns = COLUMNS.filter(([k]) => screened || !SCREEN_KEYS.has(k));
-  $("table-head").replaceChildren(...columns.map(([key, label]) => el("th", {
-    "data-key": key,
+  // screen columns only where some row has a value (novelty needs --reference)
+  const structures = state.detail ? state.detail.structures : [];
+  const columns = COLUMNS.filter(([k]) => !SCREEN_KEYS.has(k)
+    || structures.some((r) => r[k] !== undefined && r[k] !== null));
+  $("table-head").replaceChildren(...columns.map(([key, label, tip]) => el("th", {
+    "data-key": key, title: tip || label,
     class: state.sort.key === key ? (state.sort.dir > 0 ? "sorted-asc" : "sorted-desc") : "",
     onclick: () => {
       state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
@@ -168,7 +176,7 @@ function renderTable() {
       const v = r[key];
       const cls = key === "reason" ? "reason" : typeof v === "boolean" ? (v ? "yes" : "no") : "";
       const text = key === "reason" && r.screen_reason ? [r.reason, r.screen_reason].filter(Boolean).join("; ") : fmt(v, digits[key]);
-      return el("td", { class: cls }, text);
+      return el("td", key === "reason" ? { class: cls, title: text } : { class: cls }, text);
     });
     return el("tr", {
       "data-id": r.id, class: `${r.status !== "ok" ? "failed" : ""} ${r.id === state.selected ? "selected" : ""}`,
