@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--sampler", default="ddim")
     ap.add_argument("--steps", type=int, default=None, help="default: the pipeline default")
     ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument("--repulsion", type=float, default=None, help="sampling-time repulsion")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
@@ -57,6 +58,7 @@ def main() -> None:
         sampler=args.sampler,
         steps=args.steps,
         guidance_scale=args.guidance,
+        repulsion=args.repulsion,
         seed=args.seed,
         batch_size=args.batch_size,
     )

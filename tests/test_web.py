@@ -499,3 +499,39 @@ def test_cli_has_a_serve_command_bound_to_loopback():
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.runs) == ("127.0.0.1", 8000, "runs")
     assert args.func.__name__ == "_cmd_serve"
+
+
+def test_pccd_serve_command_answers_on_loopback(tmp_path, tiny_model_dir):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import sys; from pccd.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["serve", "--port", str(port), "--runs", str(tmp_path / "runs")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--model", str(tiny_model_dir), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=2) as r:
+                    info = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "pccd serve did not answer"
+                time.sleep(0.2)
+        assert info["model"] == "tiny-test"
+        assert (tmp_path / "runs").is_dir()
+    finally:
+        proc.terminate()  # the server this test started
+        output = proc.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}/" in output

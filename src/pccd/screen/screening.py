@@ -147,8 +147,8 @@ def _relax_chunk_with(
             for ident, result in relax_many(
                 items, mlip, fmax=fmax, max_steps=max_steps, batch_size=batch_size
             ):
-                out.append((ident, RelaxFailure.of(result) if isinstance(result, Exception)
-                            else result))  # fmt: skip
+                failed = isinstance(result, Exception)
+                out.append((ident, RelaxFailure.of(result) if failed else result))
             return out
         for ident, structure in items:
             try:
@@ -159,9 +159,12 @@ def _relax_chunk_with(
 
 
 def _relax_chunk(
-    items: Sequence[tuple[str, Structure]], fmax: float, max_steps: int, engine: str,
+    items: Sequence[tuple[str, Structure]],
+    fmax: float,
+    max_steps: int,
+    engine: str,
     batch_size: int,
-) -> list[tuple[str, Outcome]]:  # fmt: skip
+) -> list[tuple[str, Outcome]]:
     """A chunk in a local worker process (its MLIP comes from :func:`_init_worker`)."""
     assert _WORKER_MLIP is not None
     return _relax_chunk_with(_WORKER_MLIP, items, fmax, max_steps, engine, batch_size)
