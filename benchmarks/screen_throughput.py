@@ -9,6 +9,8 @@ Generates ``n`` crystals with the shipped model for element lists drawn from the
 reference table, novelty against mp_reference, writing) for each MLIP and each engine run on
 the *same* CIFs. An engine run is ``ENGINE[:WORKERS[:THREADS]]``: ``ase`` is per-crystal ASE
 FIRE, ``batched`` the lockstep batch of ``pccd.screen.batched`` (``--relax-batch-size``);
+``dask-ase`` / ``dask-batched`` run the same engines as tasks on a local Dask cluster of
+WORKERS single-thread worker processes (started before the clock, like ``dask worker``);
 WORKERS defaults to ``--workers``, THREADS (torch threads per worker) to 1.
 
 Every crystal counts: crystals/min is over all rows (failures included), and the seconds
@@ -26,6 +28,7 @@ quiet machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import statistics
@@ -43,6 +46,7 @@ from pccd.screen.screening import ScreenSettings, screen_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+ENGINES = ("ase", "batched", "dask-ase", "dask-batched")
 
 
 def failure_class(row: dict[str, str]) -> str:
@@ -65,8 +69,8 @@ def failure_class(row: dict[str, str]) -> str:
 def parse_run(text: str, workers: int) -> tuple[str, int, int]:
     parts = text.split(":")
     engine = parts[0]
-    if engine not in ("ase", "batched") or len(parts) > 3:
-        raise SystemExit(f"engine run {text!r}: use ENGINE[:WORKERS[:THREADS]], ENGINE ase|batched")
+    if engine not in ENGINES or len(parts) > 3:
+        raise SystemExit(f"engine run {text!r}: use ENGINE[:WORKERS[:THREADS]], ENGINE {ENGINES}")
     return (
         engine,
         int(parts[1]) if len(parts) > 1 else workers,
@@ -162,15 +166,26 @@ def main() -> None:
                 settings = ScreenSettings(
                     mlip=name,
                     reference=args.reference if has_table else None,
-                    relax_engine=engine,
+                    relax_engine=engine.removeprefix("dask-"),
                 )
                 out = Path(tmp) / f"{name.replace(':', '_')}-{engine}-{workers}-{threads}"
-                t0 = time.perf_counter()
-                path = screen_directory(
-                    gen, out, settings, workers=workers, threads_per_worker=threads,
-                    relax_batch_size=args.relax_batch_size,
-                )  # fmt: skip
-                wall = time.perf_counter() - t0
+                with contextlib.ExitStack() as stack:
+                    dask = None
+                    if engine.startswith("dask-"):
+                        from distributed import LocalCluster
+
+                        cluster = stack.enter_context(
+                            LocalCluster(n_workers=workers, threads_per_worker=1,
+                                         processes=True, dashboard_address=None)
+                        )  # fmt: skip
+                        dask = cluster.scheduler_address
+                    t0 = time.perf_counter()
+                    path = screen_directory(
+                        gen, out, settings, workers=1 if dask else workers,
+                        threads_per_worker=threads, relax_batch_size=args.relax_batch_size,
+                        dask=dask,
+                    )  # fmt: skip
+                    wall = time.perf_counter() - t0
                 with path.open(newline="") as fh:
                     rows = list(csv.DictReader(fh))
                 entry: dict[str, object] = {

@@ -157,17 +157,57 @@ def test_pools_and_draws():
 
 
 def test_batch_statistics_known_answer():
+    """Every share counts every crystal; failures are their own rows; over-relaxed apart."""
+    ok = {"status": "ok", "reason": "", "unique": "True"}
     rows = [
-        {"e_above_hull": "0.01", "novel": "True", "sun": "True"},
-        {"e_above_hull": "0.2", "novel": "False", "sun": "False"},
-        {"e_above_hull": "0.5", "novel": "True", "sun": "False"},
-        {"e_above_hull": "", "novel": "", "sun": ""},  # failed relaxation
-    ]
+        {**ok, "e_above_hull": "0.01", "novel": "True", "sun": "True"},
+        {**ok, "e_above_hull": "0.2", "novel": "False", "sun": "False"},
+        {**ok, "e_above_hull": "0.5", "novel": "True", "sun": "False"},
+        {"e_above_hull": "", "novel": "", "sun": "", "status": "relax_failed",
+         "reason": "relaxation of Cu2 collapsed: Cu–Cu 0.30 Å apart"},
+        {"e_above_hull": "", "novel": "", "sun": "", "status": "relax_failed",
+         "reason": "Cu1: input volume 250.0 Å³/atom is outside the plausible 2–200 Å³/atom"},
+    ]  # fmt: skip
     stats = batch_statistics(rows)
-    assert stats["with_e_hull"] == 3
-    assert stats["e_hull_below_0.25"] == pytest.approx(2 / 3)
-    assert stats["e_hull_below_0.08"] == pytest.approx(1 / 3)
-    assert stats["novel"] == pytest.approx(2 / 3)
+    assert stats["generated"] == 5 and stats["with_e_hull"] == 3 and stats["failed"] == 2
+    assert stats["failures"] == {"collapsed": 1, "implausible input volume": 1}
+    assert stats["e_hull_below_0.25"] == pytest.approx(2 / 5)
+    assert stats["e_hull_below_0.08"] == pytest.approx(1 / 5)
+    assert stats["novel"] == pytest.approx(2 / 5)
+    assert stats["sun"] == pytest.approx(1 / 5)
+    relaxed = stats["of_relaxed"]
+    assert relaxed["crystals"] == 3
+    assert relaxed["e_hull_below_0.25"] == pytest.approx(2 / 3)
+    assert relaxed["e_hull_below_0.08"] == pytest.approx(1 / 3)
+    assert relaxed["novel"] == pytest.approx(2 / 3)
+
+
+def test_summarize_screen_counts_every_crystal(tmp_path):
+    import csv
+
+    from pccd.screen.screening import SCREEN_COLUMNS, summarize_screen
+
+    blank = dict.fromkeys(SCREEN_COLUMNS, "")
+    rows = [
+        {**blank, "id": "a", "status": "ok", "e_above_hull": "0.05", "novel": "True",
+         "unique": "True", "sun": "True", "converged": "True", "seconds": "2.0"},
+        {**blank, "id": "b", "status": "relax_failed", "seconds": "4.0",
+         "reason": "relaxation of Cu2 collapsed: Cu–Cu 0.30 Å apart"},
+        {**blank, "id": "c", "status": "unreadable", "reason": "unreadable CIF c.cif: bad"},
+        {**blank, "id": "d", "status": "relax_failed", "reason": "relaxation of X blew up: ..."},
+    ]  # fmt: skip
+    path = tmp_path / "screen.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SCREEN_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize_screen(path)
+    assert summary["crystals"] == 4 and summary["with_e_hull"] == 1 and summary["failed"] == 3
+    assert summary["failures"] == {"collapsed": 1, "unreadable CIF": 1, "blew up": 1}
+    for key in ("e_hull_below_0.25", "e_hull_below_0.08", "novel", "unique", "sun"):
+        assert summary[key] == pytest.approx(1 / 4), key
+        assert summary["of_relaxed"][key] == pytest.approx(1.0), key
+    assert summary["median_seconds_per_crystal"] == pytest.approx(3.0)  # failures timed too
 
 
 # ---- the directory screen ------------------------------------------------------------------

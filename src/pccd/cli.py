@@ -845,15 +845,28 @@ def _check_dask(args: argparse.Namespace) -> None:
 
 
 def _print_screen_summary(summary: dict) -> None:
-    def pct(key: str) -> str:
-        value = summary.get(key)
+    """Shares over every crystal (failures as misses, listed by kind), then over the relaxed."""
+
+    def pct(key: str, source: dict = summary) -> str:
+        value = source.get(key)
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
+    def shares(source: dict) -> str:
+        return (
+            f"E_hull < 0.25 eV/atom {pct('e_hull_below_0.25', source)}, "
+            f"< 0.08 {pct('e_hull_below_0.08', source)}, novel {pct('novel', source)}, "
+            f"S.U.N. {pct('sun', source)}"
+        )
+
+    n, failed = summary["crystals"], summary["failed"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in summary["failures"].items())
     print(
-        f"{summary['crystals']} crystals ({summary['status']}); of {summary['with_e_hull']} with "
-        f"E_hull: < 0.25 eV/atom {pct('e_hull_below_0.25')}, < 0.08 {pct('e_hull_below_0.08')}, "
-        f"novel {pct('novel')}, S.U.N. {pct('sun')}"
+        f"{n} crystals: {summary['with_e_hull']} with an E_hull, {failed} failed"
+        f"{f' ({kinds})' if kinds else ''}"
     )
+    print(f"of all {n}: {shares(summary)}")
+    relaxed = summary["of_relaxed"]
+    print(f"of the {relaxed['crystals']} with an E_hull only: {shares(relaxed)}")
 
 
 def _cmd_screen(args: argparse.Namespace) -> int:
@@ -911,7 +924,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         dask=args.dask,
         relax_batch_size=args.relax_batch_size,
     )
-    _print_screen_summary({**stats, "crystals": stats["generated"], "status": "see batch csv"})
+    _print_screen_summary({**stats, "crystals": stats["generated"]})
     return 0
 
 

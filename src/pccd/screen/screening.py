@@ -474,19 +474,73 @@ def screen_directory(
     return table.path
 
 
-def _rate(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
+def failure_kind(status: str, reason: str) -> str:
+    """A short label for why a row got no E_hull (the full reason stays in the row)."""
+    if status == "relax_failed":
+        for needle, kind in (
+            ("collapsed", "collapsed"),
+            ("input volume", "implausible input volume"),
+            ("blew up", "blew up"),
+            ("non-finite", "non-finite energy or positions"),
+        ):
+            if needle in reason:
+                return kind
+        return "relaxation failed (other)"
+    return {"unreadable": "unreadable CIF", "no_hull": "no hull"}.get(status, status)
+
+
+def share_statistics(rows: Sequence[dict[str, str]]) -> dict[str, object]:
+    """Shares of screen rows, **over every row**: a crystal without an E_hull (a failed
+    decode, relaxation or hull) counts as a miss and is listed under ``failures`` by kind.
+
+    The same shares over the crystals that got an E_hull only (the paper's denominator for its
+    DFT-computed structures) are kept apart under ``of_relaxed``.
+    """
+    n = len(rows)
+    with_hull = [r for r in rows if r.get("e_above_hull")]
+    hulls = [float(r["e_above_hull"]) for r in with_hull]
+    assessed = any(r.get("novel") for r in rows)  # novelty needs a reference set
+    failures: dict[str, int] = {}
+    for r in rows:
+        if not r.get("e_above_hull"):
+            kind = failure_kind(r.get("status", ""), r.get("reason", ""))
+            failures[kind] = failures.get(kind, 0) + 1
+
+    def shares(denominator: int) -> dict[str, float | None]:
+        def share(count: int) -> float | None:
+            return count / denominator if denominator else None
+
+        return {
+            "e_hull_below_0.25": share(sum(h < 0.25 for h in hulls)),
+            "e_hull_below_0.08": share(sum(h < 0.08 for h in hulls)),
+            "e_hull_below_0.1": share(sum(h <= SUN_THRESHOLD for h in hulls)),
+            "novel": share(sum(r["novel"] == "True" for r in with_hull)) if assessed else None,
+            "unique": share(sum(r.get("unique") == "True" for r in with_hull)),
+            "sun": share(sum(r["sun"] == "True" for r in with_hull)) if assessed else None,
+        }
+
+    return {
+        "with_e_hull": len(with_hull),
+        "failed": n - len(with_hull),
+        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+        **shares(n),
+        "of_relaxed": {
+            "crystals": len(with_hull),
+            **shares(len(with_hull)),
+            "e_hull_median": statistics.median(hulls) if hulls else None,
+        },
+    }
 
 
 def summarize_screen(path: str | Path) -> dict[str, object]:
-    """Counts and rates of a screen.csv (shares are of crystals with an E_hull)."""
+    """Counts and rates of a screen.csv; every share counts every crystal (failures as misses,
+    listed by kind under ``failures``); ``of_relaxed`` holds the shares over crystals with an
+    E_hull only. ``median_seconds_per_crystal`` includes failed relaxations (they carry their
+    wall time)."""
     import csv
 
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    hulls = [float(r["e_above_hull"]) for r in rows if r["e_above_hull"]]
-    with_hull = [r for r in rows if r["e_above_hull"]]
-    novel = [r["novel"] == "True" for r in with_hull if r["novel"]]
     seconds = [float(r["seconds"]) for r in rows if r["seconds"]]
     status: dict[str, int] = {}
     for r in rows:
@@ -494,14 +548,7 @@ def summarize_screen(path: str | Path) -> dict[str, object]:
     return {
         "crystals": len(rows),
         "status": status,
-        "with_e_hull": len(hulls),
         "converged": sum(r["converged"] == "True" for r in rows),
-        "e_hull_below_0.25": _rate([h < 0.25 for h in hulls]),
-        "e_hull_below_0.08": _rate([h < 0.08 for h in hulls]),
-        "e_hull_below_0.1": _rate([h <= SUN_THRESHOLD for h in hulls]),
-        "e_hull_median": statistics.median(hulls) if hulls else None,
-        "novel": _rate(novel),
-        "unique": _rate([r["unique"] == "True" for r in with_hull]),
-        "sun": _rate([r["sun"] == "True" for r in with_hull]) if novel else None,
+        **share_statistics(rows),
         "median_seconds_per_crystal": statistics.median(seconds) if seconds else None,
     }
