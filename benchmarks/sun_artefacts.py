@@ -103,7 +103,15 @@ def main() -> None:
             "raw": geometry(raw),
             "mlips": {},
         }
-        for name in args.mlips.split(","):
+        names = args.mlips.split(",")
+        first_relaxed = None
+        # each MLIP relaxes the raw sample; the others also relax the first MLIP's result
+        jobs = [(name, "raw") for name in names] + [(name, names[0]) for name in names[1:]]
+        for name, start in jobs:
+            label = name if start == "raw" else f"{name} from {start}-relaxed"
+            source = raw if start == "raw" else first_relaxed
+            if source is None:
+                continue
             mlip = MLIP(name, device="cpu")
             energies = ReferenceEnergies(mlip)
             energies.ensure(elements, args.reference)
@@ -111,12 +119,15 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    r = relax(raw, mlip)
+                    r = relax(source, mlip)
                 except RelaxationError as exc:
-                    entry["mlips"][name] = {"failed": str(exc)}
-                    print(ident, name, "failed:", exc)
+                    entry["mlips"][label] = {"failed": str(exc)}
+                    print(ident, label, "failed:", exc)
                     continue
-            r.structure.to(filename=str(work / f"{ident}_relaxed_{name}.cif"))
+            if name == names[0] and start == "raw":
+                first_relaxed = r.structure
+            suffix = name if start == "raw" else f"{name}_from_{start}"
+            r.structure.to(filename=str(work / f"{ident}_relaxed_{suffix}.cif"))
             single = hull.e_above_hull(r.structure.composition, r.energy_per_atom)
             # every reference phase of the system, relaxed with this MLIP
             key = ("-".join(elements), name)
@@ -140,7 +151,8 @@ def main() -> None:
             cand = PDEntry(r.structure.composition, r.energy_per_atom * len(r.structure))
             decomp, e_relaxed = pd.get_decomp_and_e_above_hull(cand, allow_negative=True)
             lowest = sorted(refs, key=lambda t: t[2])[:3]
-            entry["mlips"][name] = {
+            entry["mlips"][label] = {
+                "start": start,
                 "relaxed": geometry(r.structure),
                 "volume_change": round(r.volume_change, 4),
                 "converged": r.converged,
@@ -159,7 +171,7 @@ def main() -> None:
                 ],
                 "seconds": round(r.seconds, 1),
             }
-            print(ident, name, json.dumps(entry["mlips"][name]))
+            print(ident, label, json.dumps(entry["mlips"][label]))
         entry["raw"]["cif"] = f"{ident}_raw.cif"
         result["crystals"][ident] = entry
         print(ident, "raw", json.dumps(entry["raw"]))

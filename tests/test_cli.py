@@ -295,13 +295,15 @@ def test_batch_command(tiny_model_dir, tmp_path, capsys):
     args = ["batch", "--pool", "3", "--lists", "2", "--per-list", "1", "--steps", "2",
             "--model", tiny_model_dir, "--mlip", EMT, "--max-steps", "3", "--out", out,
             "-q"]  # fmt: skip
-    code, _, err = run(capsys, *args)
+    code, printed, err = run(capsys, *args)
     assert code == 0, err
     rows = list(csv.DictReader((out / "batch3.csv").open()))
     assert len(rows) == 2
     assert all(r["status"] for r in rows)  # every crystal has a status, failures included
     stats = json.loads((out / "batch3.json").read_text())
     assert stats["generated"] == 2
+    assert stats["with_e_hull"] + stats["failed"] == 2 and "of_relaxed" in stats
+    assert "2 crystals:" in printed and "of all 2:" in printed  # shares over every crystal
     assert (out / "batch3_ehull.png").exists()
     code, _, err = run(capsys, *args)  # rerun: resumes, same rows
     assert code == 0, err

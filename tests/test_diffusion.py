@@ -192,6 +192,7 @@ def test_reconstruction_starts_at_start_t():
 
 
 # ---------------------------------------------------------------------- loss
+@pytest.mark.slow
 def test_loss_is_finite_and_decreases_when_overfitting(tiny):
     sched = DDPMScheduler()
     gen = torch.Generator().manual_seed(0)

@@ -58,6 +58,7 @@ class Oracle(torch.nn.Module):
         return (x - a.sqrt() * x0) / (1.0 - a).sqrt()
 
 
+@pytest.mark.slow
 def test_reconstruction_with_an_oracle_denoiser_is_exact(tmp_path):
     crystals = [f() for f in CRYSTALS.values()]
     table = data.CrystalTable.from_records(
@@ -86,6 +87,7 @@ def test_reconstruction_with_an_oracle_denoiser_is_exact(tmp_path):
     assert (tmp_path / "noise.npy").exists() and (tmp_path / "rates_over_t.png").exists()
 
 
+@pytest.mark.slow
 def test_reconstruct_command_writes_outputs_and_resumes(tiny_model_dir, cif_dir, tmp_path):
     out = tmp_path / "rec"
     args = [
@@ -116,6 +118,7 @@ def test_reconstruct_command_writes_outputs_and_resumes(tiny_model_dir, cif_dir,
     assert main([*args[:-1], "--formula", "--quiet"]) == 2  # other settings: refused
 
 
+@pytest.mark.slow
 def test_evaluate_command_scores_a_cif_directory(cif_dir, tmp_path):
     gen = tmp_path / "generated"
     gen.mkdir()
@@ -180,6 +183,7 @@ def test_csp_command_runs_and_reports(tiny_model_dir, cif_dir, tmp_path):
         assert len(list(csv.DictReader(fh))) == 6
 
 
+@pytest.mark.slow
 def test_diffcsp_matcher_known_answers():
     from pccd.evaluate.csp import cell_formula, match_candidate
 

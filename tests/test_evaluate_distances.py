@@ -39,6 +39,7 @@ def calc():
     return CSPDistances(ged_timeout=1.0)
 
 
+@pytest.mark.slow
 def test_identical_and_shifted_permuted_copies_are_at_zero_distance(calc):
     s = triclinic16()
     for other in (s.copy(), shifted_permuted(s, [0.3, 0.7, 0.1])):

@@ -78,6 +78,7 @@ def test_composition_scaler_standardises_and_cleans():
     assert out[0, 2] == 0.0  # NaN → 0, as in CDVAE
 
 
+@pytest.mark.slow
 def test_wasserstein_distances():
     a = [nacl(), silicon()]
     assert density_wasserstein(a, [s.copy() for s in a]) == pytest.approx(0.0)
@@ -87,6 +88,7 @@ def test_wasserstein_distances():
     )
 
 
+@pytest.mark.slow
 def test_uniqueness_groups_equivalent_crystals():
     s = nacl()
     crystals = [s, shifted_permuted(s, [0.2, 0.1, 0.4]), silicon(), zinc_blende(), rock_salt_zns()]
@@ -94,6 +96,7 @@ def test_uniqueness_groups_equivalent_crystals():
     assert unique_mask(crystals).tolist() == [True, False, True, True, True]
 
 
+@pytest.mark.slow
 def test_novelty_against_a_tiny_reference():
     index = ReferenceIndex.from_structures([nacl(), zinc_blende()], ids=["mp-nacl", "mp-zb"])
     assert len(index) == 2 and index.formulas == 2
@@ -124,6 +127,7 @@ def test_reference_index_from_an_mp20_csv(tmp_path):
         ReferenceIndex.from_csv(tmp_path / "missing.csv")
 
 
+@pytest.mark.slow
 def test_request_quality_counts_failed_decodes_against_the_shares():
     squeezed = nacl().copy()
     squeezed.scale_lattice(len(squeezed) * 2.0)  # 2 Å³/atom: right elements, not valid

@@ -56,7 +56,10 @@ def ase_outcome(structure: Structure, mlip: MLIP, **kw):
 
 
 # ---- the batched engine ----------------------------------------------------------------------
-@pytest.mark.parametrize("batch_size", [1, 2, 16])
+@pytest.mark.parametrize(
+    "batch_size",
+    [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(16, marks=pytest.mark.slow)],
+)
 def test_batched_engine_reproduces_the_ase_engine(batch_size):
     mlip = MLIP(EMT)
     items = crystals()
@@ -106,6 +109,7 @@ def rows_of(path) -> dict[str, dict[str, str]]:
         return {r["id"]: r for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_screen_batched_engine_gives_the_rows_of_the_ase_engine(tmp_path):
     inputs = tmp_path / "in"
     write_inputs(inputs, crystals())

@@ -78,6 +78,7 @@ def test_collate_builds_conditions():
     assert torch.all(cond.magnetic == -1)
 
 
+@pytest.mark.slow
 def test_tiny_training_run_resumes_and_exports(tmp_path):
     csv = write_csv(tmp_path / "set.csv")
     out = tmp_path / "run"
@@ -99,6 +100,7 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     assert meta["trained_conditions"] == ["elements", "band_gap", "formula"]
 
 
+@pytest.mark.slow
 def test_packed_checkpoint_resumes(tmp_path):
     from pccd.training import pack_checkpoint, unpack_checkpoint
 
@@ -142,6 +144,7 @@ def test_warm_start_adds_layers_as_identity():
         assert torch.allclose(small(x, t, cond), big(x, t, cond, x_self=x), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_self_conditioning_trains_and_samples():
     from pccd.diffusion import DDIMScheduler, DDPMScheduler, denoise, diffusion_loss
     from pccd.model import PCCDUNet
@@ -207,6 +210,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert state["hyper_parameters"]["config"]["batch_size"] == 2
 
 
+@pytest.mark.slow
 def test_max_minutes_counts_only_the_current_run(tmp_path):
     """A resumed run gets its own --max-minutes (Lightning's max_time would restore the
     elapsed time of earlier runs and stop at once)."""

@@ -78,6 +78,7 @@ def shell_run(runs: Path, name: str = "shell-run") -> Path:
 
 
 # ---- life cycle ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_job_life_cycle_writes_the_layout_of_pccd_generate(tmp_path, tiny_model_dir):
     from pccd.pipeline import PCCDPipeline, Request
     from pccd.runs import generate_to_directory
@@ -142,6 +143,7 @@ def test_job_life_cycle_writes_the_layout_of_pccd_generate(tmp_path, tiny_model_
     assert summary_rows(job) == summary_rows(shell)
 
 
+@pytest.mark.slow
 def test_formula_job_and_named_job(tmp_path, tiny_model_dir):
     runs = tmp_path / "runs"
     with client_for(runs, tiny_model_dir) as client:
@@ -159,6 +161,7 @@ def test_formula_job_and_named_job(tmp_path, tiny_model_dir):
         assert again.status_code == 409
 
 
+@pytest.mark.slow
 def test_shell_run_shows_up_with_downloads_in_every_format(tmp_path, tiny_model_dir):
     from ase.io import read
     from pymatgen.io.vasp import Poscar
@@ -198,6 +201,7 @@ def test_shell_run_shows_up_with_downloads_in_every_format(tmp_path, tiny_model_
 
 
 # ---- restart and crash --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_dir):
     runs = tmp_path / "runs"
     with client_for(runs, tiny_model_dir) as client:
@@ -254,6 +258,7 @@ def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_d
     assert not (relaxed / "summary.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_crashing_worker_fails_its_job_and_the_server_goes_on(tmp_path, tiny_model_dir):
     runs = tmp_path / "runs"
     with client_for(runs, tiny_model_dir) as client:
@@ -458,6 +463,7 @@ def test_requests_for_other_hosts_are_refused(idle_client):
     assert client.get("/api/jobs", headers={"Host": "localhost:8000"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_screen_waits_for_generation_and_queue_limit(tmp_path, tiny_model_dir):
     runs = tmp_path / "runs"
     with client_for(runs, tiny_model_dir) as client:
@@ -501,6 +507,7 @@ def test_cli_has_a_serve_command_bound_to_loopback():
     assert args.func.__name__ == "_cmd_serve"
 
 
+@pytest.mark.slow
 def test_pccd_serve_command_answers_on_loopback(tmp_path, tiny_model_dir):
     import socket
     import subprocess

@@ -83,6 +83,7 @@ def _drawn_pixels(png: bytes) -> tuple[int, int]:
     return int(drawn), colours
 
 
+@pytest.mark.slow
 def test_submit_view_and_download_in_chromium(server, tmp_path):
     from pymatgen.core import Structure
 
