@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict] = {
     "attn_all": {"model_option": ["attention_levels=null"]},
     # cos/sin(2π·frac) of the noisy coordinates as extra inputs
     "periodic": {"model_option": ["periodic_features=true"]},
+    # full attention at every level with periodic pair biases between rows
+    "attn_pair": {"model_option": ["attention_levels=null", "pair_bias=true"]},
     # self-conditioning on the previous x̂_0 (Chen et al. 2023)
     "selfcond": {"model_option": ["self_condition=true"]},
     "attn_all+periodic": {

@@ -215,3 +215,12 @@ def test_null_embeddings_get_gradients_only_when_dropped(tiny):
 def test_overrides_replace_config_fields():
     model = PCCDUNet.from_preset("tiny", dropout=0.1)
     assert model.config == replace(PRESETS["tiny"], dropout=0.1)
+
+
+def test_pair_bias_needs_the_sequence_layout():
+    import pytest
+
+    from pccd.model import UNetConfig
+
+    with pytest.raises(ValueError, match="pair_bias"):
+        UNetConfig(layout="grid2d", pair_bias=True)

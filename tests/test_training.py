@@ -134,7 +134,7 @@ def test_warm_start_adds_layers_as_identity():
     torch.manual_seed(0)
     small = PCCDUNet.from_preset("tiny")
     big = PCCDUNet.from_preset(
-        "tiny", attention_levels=None, periodic_features=True, self_condition=True
+        "tiny", attention_levels=None, periodic_features=True, self_condition=True, pair_bias=True
     )
     new = warm_start(big, small.state_dict())
     assert any(".attn." in name for name in new)
@@ -142,6 +142,10 @@ def test_warm_start_adds_layers_as_identity():
     with torch.no_grad():
         assert torch.allclose(small(x, t, cond), big(x, t, cond), atol=1e-6)
         assert torch.allclose(small(x, t, cond), big(x, t, cond, x_self=x), atol=1e-6)
+        for module in big.modules():  # once the pair biases learn, the output depends on them
+            if getattr(module, "pair", None) is not None:
+                module.pair.normal_(0.0, 1.0)
+        assert not torch.allclose(small(x, t, cond), big(x, t, cond), atol=1e-4)
 
 
 @pytest.mark.slow

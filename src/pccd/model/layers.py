@@ -132,11 +132,19 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self, channels: int, kind: str, heads: int = 4, head_dim: int = 32, groups: int = 8
+        self,
+        channels: int,
+        kind: str,
+        heads: int = 4,
+        head_dim: int = 32,
+        groups: int = 8,
+        pair_dim: int = 0,
     ) -> None:
         super().__init__()
         if kind not in ("full", "linear"):
             raise ValueError(f"unknown attention kind {kind!r}")
+        if pair_dim and kind != "full":
+            raise ValueError("pair biases need full attention")
         self.kind = kind
         self.heads = heads
         self.head_dim = head_dim
@@ -144,8 +152,12 @@ class Attention(nn.Module):
         self.norm = group_norm(channels, groups)
         self.qkv = nn.Linear(channels, 3 * inner, bias=False)
         self.out = nn.Linear(inner, channels)
+        # per head a bilinear form of the positions' periodic features: the logit of (i, j)
+        # gains u_iᵀ M_h u_j, e.g. cos 2π(x_i − x_j); zero at start (plain attention)
+        self.pair = nn.Parameter(torch.zeros(heads, pair_dim, pair_dim)) if pair_dim else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``pos`` (B, positions, pair_dim): per-position features for the pair biases."""
         b, c, *spatial = x.shape
         n = math.prod(spatial)
         h = self.norm(x).reshape(b, c, n).transpose(1, 2)  # (B, N, C)
@@ -153,7 +165,11 @@ class Attention(nn.Module):
         # q, k, v: (B, heads, N, d)
         scale = self.head_dim**-0.5
         if self.kind == "full":
-            weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)
+            logits = torch.matmul(q, k.transpose(-1, -2)) * scale
+            if self.pair is not None and pos is not None:
+                left = torch.einsum("bnd,hde->bhne", pos, self.pair)
+                logits = logits + torch.matmul(left, pos.transpose(1, 2)[:, None])
+            weights = torch.softmax(logits, dim=-1)
             o = torch.matmul(weights, v)
         else:
             q = torch.softmax(q, dim=-1) * scale

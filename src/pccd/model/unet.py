@@ -28,6 +28,10 @@ and a paper-scale model are the same code and can be trained and compared:
 * ``self_condition`` — self-conditioning (Chen et al. 2023, "Analog Bits"): the network also
   sees its own previous estimate of the clean array, so each step refines a whole-crystal
   guess instead of starting over from the noisy array.
+* ``pair_bias`` — every full attention adds a learned bilinear bias of the positions'
+  periodic coordinate features (cos/sin of 2π·frac and 4π·frac of the noisy rows, averaged
+  over the rows a position summarises), so attention can weigh rows by how far apart their
+  atoms sit on the torus — the pairwise geometry a point-cloud network would see directly.
 * ``periodic_features`` — also feed the network cos/sin(2π·frac) of the noisy fractional
   coordinates, so it sees that 0.99 and 0.01 are neighbours (the Euclidean array alone puts
   them 1.96 apart); the diffusion itself is unchanged.
@@ -55,6 +59,8 @@ COLUMNS = 3
 """Columns of the crystal array."""
 
 LAYOUTS = ("grid2d", "seq1d")
+PAIR_FEATURES = 12
+"""Periodic features per row for pair biases: cos/sin of 2π·frac and 4π·frac, 3 axes."""
 ATTENTION_KINDS = ("linear", "full", "none")
 UPSAMPLE_MODES = ("nearest", "transpose")
 
@@ -87,6 +93,7 @@ class UNetConfig:
         dropout: dropout inside residual blocks.
         periodic_features: add cos/sin(2π·frac) of channel 0 as extra input channels.
         self_condition: take the previous clean-array estimate as 3 extra array channels.
+        pair_bias: periodic pair biases in every full attention (``seq1d`` only).
     """
 
     layout: str = "seq1d"
@@ -110,6 +117,7 @@ class UNetConfig:
     dropout: float = 0.0
     periodic_features: bool = False
     self_condition: bool = False
+    pair_bias: bool = False
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to tuples so configs compare equal after a round trip.
@@ -136,6 +144,8 @@ class UNetConfig:
         unknown = set(self.conditions) - set(CONDITION_NAMES)
         if unknown:
             raise ValueError(f"unknown condition(s) {sorted(unknown)}; use {CONDITION_NAMES}")
+        if self.pair_bias and self.layout != "seq1d":
+            raise ValueError("pair_bias needs layout='seq1d' (one position per row)")
         if self.stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd, got {self.stem_kernel}")
         if min(self.num_res_blocks, self.base_channels, self.mid_blocks) < 1:
@@ -261,7 +271,10 @@ class PCCDUNet(nn.Module):
         def attn(channels: int, kind: str) -> nn.Module:
             if kind == "none":
                 return nn.Identity()
-            return Attention(channels, kind, heads=heads, head_dim=head_dim, groups=groups)
+            pair_dim = PAIR_FEATURES if config.pair_bias and kind == "full" else 0
+            return Attention(
+                channels, kind, heads=heads, head_dim=head_dim, groups=groups, pair_dim=pair_dim
+            )
 
         self.time_embed = TimeEmbedding(base, emb)
         self.cond_encoder = ConditionEncoder(
@@ -370,6 +383,7 @@ class PCCDUNet(nn.Module):
                 f"batch mismatch: x {x.shape[0]}, t {tuple(t.shape)}, cond {cond.batch_size}"
             )
         emb = self.embed(t, cond)
+        pos = self._pair_positions(x) if self.config.pair_bias else None
         h = self.stem(self._to_layout(x, x_self))
         stem_out = h
         skips: list[torch.Tensor] = []
@@ -377,19 +391,28 @@ class PCCDUNet(nn.Module):
             for j, block in enumerate(level.blocks):
                 h = block(h, emb)
                 if j == len(level.blocks) - 1:
-                    h = level.attn(h)
+                    h = _attend(level.attn, h, pos)
                 skips.append(h)
             h = level.transition(h)
         h = self.mid_blocks[0](h, emb)
         for attn, block in zip(self.mid_attns, self.mid_blocks[1:], strict=True):
-            h = block(attn(h), emb)
+            h = block(_attend(attn, h, pos), emb)
         for level in self.up:
             for block in level.blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-            h = level.transition(level.attn(h))
+            h = level.transition(_attend(level.attn, h, pos))
         h = self.final_block(torch.cat([h, stem_out], dim=1), emb)
         h = self.final_conv(nn.functional.silu(self.final_norm(h)))
         return self._from_layout(h)
+
+    @staticmethod
+    def _pair_positions(x: torch.Tensor) -> torch.Tensor:
+        """(B, 128, 12) periodic features of every row's noisy fractional coordinates."""
+        angle = torch.pi * (x[:, 0] + 1.0)  # (B, rows, 3): 2π·frac
+        return torch.cat(
+            [torch.cos(angle), torch.sin(angle), torch.cos(2 * angle), torch.sin(2 * angle)],
+            dim=-1,
+        )
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -423,6 +446,16 @@ class PCCDUNet(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def _attend(attn: nn.Module, h: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """Apply a level's attention; pair-biased attention gets the row features pooled to the
+    level's resolution (each position averages the rows it summarises)."""
+    if pos is None or not isinstance(attn, Attention) or attn.pair is None:
+        return attn(h)
+    rows = h.shape[-1]
+    pooled = pos.reshape(pos.shape[0], rows, pos.shape[1] // rows, -1).mean(dim=2)
+    return attn(h, pooled)
+
+
 def warm_start(model: PCCDUNet, state: dict[str, torch.Tensor]) -> list[str]:
     """Load a smaller model's weights into ``model`` so it computes the same function.
 
