@@ -14,9 +14,10 @@ same learning rate and seed, then is scored on the same draws:
 * CSP k = 1 on 200 val formulas: match rate by the peers' ``get_rms_dist`` and by the strict
   ``fit``, mean RMS of matches, and the candidates' plausible share.
 
-Variant ``shipped`` scores ``pccd-cpu`` itself (no training). Rows are appended to
-``benchmarks/results/geometry_ab.jsonl`` as each variant finishes; a finished variant is not
-rerun. Run on a quiet machine, one variant at a time.
+Variant ``shipped`` scores ``pccd-cpu`` itself (no training); ``shipped+repulsion`` scores it
+with the sampling-time repulsion option (tau 0.85) — guidance, reported apart from the models.
+Rows are appended to ``benchmarks/results/geometry_ab.jsonl`` as each variant finishes; a
+finished variant is not rerun. Run on a quiet machine, one variant at a time.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def train_variant(name: str, work: Path, steps: int, threads: int, data: str) ->
     return export_pretrained(out / "last.ckpt", model_dir)
 
 
-def csp_k1(pipe: PCCDPipeline, n: int = 200, seed: int = 0) -> dict:
+def csp_k1(pipe: PCCDPipeline, n: int = 200, seed: int = 0, repulsion: float | None = None) -> dict:
     """CSP with one candidate for each of ``n`` val formulas; peers' and strict match rates."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
@@ -94,7 +95,7 @@ def csp_k1(pipe: PCCDPipeline, n: int = 200, seed: int = 0) -> dict:
     idx = np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))
     targets = [table.structure(int(i)) for i in idx]
     requests = [Request.parse(None, formula=cell_formula(s)) for s in targets]
-    samples = pipe.generate(requests, seed=seed, batch_size=100)
+    samples = pipe.generate(requests, seed=seed, batch_size=100, repulsion=repulsion)
     matcher = StructureMatcher(**MATCHER_TOLERANCES)
     rms, strict = [], 0
     for sample, true in zip(samples, targets, strict=True):
@@ -118,12 +119,14 @@ def csp_k1(pipe: PCCDPipeline, n: int = 200, seed: int = 0) -> dict:
     }
 
 
-def score(name: str, model_dir: Path | str, run: Path | None) -> dict:
+def score(
+    name: str, model_dir: Path | str, run: Path | None, repulsion: float | None = None
+) -> dict:
     pipe = PCCDPipeline.from_pretrained(model_dir)
     table = _val_table()
     requests = [Request.parse(els) for els in table.draw_element_lists(200, 3)]
     t0 = time.perf_counter()
-    samples = pipe.generate(requests, seed=3, batch_size=100)
+    samples = pipe.generate(requests, seed=3, batch_size=100, repulsion=repulsion)
     gen_seconds = time.perf_counter() - t0
     structures = [s.structure for s in samples]
     row: dict = {"variant": name, "spec": VARIANTS.get(name, {})}
@@ -138,14 +141,15 @@ def score(name: str, model_dir: Path | str, run: Path | None) -> dict:
         generate_200_seconds=round(gen_seconds, 1),
         **{f"gen_{k}": v for k, v in geometry_summary(structures).to_dict().items()},
         **request_quality(structures, [r.elements for r in requests], table.num_sites().tolist()),
-        **csp_k1(pipe),
+        **csp_k1(pipe, repulsion=repulsion),
+        repulsion=repulsion,
     )
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+", choices=["shipped", *VARIANTS])
+    ap.add_argument("variants", nargs="+", choices=["shipped", "shipped+repulsion", *VARIANTS])
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="mp_pccd", help="training split folder under shared/data")
@@ -162,6 +166,8 @@ def main() -> None:
             continue
         if name == "shipped":
             row = score(name, "pccd-cpu", None)
+        elif name == "shipped+repulsion":  # the sampling-time option, not a trained variant
+            row = score(name, "pccd-cpu", None, repulsion=0.85)
         else:
             work = Path(args.work)
             row = score(name, train_variant(name, work, args.steps, args.threads, args.data),
