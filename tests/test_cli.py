@@ -391,3 +391,18 @@ def test_checkpoint_pack_and_unpack(tmp_path, capsys):
     assert_user_error(code, err, "no such checkpoint")
     code, _, err = run(capsys, "checkpoint", "unpack", tmp_path / "run", tmp_path / "p3")
     assert_user_error(code, err, "not a packed checkpoint")
+
+
+def test_evaluate_refuses_nonphysical_cells_without_hanging(tmp_path, capsys):
+    from tests.conftest import nacl
+
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    nacl().to(filename=str(cifs / "ok.cif"))
+    text = (cifs / "ok.cif").read_text()
+    length = next(line for line in text.splitlines() if line.startswith("_cell_length_a"))
+    (cifs / "huge.cif").write_text(text.replace(length, "_cell_length_a   1000000"))
+    code, out, _ = run(capsys, "evaluate", cifs, "--out", tmp_path / "eval", "--no-novelty")
+    assert code == 0 and "plausible 50.0%" in out  # the huge cell counts, as implausible
+    rows = (tmp_path / "eval" / "structures.csv").read_text()
+    assert "nonphysical_cell" in rows

@@ -764,13 +764,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.directory, args.out, settings, reference=args.reference, known=args.known
     )
     shown = ("struct_valid", "comp_valid", "cov_r", "cov_p", "uniqueness", "novelty")
-    parts = [f"{k} {100 * metrics[k]:.2f}%" for k in shown if metrics.get(k) is not None]
+    parts = [
+        f"{k} {100 * metrics[k]:.2f}%"
+        for k in shown
+        if metrics.get(k) is not None and metrics[k] == metrics[k]  # NaN: reported as missing
+    ]
     parts += [
         f"{k} {metrics[k]:.4g}"
         for k in ("wdist_density", "wdist_num_elems")
         if metrics.get(k) is not None
     ]
     print(f"{metrics['n_used']} of {metrics['n_available']} crystals: " + ", ".join(parts))
+    g = metrics["geometry"]
+    print(
+        f"  geometry (of {g['denominator']}): plausible {100 * g['plausible_share']:.1f}%, "
+        f"median covalent ratio {g['median_ratio']:.3f}, "
+        f"above P-1 {100 * g['symmetric_share']:.1f}%"
+    )
     for key, reason in metrics["missing"].items():
         print(f"  {key}: missing ({reason})")
     print(f"metrics.json, report.md and figures in {args.out}")

@@ -173,7 +173,7 @@ class PCCDPipeline:
         }
         for name, used in asked.items():
             if used and name not in self.trained_conditions:
-                label = name.replace("_", " ")
+                label = {"band_gap": "band gap", "magnetic": "magnetic ordering"}.get(name, name)
                 raise ValueError(
                     f"model {self.meta.get('name', '?')} was not trained on {label} (its "
                     f"training data had no {label} labels), so it cannot be conditioned on it; "

@@ -111,6 +111,20 @@ def decode_failures(directory: str | Path) -> tuple[int, int] | None:
     return sum(1 for r in rows if r.get("status") == "failed"), len(rows)
 
 
+# Any generator's crystals are scored (no size or element-count filter), but a cell no solid can
+# have is refused before the fingerprints, which never finish on e.g. a 10⁶ Å axis.
+_SCORABLE = data_mod.FilterOptions(max_sites=100_000, max_elements=118, min_distance=0.0)
+
+
+def read_scorable(path: Path) -> Structure:
+    """Read one CIF for scoring; ``InvalidCrystal`` (with its reason) for a nonphysical cell."""
+    text = path.read_text(errors="replace")
+    data_mod.check_cif_cell(text, _SCORABLE)
+    structure = Structure.from_str(text, fmt="cif")
+    data_mod.check_structure(structure, _SCORABLE)
+    return structure
+
+
 def structure_row(structure: Structure, known: ReferenceIndex | None) -> dict[str, object]:
     """Per-crystal metrics (validity, fingerprints, novelty) as ``structures.csv`` columns."""
     row: dict[str, object] = {
@@ -258,7 +272,7 @@ def evaluate_directory(
         try:
             with warnings.catch_warnings():  # CIF rounding notes, missing radii: not errors
                 warnings.simplefilter("ignore")
-                structure = Structure.from_file(path)
+                structure = read_scorable(path)
                 row = {"name": path.name, **structure_row(structure, index)}
         except Exception as exc:  # an unreadable CIF is an invalid sample, not a crash
             row = {
