@@ -1354,11 +1354,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_srv = sub.add_parser("serve", help="local web page + JSON API to generate and view crystals")
     p_srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    p_srv.add_argument("--port", type=int, default=8000)
+    p_srv.add_argument("--port", type=_int_type(1, 65535), default=8000)
     p_srv.add_argument("--runs", default="runs", help="job directories (default ./runs)")
     p_srv.add_argument("--model", help="model directory or shipped model name")
     p_srv.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
-    p_srv.add_argument("--max-n", type=int, default=1000, help="most crystals per job")
+    p_srv.add_argument("--max-n", type=POSITIVE_INT, default=1000, help="most crystals per job")
     p_srv.add_argument("--threads", type=int, default=0, help="torch threads of the worker")
     p_srv.set_defaults(func=_cmd_serve)
     return parser

@@ -349,7 +349,7 @@ def train(
         config = TrainConfig(**saved["hyper_parameters"]["config"])
         del saved
     (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
-    L.seed_everything(config.seed, workers=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
     rep_config = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme(config.lattice_scheme))
 
     label_counts: dict[str, int] = {}

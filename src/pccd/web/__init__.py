@@ -24,9 +24,20 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Run the page with uvicorn until interrupted (binds loopback unless told otherwise)."""
+    import socket
+
     import uvicorn
 
     from pccd.web.app import create_app
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # fail before loading anything
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from exc
 
     app = create_app(
         runs,

@@ -205,9 +205,13 @@ def _worker_main(conn, model: str | None, threads: int) -> None:
                 _run_screen(task)
             elif task["kind"] == "warm":
                 _pipeline(model)
-            conn.send(("ok", ""))
+            reply = ("ok", "")
         except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, EOFError, OSError):  # the server has gone: nobody to tell
+            return
 
 
 class WorkerDied(RuntimeError):
