@@ -143,6 +143,28 @@ def test_relaxation_that_collapses_atoms_is_a_failure_not_a_candidate():
     assert collapsed_pair(nacl()) is None
 
 
+class Hole(Calculator):
+    """A potential with a deep well everywhere: −1,000 eV per atom, no forces."""
+
+    implemented_properties = ("energy", "free_energy", "forces")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        energy = -1000.0 * len(self.atoms)
+        forces = np.zeros((len(self.atoms), 3))
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+
+
+def test_relaxed_energy_below_any_real_phase_is_a_failure():
+    with pytest.raises(RelaxationError, match="MLIP hole"):
+        relax(nacl(), MLIP("tests.test_screen:Hole"), relax_cell=False)
+    from pccd.screen.screening import failure_kind
+
+    assert failure_kind("relax_failed", "relaxation of X fell into an MLIP hole: …").startswith(
+        "MLIP hole"
+    )
+
+
 # ---- batches -------------------------------------------------------------------------------
 def test_pools_and_draws():
     p1, p2, p3 = pool(1), pool(2), pool(3)

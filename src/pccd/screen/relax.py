@@ -26,6 +26,10 @@ VOLUME_PER_ATOM_LIMITS = (2.0, 200.0)
 
 COLLAPSE_FRACTION = 0.5
 """Atoms closer than this fraction of the sum of their atomic radii count as collapsed."""
+ENERGY_PER_ATOM_FLOOR = -20.0
+"""eV/atom (MP2020 scale) below which a relaxed energy is an MLIP artefact: no Materials Project
+phase is below −14.3 (CHGNet reference table), yet SevenNet-0 relaxed a raw Be2Pt sample to
+−338 eV/atom without any pair closer than half the radii sum (BENCHMARKS.md, S.U.N. rows)."""
 COLLAPSE_CHECK_EVERY = 20
 """Optimizer steps between collapse checks during a relaxation (and once at the end)."""
 
@@ -149,6 +153,12 @@ def finish_relaxation(
     collapsed = collapsed_pair(relaxed)
     if collapsed:
         raise RelaxationError(f"relaxation of {structure.formula} collapsed: {collapsed}")
+    energy = mlip.energy_per_atom(relaxed, raw_energy=raw_energy)
+    if energy < ENERGY_PER_ATOM_FLOOR:
+        raise RelaxationError(
+            f"relaxation of {structure.formula} fell into an MLIP hole: {energy:.1f} eV/atom, "
+            f"below any real phase (floor {ENERGY_PER_ATOM_FLOOR:g})"
+        )
     initial = None
     if initial_raw_energy is not None and math.isfinite(initial_raw_energy):
         try:
@@ -157,7 +167,7 @@ def finish_relaxation(
             initial = None
     return Relaxation(
         structure=relaxed,
-        energy_per_atom=mlip.energy_per_atom(relaxed, raw_energy=raw_energy),
+        energy_per_atom=energy,
         converged=converged,
         steps=steps,
         rmsd=displacement_rmsd(structure, relaxed),

@@ -482,6 +482,7 @@ def failure_kind(status: str, reason: str) -> str:
             ("input volume", "implausible input volume"),
             ("blew up", "blew up"),
             ("non-finite", "non-finite energy or positions"),
+            ("MLIP hole", "MLIP hole (energy below any real phase)"),
         ):
             if needle in reason:
                 return kind
