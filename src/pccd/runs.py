@@ -32,6 +32,17 @@ SUMMARY_COLUMNS = (
 )
 
 
+def request_settings(request: Request) -> dict[str, object]:
+    """How one request is recorded in a run's ``run.json`` (every writer of runs uses this, so
+    a run started in one place — shell, Python, web page — resumes in another)."""
+    return {
+        "elements": [e.symbol for e in request.elements],
+        "formula": list(request.formula) if request.formula else None,
+        "band_gap": request.band_gap,
+        "magnetic": request.magnetic,
+    }
+
+
 def generate_to_directory(
     pipeline: PCCDPipeline,
     requests: Request | Sequence[Request],
@@ -57,12 +68,7 @@ def generate_to_directory(
     if isinstance(requests, Request):
         if n is None:
             raise ValueError("give n with a single request")
-        settings: dict[str, object] = {
-            "elements": [e.symbol for e in requests.elements],
-            "formula": list(requests.formula) if requests.formula else None,
-            "band_gap": requests.band_gap,
-            "magnetic": requests.magnetic,
-        }
+        settings: dict[str, object] = request_settings(requests)
         requests = [requests] * n
     else:
         requests = list(requests)
@@ -148,10 +154,7 @@ def generate_valid_to_directory(
         out,
         {
             "valid_only": True,
-            "elements": [e.symbol for e in request.elements],
-            "formula": list(request.formula) if request.formula else None,
-            "band_gap": request.band_gap,
-            "magnetic": request.magnetic,
+            **request_settings(request),
             "n": n,
             "max_draws": cap,
             "batch_size": batch_size,

@@ -85,11 +85,10 @@ def generation_settings(
 
     Written when a job is submitted, so a queued job is already a resumable run on disk.
     """
+    from pccd.runs import request_settings
+
     return {
-        "elements": [e.symbol for e in request.elements],
-        "formula": list(request.formula) if request.formula else None,
-        "band_gap": request.band_gap,
-        "magnetic": request.magnetic,
+        **request_settings(request),
         "n": n,
         "batch_size": batch_size,
         "model": model,
