@@ -342,13 +342,11 @@ def train(
     """
     config = config or TrainConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "last.ckpt"
     if resume and ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         config = TrainConfig(**saved["hyper_parameters"]["config"])
         del saved
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     L.seed_everything(config.seed, workers=True, verbose=False)
     rep_config = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme(config.lattice_scheme))
 
@@ -384,6 +382,9 @@ def train(
 
     train_loader = loader(train_path, shuffle=True)
     val_loader = loader(val_path, shuffle=False, n=config.val_size) if val_path else None
+    # only now that the data loaded: a bad data path leaves no run directory behind
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     module = PCCDLightning(asdict(config))
     module.label_counts = label_counts
     checkpoint = AtomicCheckpoint(out, checkpoint_minutes)
