@@ -42,7 +42,7 @@ import pandas as pd
 
 from pccd.pipeline import PCCDPipeline, Request
 from pccd.screen.references import shipped_table
-from pccd.screen.screening import ScreenSettings, screen_directory
+from pccd.screen.screening import ScreenSettings, failure_kind, screen_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -50,20 +50,11 @@ ENGINES = ("ase", "batched", "dask-ase", "dask-batched")
 
 
 def failure_class(row: dict[str, str]) -> str:
-    """ok, or the class of a failed relaxation (the checks of pccd.screen.relax)."""
-    if row["status"] != "relax_failed":
-        return "ok" if row["energy_per_atom"] else row["status"]
-    reason = row["reason"]
-    for marker, label in [
-        ("input volume", "implausible_volume"),
-        ("blew up", "blow_up"),
-        ("collapsed", "collapse"),
-        ("non-finite", "non_finite"),
-        (" failed: ", "mlip_error"),
-    ]:
-        if marker in reason:
-            return label
-    return "other"
+    """ok, or why the crystal got no relaxed energy (:func:`pccd.screen.screening.failure_kind`,
+    the labels the screen's own summaries use)."""
+    if row["status"] != "relax_failed" and row["energy_per_atom"]:
+        return "ok"
+    return failure_kind(row["status"], row["reason"])
 
 
 def parse_run(text: str, workers: int) -> tuple[str, int, int]:

@@ -483,6 +483,7 @@ def failure_kind(status: str, reason: str) -> str:
             ("blew up", "blew up"),
             ("non-finite", "non-finite energy or positions"),
             ("MLIP hole", "MLIP hole (energy below any real phase)"),
+            (" failed: ", "MLIP error"),
         ):
             if needle in reason:
                 return kind
