@@ -781,6 +781,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"median covalent ratio {g['median_ratio']:.3f}, "
         f"above P-1 {100 * g['symmetric_share']:.1f}%"
     )
+    b = metrics.get("band_gap_instrument")
+    if b is not None:
+        val = b["instrument"].get("validation") or {}
+        error = f", instrument val MAE {val['gap_mae_eV_all']:.2f} eV" if val else ""
+        mean = b["mean_predicted_band_gap_eV_of_measured"]
+        print(
+            f"  band-gap instrument (of {b['denominator']}): predicted non-metals "
+            f"{100 * b['insulator_share_of_all_samples']:.1f}%, mean predicted gap "
+            f"{'—' if mean is None or mean != mean else f'{mean:.2f} eV'} of "
+            f"{b['n_measured']} measured{error}"
+        )
     for key, reason in metrics["missing"].items():
         print(f"  {key}: missing ({reason})")
     print(f"metrics.json, report.md and figures in {args.out}")

@@ -9,6 +9,8 @@ One module per concept:
 * :mod:`~pccd.evaluate.generation_metrics` — validity, coverage, Wasserstein, uniqueness;
 * :mod:`~pccd.evaluate.fingerprints` — matminer featurizers; :mod:`~pccd.evaluate.novelty` —
   known-crystal look-up by formula;
+* :mod:`~pccd.evaluate.geometry` — plausibility of raw samples; :mod:`~pccd.evaluate.band_gap`
+  — the shipped band-gap instrument (metal or not, PBE gap) and its readings over a sample set;
 * :mod:`~pccd.evaluate.denovo` — scoring a directory of CIFs; :mod:`~pccd.evaluate.csp` — the
   CSP benchmark;
 * :mod:`~pccd.evaluate.plots`, :mod:`~pccd.evaluate.report` — PNG figures, metrics.json and

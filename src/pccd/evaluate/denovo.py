@@ -10,7 +10,10 @@ Any generator's output can be scored: the input is a directory of CIF files (e.g
 * Wasserstein distances of density and of the number of elements, valid crystals vs the
   reference split;
 * uniqueness (StructureMatcher within each reduced formula) among valid crystals;
-* novelty among valid crystals: no match in a database of known crystals (by reduced formula).
+* novelty among valid crystals: no match in a database of known crystals (by reduced formula);
+* geometry of every sample (:mod:`~pccd.evaluate.geometry`) and, when matminer is installed,
+  the shipped band-gap instrument's readings (:mod:`~pccd.evaluate.band_gap`): predicted gap
+  and probability of a non-metal per crystal, summarised over every sample.
 
 Per-crystal results go to ``structures.csv`` as they are computed (the costly part:
 fingerprints and novelty), so an interrupted evaluation resumes; reference fingerprints are
@@ -35,7 +38,7 @@ from pymatgen.core import Structure
 
 from pccd import data as data_mod
 from pccd import progress
-from pccd.evaluate import fingerprints, plots
+from pccd.evaluate import band_gap, fingerprints, plots
 from pccd.evaluate.generation_metrics import (
     coverage,
     is_compositionally_valid,
@@ -67,6 +70,8 @@ COLUMNS = (
     "struct_fp",
     "comp_fp",
     "fp_error",
+    "predicted_band_gap",
+    "p_insulator",
 )
 
 
@@ -125,8 +130,13 @@ def read_scorable(path: Path) -> Structure:
     return structure
 
 
-def structure_row(structure: Structure, known: ReferenceIndex | None) -> dict[str, object]:
-    """Per-crystal metrics (validity, fingerprints, novelty) as ``structures.csv`` columns."""
+def structure_row(
+    structure: Structure,
+    known: ReferenceIndex | None,
+    gap_model: band_gap.BandGapModel | None = None,
+) -> dict[str, object]:
+    """Per-crystal metrics (validity, fingerprints, novelty, band-gap reading) as
+    ``structures.csv`` columns; a featurizer failure is recorded in ``fp_error``."""
     row: dict[str, object] = {
         "status": "ok",
         "formula": structure.composition.reduced_formula,
@@ -151,6 +161,13 @@ def structure_row(structure: Structure, known: ReferenceIndex | None) -> dict[st
         )
     except Exception as exc:
         errors.append(f"Magpie: {type(exc).__name__}: {exc}"[:150])
+    if gap_model is not None:
+        try:
+            x = band_gap.featurize_one(structure, gap_model.features)
+            gap, p = gap_model.predict_features(x[None, :])
+            row.update(predicted_band_gap=f"{gap[0]:.4f}", p_insulator=f"{p[0]:.4f}")
+        except Exception as exc:  # recorded: the crystal then counts as not measured
+            errors.append(f"band gap: {type(exc).__name__}: {exc}"[:150])
     row["fp_error"] = "; ".join(errors)
     if known is not None:
         match = known.find(structure)
@@ -215,6 +232,23 @@ def load_reference(path: str | Path, n: int, seed: int) -> tuple[list[Structure]
     return [sub.structure(i) for i in range(len(sub))], digest.hexdigest()[:20]
 
 
+def load_band_gap_instrument(
+    log: Callable[[str], None] = _log.info,
+) -> tuple[band_gap.BandGapModel | None, str | None]:
+    """The shipped band-gap instrument, or ``(None, reason)`` when it cannot be used.
+
+    The instrument is an extra reading, not part of the CDVAE protocol, so a missing matminer,
+    a missing model file or a model written by another scikit-learn skips it with one log line
+    (and the reason in ``metrics.json``) instead of stopping the evaluation.
+    """
+    try:
+        return band_gap.load_shipped(), None
+    except (ImportError, FileNotFoundError, band_gap.InstrumentVersionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log(f"band-gap instrument skipped: {reason}")
+        return None, reason
+
+
 def evaluate_directory(
     directory: str | Path,
     out_dir: str | Path,
@@ -242,6 +276,7 @@ def evaluate_directory(
     files = list_cifs(directory)
     if not files:
         raise FileNotFoundError(f"no CIF files in {directory}")
+    gap_model, gap_skipped = load_band_gap_instrument(log)
     check_run_settings(
         out,
         {
@@ -249,6 +284,8 @@ def evaluate_directory(
             "directory": str(Path(directory).resolve()),
             "reference": str(reference) if reference else None,
             "known": str(known) if isinstance(known, (str, Path)) else None,
+            # a resumed run must not mix readings of two instruments (or with and without one)
+            "band_gap_instrument": gap_model.fingerprint if gap_model else None,
         },
     )
     picked = files
@@ -273,7 +310,7 @@ def evaluate_directory(
             with warnings.catch_warnings():  # CIF rounding notes, missing radii: not errors
                 warnings.simplefilter("ignore")
                 structure = read_scorable(path)
-                row = {"name": path.name, **structure_row(structure, index)}
+                row = {"name": path.name, **structure_row(structure, index, gap_model)}
         except Exception as exc:  # an unreadable CIF is an invalid sample, not a crash
             row = {
                 "name": path.name,
@@ -306,32 +343,65 @@ def evaluate_directory(
         if index is not None
         else ("novelty disabled" if not settings.novelty else "no known-crystal database given"),
         reference_label=str(reference) if reference else None,
+        gap_model=gap_model,
+        gap_skipped=gap_skipped,
     )
     metrics["timing_this_invocation"] = {"scoring_seconds": seconds, "scored": len(todo)}
     write_metrics(out, metrics)
     return metrics
 
 
+def _per_sample(
+    rows: Sequence[dict],
+    failures: tuple[int, int] | None,
+    n_available: int,
+    columns: Sequence[str],
+    cast: Callable[[str], float],
+) -> tuple[list[list[float | None]], str]:
+    """Per-sample values of ``columns`` (``None`` where a row lacks them), and the denominator.
+
+    Unreadable CIFs and rows without the values get ``None``. When the directory is a whole
+    ``pccd generate`` run (its summary.csv lists decode failures and every CIF was scored),
+    each failed decode adds a ``None`` too, so shares are over every sample the generator drew.
+    """
+    values: list[list[float | None]] = [[] for _ in columns]
+    for r in rows:
+        ok = r.get("status") == "ok" and all(r.get(c) not in (None, "") for c in columns)
+        for v, c in zip(values, columns, strict=True):
+            v.append(cast(r[c]) if ok else None)
+    if failures is not None and len(rows) == n_available:
+        for v in values:
+            v += [None] * failures[0]
+    denominator = "every generated sample" if len(values[0]) > len(rows) else "scored CIFs"
+    return values, denominator
+
+
 def _geometry(
     rows: Sequence[dict], failures: tuple[int, int] | None, n_available: int
 ) -> dict[str, float | int]:
-    """Plausible share, median covalent ratio and share above P-1 of the scored CIFs.
+    """Plausible share, median covalent ratio and share above P-1 (unreadable = implausible)."""
+    (ratios, groups), denominator = _per_sample(
+        rows, failures, n_available, ("covalent_ratio", "space_group_number"), float
+    )
+    out = summarize_geometry(ratios, [None if g is None else int(g) for g in groups]).to_dict()
+    out["denominator"] = denominator
+    return out
 
-    Unreadable CIFs count as implausible. When the directory is a whole ``pccd generate`` run
-    (its summary.csv lists decode failures and every CIF was scored), the failed decodes join
-    the denominator too, so the share is over every sample the generator drew.
-    """
-    ratios: list[float | None] = []
-    groups: list[int | None] = []
-    for r in rows:
-        ok = r.get("status") == "ok" and r.get("covalent_ratio") not in (None, "")
-        ratios.append(float(r["covalent_ratio"]) if ok else None)
-        groups.append(int(r["space_group_number"]) if ok else None)
-    if failures is not None and len(rows) == n_available:
-        ratios += [None] * failures[0]
-        groups += [None] * failures[0]
-    out = summarize_geometry(ratios, groups).to_dict()
-    out["denominator"] = "every generated sample" if len(ratios) > len(rows) else "scored CIFs"
+
+def _band_gaps(
+    rows: Sequence[dict],
+    failures: tuple[int, int] | None,
+    n_available: int,
+    gap_model: band_gap.BandGapModel,
+) -> dict[str, object]:
+    """The instrument's readings over every sample (unmeasured ones count as not insulators),
+    with the instrument's own val error beside them."""
+    (gaps, probs), denominator = _per_sample(
+        rows, failures, n_available, ("predicted_band_gap", "p_insulator"), float
+    )
+    out: dict[str, object] = band_gap.summarize_band_gaps(gaps, probs).to_dict()
+    out["denominator"] = denominator
+    out["instrument"] = gap_model.describe()
     return out
 
 
@@ -353,6 +423,8 @@ def summarize(
     failures: tuple[int, int] | None,
     novelty_reason: str | None,
     reference_label: str | None,
+    gap_model: band_gap.BandGapModel | None = None,
+    gap_skipped: str | None = "no band-gap instrument given",
 ) -> dict:
     """Turn per-crystal rows into the protocol's metrics, figures and ``report.md``."""
     n = len(rows)
@@ -377,6 +449,10 @@ def summarize(
         metrics["generator_decode_failures"] = {"failed": failed, "attempted": attempted}
     metrics["geometry"] = _geometry(rows, failures, n_available)
     missing: dict[str, str] = {}
+    if gap_model is not None:
+        metrics["band_gap_instrument"] = _band_gaps(rows, failures, n_available, gap_model)
+    else:
+        missing["band_gap_instrument"] = gap_skipped or "band-gap instrument skipped"
     figures: list[Path] = []
 
     # coverage and distribution distances against the reference
@@ -500,6 +576,7 @@ def _write_report(out: Path, m: dict) -> None:
         [f"space group above P-1 (symprec 0.1 Å; of {g['denominator']})",
          pct(g["symmetric_share"])],
     ]  # fmt: skip
+    rows += _band_gap_rows(m)
     counts = (
         f"{m['n_used']} crystals scored of {m['n_available']} CIFs in `{m['directory']}` "
         f"(--n {m['settings']['n'] or 'all'}, seed {m['settings']['seed']}); "
@@ -526,6 +603,7 @@ def _write_report(out: Path, m: dict) -> None:
         "test split as reference (≤ 20 atoms, any number of elements): a different protocol "
         "size and data set."
     )
+    notes += _band_gap_note(m)
     write_report(
         out,
         "De novo generation metrics",
@@ -535,4 +613,63 @@ def _write_report(out: Path, m: dict) -> None:
             ("Protocol notes", notes),
         ],
         [out / f for f in m["figures"]],
+    )
+
+
+def _band_gap_rows(m: dict) -> list[list[str]]:
+    """Report rows of the band-gap instrument, its own val MAE in the label."""
+    b = m.get("band_gap_instrument")
+    if b is None:
+        reason = m["missing"].get("band_gap_instrument", "skipped")
+        return [["predicted band gap (band-gap instrument)", f"— ({reason})"]]
+    val = b["instrument"].get("validation") or {}
+    mae = val.get("gap_mae_eV_all")
+    err = f"instrument val MAE {fmt(mae, 3)} eV" if mae is not None else "val error unknown"
+    return [
+        [f"mean predicted band gap, PBE (eV; of {b['n_measured']} measured; {err})",
+         fmt(b["mean_predicted_band_gap_eV_of_measured"], 3)],
+        [f"predicted non-metals (gap ≥ {b['instrument']['metal_threshold_eV']} eV; of "
+         f"{b['denominator']}, unmeasured count as not)",
+         pct(b["insulator_share_of_all_samples"])],
+    ]  # fmt: skip
+
+
+def _band_gap_note(m: dict) -> str:
+    """The protocol note that states what the band-gap instrument is and its own error."""
+    b = m.get("band_gap_instrument")
+    if b is None:
+        return ""
+    inst = b["instrument"]
+    val = inst.get("validation") or {}
+    features = "matminer Magpie statistics of the composition" + (
+        " plus density, volume per atom and packing fraction"
+        if inst["features"] == "composition+structure"
+        else " (polymorphs of one composition get one reading)"
+    )
+    figures = (
+        f"on {val.get('n')} MP val crystals (formulas not in its training data) metal / "
+        f"non-metal accuracy {pct(val.get('accuracy'), 1)} (majority class "
+        f"{pct(val.get('baseline_accuracy_majority_class'), 1)}), ROC AUC "
+        f"{fmt(val.get('roc_auc'), 3)}, gap MAE {fmt(val.get('gap_mae_eV_all'), 3)} eV over "
+        f"all and {fmt(val.get('gap_mae_eV_nonmetals'), 3)} eV over the non-metals (predicting "
+        f"the train mean: {fmt(val.get('baseline_gap_mae_eV_all_train_mean'), 3)} eV)"
+        if val
+        else "its val error is not recorded with this model"
+    )
+    if "mean_gap_eV_predicted_vs_true" in val:  # the bias a sample-set average inherits
+        (gp, gt), (sp, st) = (
+            val["mean_gap_eV_predicted_vs_true"],
+            val["insulator_share_predicted_vs_true"],
+        )
+        figures += (
+            f"; over val as a whole it read a mean gap of {fmt(gp, 3)} eV (true {fmt(gt, 3)}) "
+            f"and {pct(sp, 1)} non-metals (true {pct(st, 1)})"
+        )
+    return (
+        "\n- Band-gap instrument (`pccd.evaluate.band_gap`, features "
+        f"`{inst['features']}`, model {inst.get('model_sha256_12')}): gradient-boosted trees on "
+        f"{features}, trained on the MP 2018 PBE gaps of the "
+        f"mp_pccd train split, never on generated crystals; {figures}. A reading is a PBE-level "
+        "estimate (PBE underestimates gaps), and a crystal far from anything in MP is read "
+        "with more error than that."
     )

@@ -9,6 +9,8 @@ function here rather than ad-hoc featurizer objects in each metric:
 * CSP distances (Wei et al. 2024): ``SiteStatsFingerprint`` of the same CrystalNN fingerprint
   with the statistics mean, std, min, max (244 numbers), and the Orbital Field Matrix averaged
   over sites (1024 numbers).
+* the band-gap instrument (:mod:`~pccd.evaluate.band_gap`): the same Magpie vector plus
+  matminer's ``DensityFeatures`` (density, volume per atom, packing fraction).
 
 matminer is an optional dependency (``pip install "pccd[eval]"``); it is imported on first use
 so that ``import pccd.evaluate`` stays fast and works without it. Featurizers are built once
@@ -35,6 +37,14 @@ def _import_matminer() -> Any:
     return matminer
 
 
+def require_matminer() -> None:
+    """Raise ``ImportError`` (with the install hint) when matminer is missing.
+
+    For callers that skip an optional measurement up front rather than fail crystal by crystal.
+    """
+    _import_matminer()
+
+
 @cache
 def _crystalnn_site_featurizer():
     _import_matminer()
@@ -57,6 +67,14 @@ def _magpie_featurizer():
     from matminer.featurizers.composition.composite import ElementProperty
 
     return ElementProperty.from_preset("magpie")
+
+
+@cache
+def _density_featurizer():
+    _import_matminer()
+    from matminer.featurizers.structure.order import DensityFeatures
+
+    return DensityFeatures()
 
 
 @cache
@@ -98,6 +116,19 @@ def magpie_fingerprint(composition: Composition | Structure) -> np.ndarray:
     if isinstance(composition, Structure):
         composition = composition.composition
     return _quiet(_magpie_featurizer().featurize, composition)
+
+
+def density_features(structure: Structure) -> np.ndarray:
+    """Density (g/cm³), volume per atom (Å³) and packing fraction (3 numbers, cheap).
+
+    The packing fraction needs atomic radii, which pymatgen lacks for He, Ne, Kr and Xe
+    (matminer then raises TypeError); such a crystal keeps its density and volume per atom
+    and gets NaN for the packing fraction rather than no features at all.
+    """
+    try:
+        return _quiet(_density_featurizer().featurize, structure)
+    except TypeError:
+        return np.array([structure.density, structure.volume / len(structure), np.nan])
 
 
 def orbital_field_matrix(structure: Structure) -> np.ndarray:
