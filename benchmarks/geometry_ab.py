@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {
     "periodic": {"model_option": ["periodic_features=true"]},
     # full attention at every level with periodic pair biases between rows
     "attn_pair": {"model_option": ["attention_levels=null", "pair_bias=true"]},
+    # min-SNR-5 loss weighting (Hang et al. 2023): gradient budget moved to mid-noise steps
+    "minsnr": {"option": ["loss_weighting=min_snr"]},
     # self-conditioning on the previous x̂_0 (Chen et al. 2023)
     "selfcond": {"model_option": ["self_condition=true"]},
     "attn_all+periodic": {

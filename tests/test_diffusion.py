@@ -21,6 +21,7 @@ from pccd.diffusion import (
     noise_to,
     reconstruct,
 )
+from pccd.diffusion.schedules import randn_like
 from pccd.model import PCCDUNet
 
 
@@ -225,6 +226,41 @@ def test_loss_options(tiny):
     assert torch.isfinite(dropped)
     with pytest.raises(ValueError, match="loss"):
         diffusion_loss(tiny, sched, x0, _cond(), loss="huber")
+
+
+class _Zero(nn.Module):
+    """Predicts ε = 0, so the loss is the weighted mean of |ε| and the weights can be read off."""
+
+    def forward(self, x, t, cond):
+        return torch.zeros_like(x)
+
+
+def test_min_snr_weighting():
+    sched = DDPMScheduler()
+    x0 = _crystal_like(64, torch.Generator().manual_seed(0))
+    cond = Conditions.from_lists([[8, 26]] * 64)
+
+    def loss(**kw):
+        return diffusion_loss(_Zero(), sched, x0, cond, torch.Generator().manual_seed(1), **kw)
+
+    plain = loss().item()
+    # γ above every SNR: min(SNR, γ)/SNR = 1, the paper's loss exactly
+    assert loss(weighting="min_snr", snr_gamma=1e12).item() == pytest.approx(plain, rel=1e-6)
+    # γ = 5 shrinks the near-clean steps only: smaller, but not vanishing
+    weighted = loss(weighting="min_snr").item()
+    assert 0.2 * plain < weighted < plain
+    # the same draws as the loss (t first, then ε): each sample's mean |ε| times min(SNR, 5)/SNR
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randint(0, sched.num_train_timesteps, (64,), generator=gen)
+    noise = randn_like(x0, gen)
+    abar = sched.alphas_cumprod[t].float()
+    snr = abar / (1 - abar)
+    expected = (noise.abs().flatten(1).mean(1) * torch.clamp(snr, max=5.0) / snr).mean()
+    assert weighted == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="weighting"):
+        loss(weighting="p2")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        loss(weighting="min_snr", snr_gamma=0.0)
 
 
 # ---------------------------------------------------------------------- sampling loop

@@ -246,3 +246,14 @@ def test_train_cli_options(tmp_path, capsys):
     state = torch.load(tmp_path / "r" / "last.ckpt", map_location="cpu", weights_only=False)
     cfg = state["hyper_parameters"]["config"]
     assert cfg["atom_order"] == "random" and cfg["model_overrides"] == {"base_channels": 4}
+
+
+def test_train_config_rejects_unknown_loss_options():
+    # refused when the config is made, before any run directory exists
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(loss_weighting="p2")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        TrainConfig(loss_weighting="min_snr", snr_gamma=-1.0)
+    with pytest.raises(ValueError, match="loss must be"):
+        TrainConfig(loss="huber")
+    assert TrainConfig(loss_weighting="min_snr").snr_gamma == 5.0

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from pccd import data as data_mod
 from pccd import representation as rep
 from pccd.conditioning import Conditions
-from pccd.diffusion import DDPMScheduler, diffusion_loss
+from pccd.diffusion import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.model import PCCDUNet, UNetConfig
 
 
@@ -48,7 +48,10 @@ class TrainConfig:
     The paper's optimiser settings are the defaults: Adam β=(0.9, 0.99), lr 1e-4, batch 128,
     L1 loss on ε, cosine schedule with T=1000. ``init_from`` names a pretrained model (shipped
     name or directory) whose weights seed the network (:func:`pccd.model.warm_start`), so an
-    architecture option can be tried as a fine-tune.
+    architecture option can be tried as a fine-tune. ``loss_weighting="min_snr"`` (with
+    ``snr_gamma``) reweights the training loss per timestep (see
+    :func:`pccd.diffusion.diffusion_loss`); the validation loss stays the unweighted paper loss,
+    so runs with and without it compare on one scale.
     """
 
     preset: str = "cpu"
@@ -61,6 +64,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     loss: str = "l1"
+    loss_weighting: str = "none"
+    snr_gamma: float = 5.0
     num_train_timesteps: int = 1000
     schedule: str = "cosine"
     cond_drop: dict = field(
@@ -73,6 +78,17 @@ class TrainConfig:
     num_workers: int = 0
     val_size: int = 1024
     init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        # fail before a run directory or a data cache is made, not at the first step
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"loss_weighting must be one of {WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
+        if not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +225,15 @@ class PCCDLightning(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, Conditions], batch_idx: int):
         x, cond = batch
         cond = cond.drop(self.cfg.cond_drop)
-        loss = diffusion_loss(self.model, self.scheduler, x, cond, loss=self.cfg.loss)
+        loss = diffusion_loss(
+            self.model,
+            self.scheduler,
+            x,
+            cond,
+            loss=self.cfg.loss,
+            weighting=self.cfg.loss_weighting,
+            snr_gamma=self.cfg.snr_gamma,
+        )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("samples_seen", float(self.global_step * x.shape[0] * self.trainer.world_size))
         return loss

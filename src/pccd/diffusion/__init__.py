@@ -5,7 +5,7 @@ Nothing here knows about crystals (no pymatgen): it sees (B, 3, 128, 3) arrays i
 """
 
 from pccd.diffusion.ddim import DDIMScheduler
-from pccd.diffusion.ddpm import DDPMScheduler, diffusion_loss
+from pccd.diffusion.ddpm import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.diffusion.sampling import SAMPLE_SHAPE, denoise, guided_eps, noise_to, reconstruct
 from pccd.diffusion.schedules import (
     NoiseScheduler,
@@ -19,8 +19,10 @@ SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 """Scheduler classes by name (for CLIs and configs)."""
 
 __all__ = [
+    "LOSSES",
     "SAMPLE_SHAPE",
     "SCHEDULERS",
+    "WEIGHTINGS",
     "DDIMScheduler",
     "DDPMScheduler",
     "NoiseScheduler",
