@@ -132,6 +132,7 @@ def measure_setting(
     repulsion: float | None,
     seed: int,
     batch_size: int,
+    guide: list[str] | None = None,
 ) -> dict[str, Any]:
     """Generate ``per_list`` crystals per element list at one (gap, guidance) and read them."""
     requests = [
@@ -141,7 +142,12 @@ def measure_setting(
     ]
     t0 = time.perf_counter()
     samples = pipe.generate(
-        requests, seed=seed, batch_size=batch_size, guidance_scale=guidance, repulsion=repulsion
+        requests,
+        seed=seed,
+        batch_size=batch_size,
+        guidance_scale=guidance,
+        repulsion=repulsion,
+        guide=guide if guidance != 1.0 else None,
     )
     generate_seconds = time.perf_counter() - t0
 
@@ -343,6 +349,11 @@ def main() -> None:
     ap.add_argument("--guidance", type=_floats, default=[1.0, 2.0, 3.0, 5.0])
     ap.add_argument("--seed", type=int, default=0, help="draws the lists and seeds sampling")
     ap.add_argument("--repulsion", type=float, default=None, help="sampling-time repulsion tau")
+    ap.add_argument(
+        "--guide",
+        default=None,
+        help="comma list of conditions guidance amplifies (e.g. band_gap); default all (paper)",
+    )
     ap.add_argument("--split", default=DEFAULT_SPLIT, help="element lists come from here")
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--threads", type=int, default=2, help="torch and OpenMP threads")
@@ -358,7 +369,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_name = Path(args.model).name
     out = _resolve(args.out) if args.out else RESULTS / f"band_gap_steering_{model_name}.jsonl"
+    guide = sorted(args.guide.split(",")) if args.guide else None
     tag = "" if args.repulsion is None else f"_repulsion-{args.repulsion:g}"
+    tag += f"_guide-{'+'.join(guide)}" if guide else ""
     summary_path = out.with_name(f"{out.stem}{tag}_summary.json")
     split = _resolve(args.split)
 
@@ -382,6 +395,7 @@ def main() -> None:
         "steps": DEFAULT_DDIM_STEPS,
         "batch_size": args.batch_size,
         "instrument": instrument.fingerprint,
+        **({"guide": guide} if guide else {}),
     }
     rows = read_rows(out, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -406,6 +420,7 @@ def main() -> None:
                     repulsion=args.repulsion,
                     seed=args.seed,
                     batch_size=args.batch_size,
+                    guide=guide,
                 )
             row = {
                 "setting": setting,

@@ -377,6 +377,22 @@ def test_generate_valid_only_reports_the_cap(tiny_model_dir, tmp_path, capsys):
     assert_user_error(code, err, "--max-draws only applies with --valid-only")
 
 
+def test_generate_guide_on_some_conditions(tiny_model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "--elements", "Na,Cl", "--guide", "band_gap",
+                       "--model", tiny_model_dir, "--out", tmp_path / "a")  # fmt: skip
+    assert_user_error(code, err, "give --guidance other than 1")
+    code, _, err = run(capsys, "generate", "--elements", "Na,Cl", "--guide", "spacegroup",
+                       "--guidance", "2", "--model", tiny_model_dir,
+                       "--out", tmp_path / "b")  # fmt: skip
+    assert_user_error(code, err, "unknown condition(s) ['spacegroup']")
+    out = tmp_path / "c"
+    code, _, _ = run(capsys, "generate", "--elements", "Na,Cl", "--band-gap", "3", "-n", "2",
+                     "--guidance", "2", "--guide", "band_gap", "--steps", "2",
+                     "--model", tiny_model_dir, "--out", out, "--quiet")  # fmt: skip
+    assert code == 0 and json.loads((out / "run.json").read_text())["guide"] == ["band_gap"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_checkpoint_pack_and_unpack(tmp_path, capsys):
     from pccd.training import TrainConfig, train
     from tests.test_training import TINY, write_csv

@@ -156,6 +156,18 @@ def test_drop_is_per_condition_independent_and_seeded():
         c.drop({"spacegroup": 0.1})
 
 
+def test_without_nulls_only_the_named_conditions_everywhere():
+    c = Conditions.from_lists([[8, 26]] * 3, band_gap=2.0, magnetic="FM", formula=[[3, 2]] * 3)
+    gap_only = c.without(["band_gap"])
+    assert gap_only.band_gap_missing.all()
+    assert not gap_only.elements_dropped.any() and not gap_only.formula_missing.any()
+    assert not gap_only.magnetic_missing.any() and torch.equal(gap_only.elements, c.elements)
+    assert _all_null(c.without(CONDITION_NAMES))
+    assert not c.band_gap_missing.any()  # the original is not modified
+    with pytest.raises(ValueError, match="unknown condition"):
+        c.without(["spacegroup"])
+
+
 def test_null_like_and_unconditional():
     c = _batch()
     n = c.null_like()

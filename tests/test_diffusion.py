@@ -306,6 +306,23 @@ def test_guidance_changes_samples_and_uses_one_batched_forward(tiny):
     counting.batches.clear()
     _sample(counting, 0, guidance=1.0)
     assert counting.batches == [(2, 0)] * 8  # no unconditional pass at s = 1
+    # guidance on the band gap only: the second branch keeps its elements, loses its gap
+    seen = []
+
+    class Recording(nn.Module):
+        def forward(self, x, t, cond):
+            seen.append((int(cond.elements_dropped.sum()), int(cond.band_gap_missing.sum())))
+            return tiny(x, t, cond)
+
+    sched = DDIMScheduler(eta=1.0)
+    sched.set_timesteps(3)
+    gapped = Conditions.from_lists([[8, 26], [8]], band_gap=[4.0, 0.0])
+    a = denoise(Recording(), sched, gapped, generator=torch.Generator().manual_seed(0),
+                guidance_scale=3.0, guide=["band_gap"])  # fmt: skip
+    assert seen == [(0, 2)] * 3
+    b = denoise(tiny, sched, gapped, generator=torch.Generator().manual_seed(0),
+                guidance_scale=3.0)  # fmt: skip
+    assert not torch.allclose(a, b)
 
 
 def test_ddim_eta0_is_deterministic_given_x_T(tiny):

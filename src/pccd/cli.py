@@ -102,6 +102,23 @@ def _formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def _conditions_list(text: str) -> tuple[str, ...]:
+    from pccd.conditioning import CONDITION_NAMES
+
+    chosen = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [c for c in chosen if c not in CONDITION_NAMES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown condition(s) {unknown or [text]}; choose from {', '.join(CONDITION_NAMES)}"
+        )
+    return chosen
+
+
+def _guide(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``guide`` for the pipeline only when asked, so runs made before the flag still resume."""
+    return {"guide": list(args.guide)} if args.guide else {}
+
+
 # ---- parent parsers: the shared flags, defined once -----------------------------------------
 def _verbosity_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
@@ -540,6 +557,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     n: int | None = args.n
     if args.max_draws is not None and not args.valid_only:
         raise ValueError("--max-draws only applies with --valid-only")
+    if args.guide and args.guidance == 1.0:
+        raise ValueError("--guide chooses what --guidance amplifies; give --guidance other than 1")
     if args.valid_only and args.elements_from:
         raise ValueError("--valid-only takes one request (--elements or --formula), not a split")
     relaxer = _decode_relaxer(args)
@@ -598,6 +617,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=False,
             repulsion=args.repulsion,
+            **_guide(args),
         )
     relaxed = ""
     if relaxer is not None:
@@ -655,6 +675,7 @@ def _generate_valid(args, pipeline, request, out: Path, extra: list[str], t0: fl
             seed=args.seed,
             progress=False,
             repulsion=args.repulsion,
+            **_guide(args),
         )
     if extra:
         with summary.open(newline="") as fh:
@@ -1122,6 +1143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling-time guidance (off by default): in the second half of the chain push "
         "atoms apart to ≥ TAU × their covalent bond length, e.g. 0.85 (samples are then "
         "guided, not the raw model)",
+    )
+    p_gen.add_argument(
+        "--guide",
+        type=_conditions_list,
+        metavar="CONDITIONS",
+        help="conditions --guidance amplifies, comma list (e.g. band_gap: push towards the "
+        "asked gap, elements kept in both branches); default all of them, as in the paper",
     )
     p_gen.add_argument(
         "--valid-only",

@@ -293,19 +293,39 @@ class Conditions:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"drop probability for {name!r} must be in [0, 1], got {p}")
             mask = (torch.rand(b, generator=generator, device=gen_device) < p).to(self.device)
-            if name == "elements":
-                out.elements_dropped = out.elements_dropped | mask
-            elif name == "band_gap":
-                out.band_gap = torch.where(
-                    mask, torch.full_like(out.band_gap, math.nan), out.band_gap
-                )
-            elif name == "magnetic":
-                out.magnetic = torch.where(mask, torch.full_like(out.magnetic, -1), out.magnetic)
-            else:
-                out.formula = torch.where(
-                    mask[:, None], torch.full_like(out.formula, -1), out.formula
-                )
+            out._set_null(name, mask)
         return out
+
+    def without(self, names: Sequence[str]) -> Conditions:
+        """A copy with the named conditions set to missing/null in every sample, the others kept.
+
+        The unconditional branch of guidance on some conditions only (e.g. ``["band_gap"]``:
+        ε(elements) + s·(ε(elements, gap) − ε(elements))), which training supports because
+        :meth:`drop` nulls each condition independently.
+        """
+        unknown = set(names) - set(CONDITION_NAMES)
+        if unknown:
+            raise ValueError(f"unknown condition(s) {sorted(unknown)}; use {CONDITION_NAMES}")
+        out = self._map(lambda t: t.clone())
+        everyone = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        for name in names:
+            out._set_null(name, everyone)
+        return out
+
+    def _set_null(self, name: str, mask: torch.Tensor) -> None:
+        """Null condition ``name`` in place where ``mask`` (B,) is True (only on own copies)."""
+        if name == "elements":
+            self.elements_dropped = self.elements_dropped | mask
+        elif name == "band_gap":
+            self.band_gap = torch.where(
+                mask, torch.full_like(self.band_gap, math.nan), self.band_gap
+            )
+        elif name == "magnetic":
+            self.magnetic = torch.where(mask, torch.full_like(self.magnetic, -1), self.magnetic)
+        else:
+            self.formula = torch.where(
+                mask[:, None], torch.full_like(self.formula, -1), self.formula
+            )
 
     def null_like(self) -> Conditions:
         """Same batch size and device, every condition missing/null: the unconditional branch

@@ -185,10 +185,18 @@ class PCCDPipeline:
         sampler: str = "ddim",
         steps: int | None = None,
         repulsion: float | None = None,
+        guide: Sequence[str] | None = None,
         **_: object,
     ) -> None:
         """Validate sampling options before any work or file is written (raises ValueError)."""
         self.make_scheduler(sampler, steps)
+        if guide is not None:
+            unknown = set(guide) - set(self.trained_conditions)
+            if unknown or not guide:
+                raise ValueError(
+                    f"guide: {', '.join(sorted(unknown)) or 'nothing'} is not a condition this "
+                    f"model learned ({', '.join(self.trained_conditions)})"
+                )
         if repulsion is not None and not 0 < repulsion <= 1.5:
             raise ValueError(f"repulsion must be a fraction of a bond in (0, 1.5], got {repulsion}")
 
@@ -215,6 +223,7 @@ class PCCDPipeline:
         start: int = 0,
         progress: bool = False,
         repulsion: float | None = None,
+        guide: Sequence[str] | None = None,
     ) -> Iterator[list[Sample]]:
         """Yield decoded samples batch by batch (so callers can write them as they come).
 
@@ -224,7 +233,8 @@ class PCCDPipeline:
         produces the same crystals. ``repulsion`` (an option, off by default): in the second
         half of the chain, push atoms of the clean-array estimate apart to at least this
         fraction of their covalent bond length (:func:`pccd.repulsion.repel`); samples made
-        with it are guided, not the raw model.
+        with it are guided, not the raw model. ``guide`` names the conditions that
+        ``guidance_scale`` amplifies (e.g. ``["band_gap"]``); ``None``: all of them (the paper).
         """
         if isinstance(requests, Request):
             if n is None:
@@ -233,7 +243,7 @@ class PCCDPipeline:
         n = len(requests)
         for request in set(requests):
             self.check_request(request)
-        self.check_options(sampler, steps, repulsion)
+        self.check_options(sampler, steps, repulsion, guide)
         if batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
         if start % batch_size:
@@ -252,6 +262,7 @@ class PCCDPipeline:
                 guidance_scale=guidance_scale,
                 progress=progress,
                 x0_correction=None if repulsion is None else self._repulsion(chunk, repulsion),
+                guide=guide,
             )
             batch = []
             for k, (x, req) in enumerate(zip(x0.detach().cpu().numpy(), chunk, strict=True)):

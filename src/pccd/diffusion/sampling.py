@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ def guided_eps(
     guidance_scale: float = 1.0,
     cond_pair: Conditions | None = None,
     x_self: torch.Tensor | None = None,
+    guide: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """ε̂ with classifier-free guidance: ε_∅ + s·(ε_c − ε_∅).
 
@@ -36,18 +37,27 @@ def guided_eps(
     unconditional branches run as *one* forward of the doubled batch, which is cheaper than two
     passes on a CPU (better GEMM shapes, one Python traversal of the network). ``cond_pair``
     may pass the precomputed ``Conditions.cat([cond, cond.null_like()])``. ``x_self`` is the
-    previous x̂_0 for self-conditioning models.
+    previous x̂_0 for self-conditioning models. ``guide`` names the conditions guidance
+    amplifies: ∅ then nulls only those (:meth:`Conditions.without`), so ``["band_gap"]`` pushes
+    towards the asked gap without also sharpening the element list; ``None`` nulls every
+    condition (the paper).
     """
     b = x_t.shape[0]
     if guidance_scale == 1.0:
         ts = torch.full((b,), int(t), dtype=torch.long, device=x_t.device)
         return model(x_t, ts, cond) if x_self is None else model(x_t, ts, cond, x_self=x_self)
     if cond_pair is None:
-        cond_pair = Conditions.cat([cond, cond.null_like()])
+        cond_pair = guidance_pair(cond, guide)
     ts = torch.full((2 * b,), int(t), dtype=torch.long, device=x_t.device)
     kwargs = {} if x_self is None else {"x_self": torch.cat([x_self, x_self])}
     eps_c, eps_u = model(torch.cat([x_t, x_t]), ts, cond_pair, **kwargs).chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def guidance_pair(cond: Conditions, guide: Sequence[str] | None = None) -> Conditions:
+    """The doubled batch [c, ∅] of one guided forward pass (∅: ``guide`` nulled, or all)."""
+    null = cond.null_like() if guide is None else cond.without(guide)
+    return Conditions.cat([cond, null])
 
 
 @torch.no_grad()
@@ -62,6 +72,7 @@ def denoise(
     start_t: int | None = None,
     progress: bool = False,
     x0_correction: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    guide: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain of ``scheduler`` (its ``timesteps``) and return x̂_0 in [-1, 1].
 
@@ -78,6 +89,7 @@ def denoise(
         x0_correction: optional ``f(x̂_0, t) -> x̂_0'`` applied to the clean-array estimate at
             every step before the scheduler moves on (the noise estimate is made consistent
             with the corrected x̂_0), e.g. sampling-time repulsion; ``None`` = the plain model.
+        guide: conditions that guidance amplifies (see :func:`guided_eps`); ``None`` = all.
     """
     device = _model_device(model)
     cond = cond.to(device)
@@ -91,7 +103,7 @@ def denoise(
             raise ValueError(f"x_T must have shape {(b, *SAMPLE_SHAPE)}, got {tuple(x_T.shape)}")
         x = x_T.to(device=device, dtype=torch.float32)
     timesteps = scheduler.timesteps if start_t is None else scheduler.timesteps_from(start_t)
-    cond_pair = Conditions.cat([cond, cond.null_like()]) if guidance_scale != 1.0 else None
+    cond_pair = guidance_pair(cond, guide) if guidance_scale != 1.0 else None
 
     iterator = timesteps.tolist()
     if progress:
