@@ -56,6 +56,8 @@ VARIANTS: dict[str, dict] = {
     "attn_pair": {"model_option": ["attention_levels=null", "pair_bias=true"]},
     # min-SNR-5 loss weighting (Hang et al. 2023): gradient budget moved to mid-noise steps
     "minsnr": {"option": ["loss_weighting=min_snr"]},
+    # fixed row layout: atom i always in rows [8i, 8i+8), absent atoms' rows empty
+    "fixed": {"option": ["row_layout=fixed"]},
     # self-conditioning on the previous x̂_0 (Chen et al. 2023)
     "selfcond": {"model_option": ["self_condition=true"]},
     "attn_all+periodic": {

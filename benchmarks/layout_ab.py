@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from pccd import data
-from pccd import representation as rep
 from pccd.diffusion import DDPMScheduler, diffusion_loss
 from pccd.evaluate import request_quality
 from pccd.model import forward_flops
@@ -71,7 +70,7 @@ def fixed_noise_val_loss(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> 
     """L1 ε loss of the model on n val crystals with per-batch fixed timesteps and noise."""
     table = _val_table()
     idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
-    ds = CrystalDataset(table.subset(idx), rep.RepresentationConfig(), augment=False)
+    ds = CrystalDataset(table.subset(idx), pipe.rep_config, augment=False)
     scheduler = DDPMScheduler()
     losses = []
     with torch.no_grad():

@@ -263,3 +263,56 @@ def test_known_formula_assigns_species_by_the_rows_votes_not_by_order():
     assert isinstance(out, Structure) and MATCHER.fit(s, out)
     with pytest.raises(ValueError, match="do not fit"):
         rep.decode(x, els, counts=[4])
+
+
+FIXED = rep.RepresentationConfig(row_layout=rep.RowLayout.FIXED)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_fixed_layout_round_trip_with_and_without_formula(name):
+    s = KNOWN[name]()
+    if len(s) > 16:
+        pytest.skip("the fixed layout holds ≤ 16 atoms")
+    x, els = rep.encode(s, FIXED)
+    for counts in (None, _counts(s, els)):
+        out = rep.decode(x, els, FIXED, counts=counts)
+        assert isinstance(out, Structure), out
+        assert out.composition == s.composition and MATCHER.fit(s, out)
+
+
+def test_fixed_layout_rows():
+    s = nacl()  # 8 atoms: rows 0-63 hold them (8 each, Na first), rows 64-127 are empty
+    x, _ = rep.encode(s, FIXED)
+    assert np.all(x[1, :32, 0] == 1) and np.all(x[1, 32:64, 1] == 1)
+    assert np.all(x[1, 64:] == -1) and np.all(x[0, 64:] == 0)
+    assert rep.row_blocks(8, layout=rep.RowLayout.FIXED).tolist() == [
+        *np.repeat(np.arange(8), 8).tolist(),
+        *[-1] * 64,
+    ]
+    with pytest.raises(ValueError, match="1 to 16 atoms"):
+        rep.row_blocks(17, layout=rep.RowLayout.FIXED)
+    # the layout travels with a model's representation settings
+    assert rep.RepresentationConfig.from_dict(FIXED.to_dict()) == FIXED
+    assert rep.RepresentationConfig.from_dict({}).row_layout is rep.RowLayout.SPREAD
+
+
+def test_fixed_layout_reads_atoms_from_block_scores_and_merges_overlaps():
+    s = nacl()
+    x, els = rep.encode(s, FIXED)
+    x[1, 72:80, 0] = 0.6  # an empty block turned weakly Na: a ninth atom, at frac 0.25
+    x[0, 72:80] = -0.5
+    out = rep.decode(x, els, FIXED)
+    assert isinstance(out, Structure) and len(out) == 9
+    assert out.composition["Na"] == 5
+    # an atom block that lands on another atom's place is one atom, not two
+    x, els = rep.encode(s, FIXED)
+    x[0, 8:16] = x[0, 0]
+    merged = rep.decode(x, els, FIXED)
+    assert isinstance(merged, Structure) and len(merged) == 7
+    strict = rep.RepresentationConfig(row_layout=rep.RowLayout.FIXED, merge_overlaps=False)
+    fail = rep.decode(x, els, strict)
+    assert isinstance(fail, rep.DecodeFailure) and fail.reason is rep.DecodeReason.ATOMS_TOO_CLOSE
+    # every block empty: a typed failure, not an exception
+    x[1] = -1.0
+    empty = rep.decode(x, els, FIXED)
+    assert isinstance(empty, rep.DecodeFailure) and empty.reason is rep.DecodeReason.NO_CLUSTERS

@@ -60,6 +60,17 @@ class ClusterBy(StrEnum):
     ALL = "all"  # all 128 rows at once; the element of a cluster is its majority vote
 
 
+class RowLayout(StrEnum):
+    """Which rows an atom fills."""
+
+    SPREAD = "spread"  # the paper: N atoms share all 128 rows, ~128/N rows each
+    FIXED = "fixed"  # atom i always fills rows [8i, 8i + 8); rows of absent atoms are empty
+
+
+FIXED_ROWS_PER_ATOM = 8
+"""Rows per atom in the ``fixed`` layout (128 rows = 16 atom slots, the data's largest cell)."""
+
+
 class FormulaDecoding(StrEnum):
     """How an array is decoded when the exact formula (atom count per element) is known."""
 
@@ -89,6 +100,11 @@ class RepresentationConfig:
         max_atoms: more clusters than this is a failure (the training data has ≤16 sites).
         min_distance: decoded atoms closer than this (Å) is a failure.
         min_volume: decoded cells smaller than this (Å³) are degenerate.
+        row_layout: ``"spread"`` (the paper) spreads N atoms over all rows, so where an atom's
+            rows begin depends on N, which the network must infer from noisy rows; ``"fixed"``
+            gives atom i rows [8i, 8i + 8) whatever N, and marks the rows of absent atoms
+            empty (channel 1 all −1, channel 0 zero): a row always knows its atom slot, and at
+            the U-Net level with 16 rows each position is exactly one atom.
     """
 
     lattice_scheme: LatticeScheme = LatticeScheme.LOG
@@ -103,12 +119,14 @@ class RepresentationConfig:
     cluster_by: ClusterBy = ClusterBy.ELEMENT
     merge_overlaps: bool = True
     formula_decoding: FormulaDecoding = FormulaDecoding.BLOCKS
+    row_layout: RowLayout = RowLayout.SPREAD
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["lattice_scheme"] = self.lattice_scheme.value
         d["cluster_by"] = self.cluster_by.value
         d["formula_decoding"] = self.formula_decoding.value
+        d["row_layout"] = self.row_layout.value
         return d
 
     @classmethod
@@ -117,6 +135,7 @@ class RepresentationConfig:
         d["lattice_scheme"] = LatticeScheme(d.get("lattice_scheme", LatticeScheme.LOG))
         d["cluster_by"] = ClusterBy(d.get("cluster_by", ClusterBy.ELEMENT))
         d["formula_decoding"] = FormulaDecoding(d.get("formula_decoding", FormulaDecoding.BLOCKS))
+        d["row_layout"] = RowLayout(d.get("row_layout", RowLayout.SPREAD))
         return cls(**d)  # type: ignore[arg-type]
 
 
@@ -207,8 +226,18 @@ def unscale_angles(v: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def row_blocks(n_atoms: int, n_rows: int = N_ROWS) -> np.ndarray:
-    """(n_rows,) atom index of every row: contiguous blocks whose sizes differ by ≤ 1."""
+def row_blocks(
+    n_atoms: int, n_rows: int = N_ROWS, layout: RowLayout = RowLayout.SPREAD
+) -> np.ndarray:
+    """(n_rows,) atom index of every row: contiguous blocks whose sizes differ by ≤ 1
+    (``spread``), or ``FIXED_ROWS_PER_ATOM`` rows per atom and -1 for empty rows (``fixed``)."""
+    if layout is RowLayout.FIXED:
+        slots = n_rows // FIXED_ROWS_PER_ATOM
+        if not 1 <= n_atoms <= slots:
+            raise ValueError(f"the fixed row layout holds 1 to {slots} atoms, got {n_atoms}")
+        labels = np.full(n_rows, -1, dtype=np.int64)
+        labels[: n_atoms * FIXED_ROWS_PER_ATOM] = np.repeat(np.arange(n_atoms), FIXED_ROWS_PER_ATOM)
+        return labels
     if not 1 <= n_atoms <= n_rows:
         raise ValueError(f"cannot spread {n_atoms} atoms over {n_rows} rows")
     bounds = np.floor(np.arange(n_atoms + 1) * n_rows / n_atoms + 0.5).astype(np.int64)
@@ -233,18 +262,20 @@ def encode_arrays(
         slots: (N,) element slot index (0..2) of every atom.
         lengths: (3,) a, b, c in Å.
         angles: (3,) α, β, γ in degrees.
-        config: lattice scheme.
+        config: lattice scheme and row layout.
         out: optional (3, 128, 3) float array to write into.
 
     Returns:
         The (3, 128, 3) float32 array.
     """
     frac = np.asarray(frac_coords, dtype=np.float64) % 1.0
-    rows = row_blocks(len(frac))
+    rows = row_blocks(len(frac), layout=config.row_layout)
+    filled = np.flatnonzero(rows >= 0)
     x = np.empty(ARRAY_SHAPE, dtype=np.float32) if out is None else out
-    x[0] = 2.0 * frac[rows] - 1.0
+    x[0] = 0.0  # rows of absent atoms (fixed layout only)
+    x[0, filled] = 2.0 * frac[rows[filled]] - 1.0
     x[1] = -1.0
-    x[1, np.arange(N_ROWS), np.asarray(slots)[rows]] = 1.0
+    x[1, filled, np.asarray(slots)[rows[filled]]] = 1.0
     half = N_ROWS // 2
     x[2, :half] = scale_lengths(lengths, config)
     x[2, half:] = scale_angles(angles)
@@ -366,23 +397,61 @@ def decode(
         return DecodeFailure(DecodeReason.DEGENERATE_LATTICE, problem)
 
     frac = ((np.clip(x[0], -1.0, 1.0) + 1.0) / 2.0) % 1.0
-    votes = np.argmax(x[1, :, : len(els)], axis=1)
-    if counts is not None and config.formula_decoding is FormulaDecoding.BLOCKS:
-        species, coords = _atoms_from_blocks(frac, x[1, :, : len(els)], els, counts)
+    scores = x[1, :, : len(els)]
+    votes = np.argmax(scores, axis=1)
+    if counts is not None and (
+        config.formula_decoding is FormulaDecoding.BLOCKS or config.row_layout is RowLayout.FIXED
+    ):
+        species, coords = _atoms_from_blocks(frac, scores, els, counts, config.row_layout)
         return _checked_structure(lattice, species, coords, config)
-    labels = cluster_rows(frac, votes, lattice, config)
+    labels = atom_labels(frac, scores, lattice, config)
     species, coords = [], []
     for k in range(int(labels.max()) + 1):
         member = labels == k
         species.append(els[int(np.bincount(votes[member], minlength=len(els)).argmax())])
         coords.append(circular_mean(frac[member]))
     if not species:
-        return DecodeFailure(DecodeReason.NO_CLUSTERS, "every point is DBSCAN noise")
+        detail = (
+            "no row block holds an atom"
+            if config.row_layout is RowLayout.FIXED
+            else "every point is DBSCAN noise"
+        )
+        return DecodeFailure(DecodeReason.NO_CLUSTERS, detail)
     if len(species) > config.max_atoms:
         return DecodeFailure(
             DecodeReason.TOO_MANY_ATOMS, f"{len(species)} clusters > {config.max_atoms}"
         )
     return _checked_structure(lattice, species, coords, config)
+
+
+def atom_labels(
+    frac: np.ndarray,
+    scores: np.ndarray,
+    lattice: Lattice,
+    config: RepresentationConfig,
+    counts: Sequence[int] | None = None,
+) -> np.ndarray:
+    """(128,) atom label of every row, -1 = not an atom: how the decoder groups rows.
+
+    ``scores`` are channel 1 of the used slots (128, k). A known formula fixes the blocks
+    (:func:`row_blocks`); otherwise the ``spread`` layout clusters rows (:func:`cluster_rows`)
+    and the ``fixed`` layout takes the blocks whose mean element score is positive in some
+    slot (an empty block is −1 in every slot), merging atoms that overlap when
+    ``merge_overlaps``. Used by :func:`decode` and by sampling-time repulsion.
+    """
+    if counts is not None:
+        return row_blocks(int(sum(counts)), layout=config.row_layout)
+    if config.row_layout is RowLayout.SPREAD:
+        return cluster_rows(frac, np.argmax(scores, axis=1), lattice, config)
+    block = np.arange(N_ROWS) // FIXED_ROWS_PER_ATOM
+    means = np.stack([scores[block == b].mean(axis=0) for b in range(block.max() + 1)])
+    occupied = np.flatnonzero(means.max(axis=1) > 0.0)
+    new_label = np.full(len(means), -1, dtype=np.int64)
+    new_label[occupied] = np.arange(len(occupied))
+    labels = new_label[block]
+    if config.merge_overlaps and len(occupied) > 1:
+        labels = _merge_overlapping_clusters(labels, frac, lattice, config.min_distance)
+    return labels
 
 
 def cluster_rows(
@@ -392,7 +461,7 @@ def cluster_rows(
 
     Periodic Cartesian distances from ``lattice``; with ``cluster_by="element"`` rows voting
     for different elements are never neighbours; overlapping clusters are merged when
-    ``merge_overlaps``. Used by :func:`decode` and by sampling-time repulsion.
+    ``merge_overlaps``. The ``spread`` layout's grouping (see :func:`atom_labels`).
     """
     dist = lattice.get_all_distances(frac, frac)
     if config.cluster_by is ClusterBy.ELEMENT:
@@ -410,7 +479,11 @@ def cluster_rows(
 
 
 def _atoms_from_blocks(
-    frac: np.ndarray, slot_scores: np.ndarray, els: list[Element], counts: Sequence[int]
+    frac: np.ndarray,
+    slot_scores: np.ndarray,
+    els: list[Element],
+    counts: Sequence[int],
+    layout: RowLayout = RowLayout.SPREAD,
 ) -> tuple[list[Element], list[np.ndarray]]:
     """Atoms of a crystal of known formula: one per row block of :func:`row_blocks`.
 
@@ -422,7 +495,7 @@ def _atoms_from_blocks(
     if len(counts) != len(els) or min(counts) < 1:
         raise ValueError(f"counts {list(counts)} do not fit elements {[str(e) for e in els]}")
     n = int(sum(counts))
-    blocks = row_blocks(n)
+    blocks = row_blocks(n, layout=layout)
     score = np.stack([slot_scores[blocks == i].sum(axis=0) for i in range(n)])  # (atoms, slots)
     slot_of_atom = np.repeat(np.arange(len(els)), counts)
     rows, cols = linear_sum_assignment(-score[:, slot_of_atom])

@@ -39,10 +39,7 @@ def _atom_rows(
 ) -> tuple[list[np.ndarray], list[Element]]:
     """Rows and element of each atom, grouped as the decoder would group them."""
     scores = x0[1, :, : len(els)]
-    if counts is not None:
-        labels = rep.row_blocks(int(sum(counts)))
-    else:
-        labels = rep.cluster_rows(frac, np.argmax(scores, axis=1), lattice, config)
+    labels = rep.atom_labels(frac, scores, lattice, config, counts)
     rows, species = [], []
     for k in range(int(labels.max()) + 1):
         member = np.flatnonzero(labels == k)

@@ -57,6 +57,7 @@ class TrainConfig:
     preset: str = "cpu"
     model_overrides: dict = field(default_factory=dict)
     lattice_scheme: str = "log"
+    row_layout: str = "spread"
     batch_size: int = 128
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
@@ -89,6 +90,14 @@ class TrainConfig:
             )
         if not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
+        self.representation()  # unknown lattice scheme / row layout: refused here too
+
+    def representation(self) -> rep.RepresentationConfig:
+        """The representation this run encodes with (and its exported model decodes with)."""
+        return rep.RepresentationConfig(
+            lattice_scheme=rep.LatticeScheme(self.lattice_scheme),
+            row_layout=rep.RowLayout(self.row_layout),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +381,7 @@ def train(
         config = TrainConfig(**saved["hyper_parameters"]["config"])
         del saved
     L.seed_everything(config.seed, workers=True, verbose=False)
-    rep_config = rep.RepresentationConfig(lattice_scheme=rep.LatticeScheme(config.lattice_scheme))
+    rep_config = config.representation()
 
     label_counts: dict[str, int] = {}
 
@@ -527,9 +536,7 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     labels = ckpt.get("label_counts") or {}
     meta = {
         "name": out.name,
-        "representation": rep.RepresentationConfig(
-            lattice_scheme=rep.LatticeScheme(cfg.lattice_scheme)
-        ).to_dict(),
+        "representation": cfg.representation().to_dict(),
         "diffusion": {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule},
         "trained_conditions": trained_conditions(model.config.conditions, labels),
         "training": {
