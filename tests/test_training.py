@@ -34,17 +34,20 @@ def write_csv(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("atom_order", ["by_element", "random"])
-def test_augmented_items_decode_to_the_same_crystal(atom_order):
+@pytest.mark.parametrize(
+    ("atom_order", "layout"), [("by_element", "spread"), ("random", "spread"), ("random", "fixed")]
+)
+def test_augmented_items_decode_to_the_same_crystal(atom_order, layout):
     tab = table()
-    ds = CrystalDataset(tab, rep.RepresentationConfig(), atom_order=atom_order)
+    config = rep.RepresentationConfig(row_layout=rep.RowLayout(layout))
+    ds = CrystalDataset(tab, config, atom_order=atom_order)
     matcher = StructureMatcher()
     torch.manual_seed(0)
     for i in range(len(ds)):
         for _ in range(3):  # new random order and origin every time
             item = ds[i]
             zs = [int(z) for z in item["elements"] if z > 0]
-            out = rep.decode(item["x"].numpy(), zs)
+            out = rep.decode(item["x"].numpy(), zs, config)
             assert matcher.fit(tab.structure(i), out)
     a, b = ds[0]["x"], ds[0]["x"]
     assert not torch.equal(a, b)  # augmentation changes the array, not the crystal
@@ -98,6 +101,16 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     # the CSV has band gaps but no magnetic ordering: the model card says so
     assert meta["training"]["label_counts"]["magnetic"] == 0
     assert meta["trained_conditions"] == ["elements", "band_gap", "formula"]
+
+
+def test_row_layout_option_reaches_the_exported_model(tmp_path):
+    csv = write_csv(tmp_path / "set.csv")
+    config = TrainConfig(**TINY, row_layout="fixed")
+    ckpt = train(csv, tmp_path / "run", config, val_path=csv, max_steps=1, progress=False)
+    meta = json.loads((export_pretrained(ckpt, tmp_path / "model") / "pccd.json").read_text())
+    assert meta["representation"]["row_layout"] == "fixed"
+    with pytest.raises(ValueError, match="not a valid RowLayout"):
+        TrainConfig(row_layout="diagonal")
 
 
 @pytest.mark.slow
