@@ -1,0 +1,136 @@
+"""Can the network fit a small set? Train on 256 train crystals, then ask for those crystals back.
+
+Usage:
+    python benchmarks/memorisation.py [--steps 2500] [--threads 2] [--work runs/memorisation]
+        [--option KEY=VALUE ...] [--model-option KEY=VALUE ...]
+
+A model that generalises poorly can still reproduce what it was trained on; one that cannot even
+do that is limited by what it can learn (capacity, representation, objective), not by data. The
+256 crystals (seed 0 from ``mp_pccd/train``) are repeated 16× per epoch so validation runs
+rarely; training uses the file origin and atom order (no augmentation) so each crystal is one
+fixed array. Scored on the same 256 crystals: CSP k = 1 with each crystal's own formula (match to
+itself by the peers' ``get_rms_dist``) and de novo with its element list (match to itself), with
+the geometry of both sample sets and the model's x̂_0 error per noise level. The row is appended
+to ``benchmarks/results/memorisation.jsonl``; ``--score-only RUN`` scores an existing run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from pccd import data
+from pccd.diffusion import DDPMScheduler
+from pccd.evaluate.csp import MATCHER_TOLERANCES, cell_formula
+from pccd.evaluate.geometry import geometry_summary
+from pccd.pipeline import PCCDPipeline, Request
+from pccd.training import CrystalDataset, collate, export_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT.parent / "shared" / "data" / "mp_pccd" / "train.csv.gz"
+N = 256
+NOISE_STEPS = (100, 300, 500, 700)
+
+
+def make_set(work: Path) -> tuple[Path, Path]:
+    """The 256 crystals, and the same repeated 16 times (the training file)."""
+    work.mkdir(parents=True, exist_ok=True)
+    one, rep16 = work / "set256.csv", work / "set256x16.csv"
+    if not rep16.exists():
+        df = pd.read_csv(TRAIN).sample(N, random_state=0)
+        df.to_csv(one, index=False)
+        pd.concat([df] * 16).to_csv(rep16, index=False)
+    return one, rep16
+
+
+def x0_error(pipe: PCCDPipeline, table: data.CrystalTable) -> dict[str, float]:
+    """Mean |x̂_0 − x_0| of channel 0 in fractional units at a few noise levels (fixed noise)."""
+    ds = CrystalDataset(table, pipe.rep_config, augment=False)
+    x, cond = collate([ds[i] for i in range(len(ds))])
+    sched, gen = DDPMScheduler(), torch.Generator().manual_seed(0)
+    out = {}
+    with torch.no_grad():
+        for t in NOISE_STEPS:
+            ts = torch.full((len(x),), t)
+            x_t = sched.add_noise(x, torch.randn(x.shape, generator=gen), ts)
+            x0 = sched.predict_x0_batch(pipe.model(x_t, ts, cond), ts, x_t)
+            out[str(t)] = round(float((x0 - x)[:, 0].abs().mean()) / 2.0, 4)
+    return out
+
+
+def score(model_dir: Path | str, set_path: Path) -> dict:
+    pipe = PCCDPipeline.from_pretrained(model_dir)
+    table = data.load(set_path).table
+    targets = [table.structure(i) for i in range(len(table))]
+    matcher = StructureMatcher(**MATCHER_TOLERANCES)
+    row: dict = {"n": len(targets)}
+    for mode in ("csp", "denovo"):
+        if mode == "csp":
+            requests = [Request.parse(None, formula=cell_formula(s)) for s in targets]
+        else:
+            requests = [Request.parse(sorted({e.symbol for e in s.composition})) for s in targets]
+        samples = pipe.generate(requests, seed=0, batch_size=128)
+        hits = 0
+        for sample, target in zip(samples, targets, strict=True):
+            if sample.structure is None:
+                continue
+            # degenerate candidates can break the lattice search: no match
+            with contextlib.suppress(Exception):
+                hits += matcher.get_rms_dist(sample.structure, target) is not None
+        geo = geometry_summary([s.structure for s in samples])
+        row[mode] = {"match_own": hits / len(targets), **geo.to_dict()}
+    row["x0_error_frac"] = x0_error(pipe, table)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "memorisation"))
+    ap.add_argument("--option", action="append", default=[])
+    ap.add_argument("--model-option", action="append", default=[])
+    ap.add_argument("--score-only", default=None, help="score this run or model directory")
+    ap.add_argument("--name", default="cpu")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memorisation.jsonl"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    one, rep16 = make_set(work)
+    run = Path(args.score_only) if args.score_only else work / args.name
+    if not args.score_only:
+        cmd = [sys.executable, "-m", "pccd.cli", "train", "--data", str(rep16), "--val", str(one),
+               "--out", str(run), "--batch-size", "64", "--max-steps", str(args.steps),
+               "--threads", str(args.threads), "--val-size", "64", "-q",
+               "--option", "atom_order=file", "--option", "random_shift=false"]  # fmt: skip
+        for o in args.option:
+            cmd += ["--option", o]
+        for o in args.model_option:
+            cmd += ["--model-option", o]
+        subprocess.run(cmd, check=True)
+    model_dir = export_pretrained(run / "last.ckpt", run / "export") if run.is_dir() else run
+    ckpt = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
+    row = {
+        "name": args.name,
+        "run": str(run),
+        "steps": int(ckpt["global_step"]),
+        "config": ckpt["hyper_parameters"]["config"],
+        **score(model_dir, one),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    print(json.dumps(row))
+    with Path(args.out).open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
