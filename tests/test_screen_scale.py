@@ -113,7 +113,7 @@ def rows_of(path) -> dict[str, dict[str, str]]:
 def test_screen_batched_engine_gives_the_rows_of_the_ase_engine(tmp_path):
     inputs = tmp_path / "in"
     write_inputs(inputs, crystals())
-    base = ScreenSettings(mlip=EMT, fmax=0.02)
+    base = ScreenSettings(mlip=EMT, fmax=0.02, relax_engine="ase")
     ase = rows_of(screen_directory(inputs, tmp_path / "ase", base))
     batched_settings = ScreenSettings(mlip=EMT, fmax=0.02, relax_engine="batched")
     batched = rows_of(screen_directory(inputs, tmp_path / "b", batched_settings,
@@ -123,7 +123,7 @@ def test_screen_batched_engine_gives_the_rows_of_the_ase_engine(tmp_path):
         for col in ("status", "reason", "steps", "converged", "energy_per_atom", "e_above_hull"):
             assert ase[key][col] == batched[key][col], (key, col)
     assert batched["nacl"]["status"] == "relax_failed" and batched["nacl"]["seconds"]
-    # the engine is recorded only when it is not the default (older runs keep resuming)
+    # "ase" is not recorded, as before the option existed (older runs resume with it)
     assert "relax_engine" not in json.loads((tmp_path / "ase" / "run.json").read_text())
     assert json.loads((tmp_path / "b" / "run.json").read_text())["relax_engine"] == "batched"
     with pytest.raises(ValueError, match="other settings"):

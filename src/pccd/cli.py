@@ -210,9 +210,9 @@ def _relax_engine_parent() -> argparse.ArgumentParser:
     p.add_argument(
         "--relax-engine",
         choices=["ase", "batched"],
-        default="ase",
-        help="ase: per-crystal FIRE (default); batched: many crystals in lockstep, one MLIP "
-        "call per step for all (same FIRE, checks and failure classes)",
+        help="batched (default): many crystals in lockstep, one MLIP call per step for all; "
+        "ase: per-crystal FIRE (same FIRE, checks and failure classes; runs made before "
+        "2026-12-02 used it and resume with it)",
     )
     p.add_argument(
         "--relax-batch-size",
@@ -637,7 +637,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _decode_relaxer(args: argparse.Namespace):
     """``generate --relax MLIP``: the relaxer (validated before any work), else None."""
     if args.relax is None:
-        if args.relax_engine != "ase" or args.relax_batch_size != 16:
+        if args.relax_engine is not None or args.relax_batch_size != 16:
             raise ValueError("--relax-engine / --relax-batch-size only apply with --relax MLIP")
         return None
     from pccd.screen.decode_relax import DecodeRelaxer
@@ -645,7 +645,7 @@ def _decode_relaxer(args: argparse.Namespace):
     _check_mlip(args.relax)
     return DecodeRelaxer(
         args.relax,
-        engine=args.relax_engine,
+        engine=args.relax_engine or "batched",
         batch_size=args.relax_batch_size,
         device=_device(args),
     )
@@ -867,7 +867,7 @@ def _screen_settings(args: argparse.Namespace):
         fmax=args.fmax,
         max_steps=args.max_steps,
         reference=args.reference,
-        relax_engine=args.relax_engine,
+        relax_engine=args.relax_engine or "batched",
     )
 
 

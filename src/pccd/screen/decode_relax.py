@@ -43,7 +43,7 @@ class DecodeRelaxer:
     """
 
     mlip: str
-    engine: str = "ase"
+    engine: str = "batched"
     fmax: float = 0.05
     max_steps: int = 500
     batch_size: int = 16
