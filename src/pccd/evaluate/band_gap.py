@@ -104,11 +104,14 @@ def feature_names(features: str) -> list[str]:
     return names
 
 
-def featurize_one(structure: Structure, features: str) -> np.ndarray:
+def featurize_one(
+    structure: Structure, features: str, magpie: np.ndarray | None = None
+) -> np.ndarray:
     """Feature vector of one crystal; raises whatever matminer raises for a crystal it cannot
-    read (callers record that as "not measured" with the reason)."""
+    read (callers record that as "not measured" with the reason). ``magpie`` passes a Magpie
+    vector the caller already has (``pccd evaluate`` computes it for its fingerprints)."""
     _check_features(features)
-    parts = [fingerprints.magpie_fingerprint(structure)]
+    parts = [fingerprints.magpie_fingerprint(structure) if magpie is None else magpie]
     if features == "composition+structure":
         parts.append(fingerprints.density_features(structure))
     return np.concatenate(parts)

@@ -149,6 +149,7 @@ def structure_row(
         "space_group_number": space_group_number(structure),
     }
     errors = []
+    magpie = None
     try:
         row["struct_fp"] = json.dumps(
             np.round(fingerprints.crystalnn_fingerprint(structure), 6).tolist()
@@ -156,14 +157,13 @@ def structure_row(
     except Exception as exc:  # recorded: the crystal then has no structure fingerprint
         errors.append(f"CrystalNN: {type(exc).__name__}: {exc}"[:150])
     try:
-        row["comp_fp"] = json.dumps(
-            np.round(fingerprints.magpie_fingerprint(structure), 6).tolist()
-        )
+        magpie = fingerprints.magpie_fingerprint(structure)
+        row["comp_fp"] = json.dumps(np.round(magpie, 6).tolist())
     except Exception as exc:
         errors.append(f"Magpie: {type(exc).__name__}: {exc}"[:150])
     if gap_model is not None:
-        try:
-            x = band_gap.featurize_one(structure, gap_model.features)
+        try:  # the instrument reads the same Magpie vector (recomputed only if that failed)
+            x = band_gap.featurize_one(structure, gap_model.features, magpie)
             gap, p = gap_model.predict_features(x[None, :])
             row.update(predicted_band_gap=f"{gap[0]:.4f}", p_insulator=f"{p[0]:.4f}")
         except Exception as exc:  # recorded: the crystal then counts as not measured
