@@ -223,6 +223,13 @@ def _relax_engine_parent() -> argparse.ArgumentParser:
     return p
 
 
+def _relax_engine(args: argparse.Namespace) -> str:
+    """``--relax-engine``, or the library's default engine when it was not given."""
+    from pccd.screen.batched import DEFAULT_RELAX_ENGINE
+
+    return args.relax_engine or DEFAULT_RELAX_ENGINE
+
+
 def _relax_pool_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, parents=[_relax_engine_parent()])
     p.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
@@ -645,7 +652,7 @@ def _decode_relaxer(args: argparse.Namespace):
     _check_mlip(args.relax)
     return DecodeRelaxer(
         args.relax,
-        engine=args.relax_engine or "batched",
+        engine=_relax_engine(args),
         batch_size=args.relax_batch_size,
         device=_device(args),
     )
@@ -867,7 +874,7 @@ def _screen_settings(args: argparse.Namespace):
         fmax=args.fmax,
         max_steps=args.max_steps,
         reference=args.reference,
-        relax_engine=args.relax_engine or "batched",
+        relax_engine=_relax_engine(args),
     )
 
 

@@ -444,7 +444,7 @@ def atom_labels(
     if config.row_layout is RowLayout.SPREAD:
         return cluster_rows(frac, np.argmax(scores, axis=1), lattice, config)
     block = np.arange(N_ROWS) // FIXED_ROWS_PER_ATOM
-    means = np.stack([scores[block == b].mean(axis=0) for b in range(block.max() + 1)])
+    means = scores.reshape(-1, FIXED_ROWS_PER_ATOM, scores.shape[1]).mean(axis=1)  # per block
     occupied = np.flatnonzero(means.max(axis=1) > 0.0)
     new_label = np.full(len(means), -1, dtype=np.int64)
     new_label[occupied] = np.arange(len(occupied))

@@ -18,6 +18,7 @@ from typing import Any
 from pymatgen.core import Structure
 
 from pccd.mlip import MLIP, MLIPError
+from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 
 RELAX_COLUMNS = (
     "energy_per_atom",
@@ -43,7 +44,7 @@ class DecodeRelaxer:
     """
 
     mlip: str
-    engine: str = "batched"
+    engine: str = DEFAULT_RELAX_ENGINE
     fmax: float = 0.05
     max_steps: int = 500
     batch_size: int = 16

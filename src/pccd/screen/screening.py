@@ -29,6 +29,7 @@ from pymatgen.core import Structure
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import ResultTable, check_run_settings
+from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import Relaxation, RelaxationError, relax
@@ -68,9 +69,8 @@ class ScreenSettings:
     fmax: float = 0.05
     max_steps: int = 500
     reference: str | None = None
-    # "batched" (pccd.screen.batched, the default: 4.15x the crystals per minute of "ase" on
-    # the same 40 crystals, BENCHMARKS.md) or "ase" (per-crystal FIRE, the original engine)
-    relax_engine: str = "batched"
+    # "batched" (pccd.screen.batched, the default) or "ase" (per-crystal FIRE, the original)
+    relax_engine: str = DEFAULT_RELAX_ENGINE
 
     def recorded(self) -> dict[str, object]:
         """The settings as run.json records them. ``"ase"`` is left out, as runs made before the
