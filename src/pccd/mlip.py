@@ -28,6 +28,10 @@ BUILTIN: dict[str, tuple[str, bool]] = {
 DEFAULT_MLIP = "chgnet"
 SCREEN_EXTRA_HINT = 'install the screening extra: pip install -e ".[screen]"'
 
+EVAL_ERRORS = (ValueError, RuntimeError, IndexError, KeyError, NotImplementedError)
+"""What a calculator raises on a structure it cannot evaluate (SevenNet: unknown element on
+attach, ValueError; ASE's EMT: NotImplementedError), as opposed to a bug in our code."""
+
 
 class MLIPError(RuntimeError):
     """The MLIP cannot evaluate a structure (unsupported element, NaN energy, ...)."""
@@ -72,16 +76,16 @@ class MLIP:
             model = self.calculator.model
             try:
                 energy = float(model.predict_structure(structure, task="e")["e"]) * len(structure)
-            except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+            except EVAL_ERRORS as exc:
                 raise MLIPError(f"chgnet cannot evaluate {structure.formula}: {exc}") from exc
             if not math.isfinite(energy):
                 raise MLIPError(f"chgnet returned a non-finite energy for {structure.formula}")
             return energy
         atoms = AseAtomsAdaptor.get_atoms(structure)
-        atoms.calc = self.calculator
         try:
+            atoms.calc = self.calculator  # SevenNet checks the elements here
             energy = float(atoms.get_potential_energy())
-        except (KeyError, ValueError, IndexError) as exc:  # unsupported elements end up here
+        except EVAL_ERRORS as exc:  # unsupported elements end up here
             raise MLIPError(f"{self.name} cannot evaluate {structure.formula}: {exc}") from exc
         if not math.isfinite(energy):
             raise MLIPError(f"{self.name} returned a non-finite energy for {structure.formula}")

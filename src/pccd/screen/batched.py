@@ -29,7 +29,7 @@ from ase.optimize import FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from pccd.mlip import MLIP, MLIPError
+from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
 from pccd.screen.relax import (
     Relaxation,
     RelaxationError,
@@ -44,8 +44,6 @@ RELAX_ENGINES = ("ase", "batched")
 #: same energies and failure classes (BENCHMARKS.md, batched relaxation A/B)
 DEFAULT_RELAX_ENGINE = "batched"
 DEFAULT_BATCH_SIZE = 16
-#: what an MLIP raises on a structure it cannot evaluate (as caught by ``relax``)
-_EVAL_ERRORS = (ValueError, RuntimeError, IndexError, KeyError)
 
 Results = dict[str, Any]
 #: an evaluator maps a batch of Atoms to one results dict, or the exception it raised, each
@@ -66,7 +64,7 @@ class _Cached(Calculator):
 
 
 # ---- batch evaluators: list of Atoms -> list of results dicts (ASE units) --------------------
-def _generic_evaluator(mlip: MLIP, stress: bool) -> Evaluator:
+def _generic_evaluator(mlip: MLIP, stress: bool, forces: bool = True) -> Evaluator:
     """Any ASE calculator: one call per crystal (no speed-up, same numbers as the ASE engine).
 
     Errors are caught crystal by crystal, right where they happen: a stateful calculator
@@ -80,7 +78,9 @@ def _generic_evaluator(mlip: MLIP, stress: bool) -> Evaluator:
             a = atoms.copy()
             a.calc = calc
             try:
-                res: Results = {"forces": np.array(a.get_forces(), copy=True)}
+                res: Results = {}
+                if forces:
+                    res["forces"] = np.array(a.get_forces(), copy=True)
                 res["energy"] = float(a.get_potential_energy())
                 try:
                     res["free_energy"] = float(a.get_potential_energy(force_consistent=True))
@@ -88,7 +88,7 @@ def _generic_evaluator(mlip: MLIP, stress: bool) -> Evaluator:
                     res["free_energy"] = res["energy"]
                 if stress:
                     res["stress"] = np.array(a.get_stress(), copy=True)
-            except _EVAL_ERRORS as exc:
+            except EVAL_ERRORS as exc:
                 out.append(exc)
                 continue
             out.append(res)
@@ -97,20 +97,24 @@ def _generic_evaluator(mlip: MLIP, stress: bool) -> Evaluator:
     return evaluate
 
 
-def _chgnet_evaluator(mlip: MLIP) -> Evaluator:
+def _chgnet_evaluator(mlip: MLIP, forces: bool = True) -> Evaluator:
     """CHGNet: graphs converted one by one, one batched forward (as ``CHGNetCalculator``)."""
 
     def evaluate(batch: list[Atoms]) -> list[Results | Exception]:
         calc = mlip.calculator
         model = calc.model
         graphs = [model.graph_converter(AseAtomsAdaptor.get_structure(a)) for a in batch]
-        preds = model.predict_graph(graphs, task="efs", batch_size=len(graphs))
+        task = "efs" if forces else "e"
+        preds = model.predict_graph(graphs, task=task, batch_size=len(graphs))
         if isinstance(preds, dict):
             preds = [preds]
         out: list[Results | Exception] = []
         for atoms, p in zip(batch, preds, strict=True):
             factor = len(atoms) if model.is_intensive else 1
             energy = float(p["e"]) * factor
+            if not forces:
+                out.append({"energy": energy, "free_energy": energy})
+                continue
             out.append(
                 {
                     "energy": energy,
@@ -124,8 +128,25 @@ def _chgnet_evaluator(mlip: MLIP) -> Evaluator:
     return evaluate
 
 
-def _sevennet_evaluator(mlip: MLIP) -> Evaluator:
-    """SevenNet: one batched graph through the model (as ``SevenNetCalculator`` per crystal)."""
+def _sevennet_evaluator(mlip: MLIP, forces: bool = True) -> Evaluator:
+    """SevenNet: one batched graph through the model (as ``SevenNetCalculator`` per crystal).
+
+    Without ``forces`` the model runs up to the total energy, without gradients: its last
+    module (``force_output``) only differentiates that energy, so the energies are the same.
+    """
+
+    def energy_only(model, data):
+        import torch
+
+        children = dict(model.named_children())
+        if "force_output" not in children:  # not the layout of sevenn 0.13: the full model
+            return model(data)
+        with torch.no_grad():
+            data = model._preprocess(data)
+            for name, module in children.items():
+                if name != "force_output":
+                    data = module(data)
+        return data
 
     def evaluate(batch: list[Atoms]) -> list[Results | Exception]:
         import sevenn._keys as KEY
@@ -148,11 +169,13 @@ def _sevennet_evaluator(mlip: MLIP) -> Evaluator:
         data.to(calc.device)
         calc.model.set_is_batch_data(True)  # the calculator keeps its model in single-graph mode
         try:
-            output = calc.model(data)
+            output = calc.model(data) if forces else energy_only(calc.model, data)
         finally:
             calc.model.set_is_batch_data(False)
         energies = output[KEY.PRED_TOTAL_ENERGY].detach().cpu().numpy().reshape(-1)
-        forces = output[KEY.PRED_FORCE].detach().cpu().numpy()
+        if not forces:
+            return [{"energy": float(e), "free_energy": float(e)} for e in energies]
+        all_forces = output[KEY.PRED_FORCE].detach().cpu().numpy()
         stresses = (-output[KEY.PRED_STRESS]).detach().cpu().numpy().reshape(len(batch), 6)
         out: list[Results | Exception] = []
         start = 0
@@ -163,7 +186,7 @@ def _sevennet_evaluator(mlip: MLIP) -> Evaluator:
                 {
                     "energy": energy,
                     "free_energy": energy,
-                    "forces": forces[start : start + n].astype(float),
+                    "forces": all_forces[start : start + n].astype(float),
                     "stress": stresses[k][[0, 1, 2, 4, 5, 3]].astype(float),  # to ASE Voigt
                 }
             )
@@ -173,13 +196,17 @@ def _sevennet_evaluator(mlip: MLIP) -> Evaluator:
     return evaluate
 
 
-def batch_evaluator(mlip: MLIP, stress: bool = True) -> Evaluator:
-    """The batched evaluation for ``mlip``: CHGNet and SevenNet-0 batched, others per crystal."""
+def batch_evaluator(mlip: MLIP, stress: bool = True, forces: bool = True) -> Evaluator:
+    """The batched evaluation for ``mlip``: CHGNet and SevenNet-0 batched, others per crystal.
+
+    ``forces=False`` evaluates energies only (``"energy"`` and ``"free_energy"``, no forces or
+    stress): the single points of reference tables, several times faster for both models.
+    """
     if mlip.name == "chgnet":
-        return _chgnet_evaluator(mlip)
+        return _chgnet_evaluator(mlip, forces)
     if mlip.name == "7net-0":
-        return _sevennet_evaluator(mlip)
-    return _generic_evaluator(mlip, stress)
+        return _sevennet_evaluator(mlip, forces)
+    return _generic_evaluator(mlip, stress and forces, forces)
 
 
 # ---- the lockstep relaxation -----------------------------------------------------------------
@@ -266,7 +293,7 @@ def relax_many(
         snapshots = [run.atoms for run in active]
         try:
             results: list[Results | Exception] = list(evaluate(snapshots))
-        except _EVAL_ERRORS as batch_exc:
+        except EVAL_ERRORS as batch_exc:
             if len(snapshots) == 1:
                 results = [batch_exc]
             else:  # one crystal spoiled the batched call: find it by evaluating one by one
@@ -274,7 +301,7 @@ def relax_many(
                 for atoms in snapshots:
                     try:
                         results.extend(evaluate([atoms]))
-                    except _EVAL_ERRORS as exc:
+                    except EVAL_ERRORS as exc:
                         results.append(exc)
         spent = time.perf_counter() - t0
         total_atoms = sum(len(a) for a in snapshots)
@@ -305,7 +332,7 @@ def relax_many(
                     )
                     yield run.key, relaxation
                     continue
-            except (RelaxationError, MLIPError, *_EVAL_ERRORS) as e:
+            except (RelaxationError, MLIPError, *EVAL_ERRORS) as e:
                 run.seconds += time.perf_counter() - t1
                 yield fail(run, e)
                 continue

@@ -17,7 +17,7 @@ from typing import Any
 
 from pymatgen.core import Structure
 
-from pccd.mlip import MLIP, MLIPError
+from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
 from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 
 RELAX_COLUMNS = (
@@ -129,7 +129,7 @@ class DecodeRelaxer:
         """The raw crystal's energy when its relaxation failed (None if the MLIP cannot)."""
         try:
             return self.model.energy_per_atom(structure)
-        except (MLIPError, ValueError, RuntimeError, IndexError, KeyError):
+        except EVAL_ERRORS:  # MLIPError is a RuntimeError
             return None
 
 

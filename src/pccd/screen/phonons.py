@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from pccd.mlip import MLIP, MLIPError
+from pccd.mlip import EVAL_ERRORS, MLIP
 
 #: Tolerance (Å) for finding the symmetry used by seekpath and phonopy. Looser than phonopy's
 #: 1e-5 because MLIP-relaxed candidates keep their symmetry only to ~1e-4 Å; a cell found to be
@@ -257,7 +257,7 @@ def _forces(mlip: MLIP, cells: Sequence[Any], formula: str) -> np.ndarray:
         atoms.calc = calculator
         try:
             forces = np.asarray(atoms.get_forces(), dtype=float)
-        except (KeyError, ValueError, IndexError, RuntimeError, MLIPError) as exc:
+        except EVAL_ERRORS as exc:  # MLIPError is a RuntimeError
             raise PhononError(f"{mlip.name} cannot compute forces for {formula}: {exc}") from exc
         if forces.shape != (len(atoms), 3) or not np.isfinite(forces).all():
             raise PhononError(f"{mlip.name} returned non-finite forces for {formula}")

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import combinations
+from itertools import combinations, islice
 from pathlib import Path
 
 import pandas as pd
 from pymatgen.core import Composition, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 
-from pccd.mlip import MLIP, MLIPError
+from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
+from pccd.screen.batched import Evaluator, batch_evaluator
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "references"
 COLUMNS = ["material_id", "formula", "nsites", "energy_per_atom", "error"]
+#: structures per batched MLIP call when computing reference energies
+DEFAULT_CHUNK_SIZE = 16
 
 
 def chemsys(elements: Iterable[str]) -> str:
@@ -114,45 +119,108 @@ def compute_reference_energies(
     structures: Iterable[tuple[str, Structure]],
     out: str | Path,
     progress: Callable[[int], None] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> int:
     """Append single-point energies for ``structures`` to the CSV ``out``; skip ids already in it.
 
-    Each row is flushed as it is computed, so an interrupted build resumes where it stopped.
-    A structure the MLIP cannot evaluate gets a row with the reason and no energy.
+    Structures are evaluated ``chunk_size`` at a time through the MLIP's batched evaluation
+    (:func:`pccd.screen.batched.batch_evaluator`: one graph for CHGNet and SevenNet-0), and the
+    raw energies get the same MP2020 treatment as :meth:`MLIP.energy_per_atom`. The rows of a
+    chunk are flushed as soon as it is done, so an interrupted build resumes where it stopped.
+    A structure the MLIP cannot evaluate gets a row with the reason and no energy; its
+    chunk-mates are not affected.
 
     Returns:
         the number of new rows written.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be ≥ 1, got {chunk_size}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {row["material_id"] for row in _read_rows(out)}
     new = not out.exists() or out.stat().st_size == 0
+    evaluate = batch_evaluator(mlip, stress=False, forces=False)
     written = 0
+
+    def todo() -> Iterator[tuple[str, Structure]]:
+        for material_id, structure in structures:
+            if material_id not in done:
+                done.add(material_id)  # an id listed twice is computed once
+                yield material_id, structure
+
     with out.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
-        for material_id, structure in structures:
-            if material_id in done:
-                continue
-            row = {
-                "material_id": material_id,
-                "formula": structure.composition.formula.replace(" ", ""),
-                "nsites": len(structure),
-                "energy_per_atom": "",
-                "error": "",
-            }
-            try:
-                row["energy_per_atom"] = f"{mlip.energy_per_atom(structure):.5f}"
-            except MLIPError as exc:
-                row["error"] = str(exc)
-            writer.writerow(row)
             fh.flush()
-            done.add(material_id)
-            written += 1
-            if progress is not None:
-                progress(written)
+        pending = todo()
+        while chunk := list(islice(pending, chunk_size)):
+            energies = _chunk_energies(mlip, evaluate, [s for _, s in chunk])
+            for (material_id, structure), energy in zip(chunk, energies, strict=True):
+                row = {
+                    "material_id": material_id,
+                    "formula": structure.composition.formula.replace(" ", ""),
+                    "nsites": len(structure),
+                    "energy_per_atom": "",
+                    "error": "",
+                }
+                if isinstance(energy, MLIPError):
+                    row["error"] = str(energy)
+                else:
+                    row["energy_per_atom"] = f"{energy:.5f}"
+                writer.writerow(row)
+            fh.flush()
+            for _ in chunk:
+                written += 1
+                if progress is not None:
+                    progress(written)
     return written
+
+
+def _chunk_energies(
+    mlip: MLIP, evaluate: Evaluator, structures: list[Structure]
+) -> list[float | MLIPError]:
+    """MP2020-scale energies per atom of ``structures`` (one batched call), or each one's error.
+
+    When the batched call fails as a whole (one structure with an element the model does not
+    know spoils the graph), the chunk is evaluated structure by structure the unbatched way, so
+    only the culprit gets an error, with the reason :meth:`MLIP.energy_per_atom` gives.
+    """
+    try:
+        results = evaluate([AseAtomsAdaptor.get_atoms(s) for s in structures])
+    except EVAL_ERRORS:
+        return [_energy_or_error(mlip, s) for s in structures]
+    out: list[float | MLIPError] = []
+    for structure, res in zip(structures, results, strict=True):
+        if isinstance(res, BaseException):  # per-structure failure of a calculator
+            out.append(_cannot_evaluate(mlip, structure, res))
+            continue
+        energy = float(res["energy"])
+        if not math.isfinite(energy):
+            out.append(
+                MLIPError(f"{mlip.name} returned a non-finite energy for {structure.formula}")
+            )
+            continue
+        try:
+            out.append(mlip.energy_per_atom(structure, raw_energy=energy))
+        except MLIPError as exc:  # MP2020 compatibility rejected the entry
+            out.append(exc)
+    return out
+
+
+def _energy_or_error(mlip: MLIP, structure: Structure) -> float | MLIPError:
+    """One structure through :meth:`MLIP.energy_per_atom`; its error returned, not raised."""
+    try:
+        return mlip.energy_per_atom(structure)
+    except (MLIPError, *EVAL_ERRORS) as exc:  # SevenNet refuses unknown elements on attach
+        return _cannot_evaluate(mlip, structure, exc)
+
+
+def _cannot_evaluate(mlip: MLIP, structure: Structure, exc: BaseException) -> MLIPError:
+    """``exc`` as the :class:`MLIPError` :meth:`MLIP.raw_energy` would have raised."""
+    if isinstance(exc, MLIPError):
+        return exc
+    return MLIPError(f"{mlip.name} cannot evaluate {structure.formula}: {exc}")
 
 
 def finalize_table(partial: str | Path, out: str | Path) -> int:

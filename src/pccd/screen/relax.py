@@ -18,7 +18,7 @@ from ase.optimize import FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from pccd.mlip import MLIP, MLIPError
+from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
 
 #: volume per atom (Å³) outside which a relaxation is considered to have blown up
 VOLUME_PER_ATOM_LIMITS = (2.0, 200.0)
@@ -213,7 +213,7 @@ def relax(
             raw_energy = float(atoms.get_potential_energy())
         except (MLIPError, RelaxationError):
             raise
-        except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+        except EVAL_ERRORS as exc:
             raise RelaxationError(f"relaxation of {structure.formula} failed: {exc}") from exc
         return finish_relaxation(
             structure,
