@@ -76,6 +76,8 @@ def cases(d: Path, out: Path) -> list[list[str]]:
         ["generate", "--elements", "Na,Cl", "--guidance", "nan", "--out", o],
         ["generate", "--elements", "Na,Cl", "--repulsion", "5", "--out", o],
         ["generate", "--elements", "Na,Cl", "--magnetic", "AFM", "--out", o],
+        ["generate", "--elements", "Na,Cl", "--stability", "stable", "--out", o],
+        ["generate", "--elements", "Na,Cl", "--stability", "metastable", "--out", o],
         ["generate", "--elements", "Na,Xx", "--out", o],
         ["generate", "--elements", "Na,Cl,O,F", "--out", o],
         ["generate", "--formula", "Na2Cl99", "--out", o],

@@ -70,6 +70,10 @@ INVALID = [
     (["generate", "--elements", "Na,Cl", "--guidance", "inf"], "--guidance"),
     (["generate", "--elements", "Na,Cl", "--threads", "-1"], "--threads"),
     (["generate", "--elements", "Na,Cl", "--band-gap", "-1"], "--band-gap"),
+    (["generate", "--elements", "Na,Cl", "--stability", "metastable"], "--stability"),
+    (["generate", "--elements", "Na,Cl", "--stability", "Stable"], "--stability"),
+    (["generate", "--elements", "Na,Cl", "--stability", "stable"], "not trained on stability"),
+    (["generate", "--elements", "Na,Cl", "--guide", "stabilty", "--guidance", "2"], "stabilty"),
     (["generate", "--elements", "Na,Cl", "--format", "cif,xyz"], "--format"),
     (["generate", "--elements", "Na,Cl", "--device", "tpu"], "--device"),
     (["generate", "--elements", "Na,Cl", "-n", "two"], "-n"),
@@ -391,6 +395,23 @@ def test_generate_guide_on_some_conditions(tiny_model_dir, tmp_path, capsys):
                      "--model", tiny_model_dir, "--out", out, "--quiet")  # fmt: skip
     assert code == 0 and json.loads((out / "run.json").read_text())["guide"] == ["band_gap"]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_generate_with_stability(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "stable"
+    code, _, err = run(capsys, "generate", "--elements", "Na,Cl", "--stability", "stable",
+                       "-n", "2", "--guidance", "2", "--guide", "stability", "--steps", "2",
+                       "--model", tiny_model_dir, "--out", out, "--quiet")  # fmt: skip
+    assert code == 0, err
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["stability"] == "stable" and settings["guide"] == ["stability"]
+    out = tmp_path / "split"
+    split = write_split(tmp_path / "split.csv", {"nacl": nacl(), "si": silicon()})
+    code, _, err = run(capsys, "generate", "--elements-from", split, "--stability", "unstable",
+                       "-n", "2", "--steps", "2", "--model", tiny_model_dir, "--out", out,
+                       "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert "requests_sha256" in json.loads((out / "run.json").read_text())
 
 
 def test_checkpoint_pack_and_unpack(tmp_path, capsys):

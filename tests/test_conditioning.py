@@ -12,7 +12,10 @@ from pccd.conditioning import (
     MAGNETIC_ORDERINGS,
     MAX_ATOMS,
     MAX_SLOTS,
+    STABILITY_LABELS,
+    STABLE_E_ABOVE_HULL,
     Conditions,
+    stability_index,
 )
 
 
@@ -22,6 +25,7 @@ def _batch() -> Conditions:
         band_gap=[1.2, None, 0.0],
         magnetic=["FM", None, 0],
         formula=[[2, 8, 4], [3], None],
+        stability=["stable", None, 0],
     )
 
 
@@ -34,6 +38,7 @@ def _same(a: Conditions, b: Conditions) -> bool:
         and torch.equal(a.magnetic, b.magnetic)
         and torch.equal(a.formula, b.formula)
         and torch.equal(a.elements_dropped, b.elements_dropped)
+        and torch.equal(a.stability, b.stability)
     )
 
 
@@ -45,6 +50,28 @@ def test_constants():
     assert MAGNETIC_ORDERINGS == ("NM", "FM", "AFM", "FiM")
     assert MAX_SLOTS == 3
     assert MAX_ATOMS == 16
+    assert STABILITY_LABELS == ("unstable", "stable")
+    assert STABLE_E_ABOVE_HULL == 0.08
+    # appended last: the drop draws of the four older conditions keep their order
+    assert CONDITION_NAMES == ("elements", "band_gap", "magnetic", "formula", "stability")
+
+
+@pytest.mark.parametrize(
+    ("e_above_hull", "label"),
+    [
+        (0.0, 1),
+        (0.079, 1),
+        (0.08, 0),
+        (0.0800001, 0),
+        (2.5, 0),
+        (-0.01, 1),  # below the hull (a new ground state): stable
+        (math.nan, -1),
+        (float("nan"), -1),
+        (None, -1),
+    ],
+)
+def test_stability_index_thresholds(e_above_hull, label):
+    assert stability_index(e_above_hull) == label
 
 
 def test_from_lists_sorts_by_z_and_permutes_formula():
@@ -58,15 +85,20 @@ def test_from_lists_sorts_by_z_and_permutes_formula():
     assert c.band_gap[0].item() == pytest.approx(1.2)
     assert math.isnan(c.band_gap[1].item())
     assert c.magnetic.tolist() == [1, -1, 0]
+    assert c.stability.tolist() == [1, -1, 0] and c.stability.dtype == torch.long
+    assert c.stability_missing.tolist() == [False, True, False]
     assert c.elements_dropped.tolist() == [False, False, False]
     assert c.batch_size == len(c) == 3
     c.validate()
 
 
 def test_from_lists_broadcasts_and_missing_elements():
-    c = Conditions.from_lists([[8, 1], None, []], band_gap=2.0, magnetic="afm")
+    c = Conditions.from_lists([[8, 1], None, []], band_gap=2.0, magnetic="afm", stability="Stable")
     assert c.band_gap.tolist() == [2.0, 2.0, 2.0]
     assert c.magnetic.tolist() == [2, 2, 2]
+    assert c.stability.tolist() == [1, 1, 1]
+    assert Conditions.from_lists([[8]] * 2, stability=" UNSTABLE ").stability.tolist() == [0, 0]
+    assert Conditions.from_lists([[8]] * 2).stability_missing.all()  # not given: missing
     assert c.elements_dropped.tolist() == [False, True, True]
     assert c.elements[1].tolist() == [0, 0, 0]
     assert c.formula_missing.all()
@@ -88,6 +120,10 @@ def test_from_lists_broadcasts_and_missing_elements():
         ({"elements": [None], "formula": [[2]]}, "needs the elements"),
         ({"elements": [[8]], "magnetic": ["ferro"]}, "unknown magnetic ordering"),
         ({"elements": [[8]], "magnetic": [4]}, "magnetic index"),
+        ({"elements": [[8]], "stability": ["metastable"]}, "unknown stability"),
+        ({"elements": [[8]], "stability": [2]}, "stability index"),
+        ({"elements": [[8]], "stability": [-2]}, "stability index"),
+        ({"elements": [[8], [9]], "stability": ["stable"]}, "stability has 1 entries"),
         ({"elements": [[8]], "band_gap": [-0.5]}, "band gap"),
         ({"elements": [[8]], "band_gap": [1.0, 2.0]}, "band_gap has 2 entries"),
     ],
@@ -121,6 +157,15 @@ def test_constructor_checks_shapes_and_validate_checks_values():
     )
     with pytest.raises(ValueError, match="formula counts"):
         bad_formula.validate()
+    # stability is optional in the constructor (code written before it existed): all missing
+    assert bad_formula.stability.tolist() == [-1] and bad_formula.stability_missing.all()
+    with pytest.raises(ValueError, match="stability"):
+        Conditions(c.elements, c.band_gap, c.magnetic, c.formula, c.elements_dropped, c.band_gap)
+    bad_stability = Conditions(
+        c.elements, c.band_gap, c.magnetic, c.formula, c.elements_dropped, torch.tensor([1, 2, -1])
+    )
+    with pytest.raises(ValueError, match="stability must be"):
+        bad_stability.validate()
 
 
 def test_drop_probability_one_gives_all_null_and_zero_keeps():
@@ -136,9 +181,9 @@ def test_drop_probability_one_gives_all_null_and_zero_keeps():
 
 def test_drop_is_per_condition_independent_and_seeded():
     c = Conditions.from_lists(
-        [[8, 26]] * 2000, band_gap=1.0, magnetic="FM", formula=[[3, 2]] * 2000
+        [[8, 26]] * 2000, band_gap=1.0, magnetic="FM", formula=[[3, 2]] * 2000, stability=1
     )
-    probs = {"elements": 0.5, "band_gap": 0.5, "magnetic": 0.5, "formula": 0.5}
+    probs = dict.fromkeys(CONDITION_NAMES, 0.5)
     a = c.drop(probs, torch.Generator().manual_seed(1))
     b = c.drop(dict(reversed(probs.items())), torch.Generator().manual_seed(1))
     assert _same(a, b)  # dict order does not change the draws
@@ -148,6 +193,7 @@ def test_drop_is_per_condition_independent_and_seeded():
     # independent: masks of different conditions are not identical
     assert not torch.equal(masks["elements"], masks["band_gap"])
     assert not torch.equal(masks["magnetic"], masks["formula"])
+    assert not torch.equal(masks["formula"], masks["stability"])
     # only the named condition is touched
     only_gap = c.drop({"band_gap": 1.0})
     assert only_gap.band_gap_missing.all()
@@ -156,12 +202,36 @@ def test_drop_is_per_condition_independent_and_seeded():
         c.drop({"spacegroup": 0.1})
 
 
+def test_drop_of_stability_and_the_older_draws_unchanged():
+    c = Conditions.from_lists(
+        [[8, 26]] * 2000, band_gap=1.0, magnetic="FM", formula=[[3, 2]] * 2000, stability="stable"
+    )
+    old = {"elements": 0.1, "band_gap": 0.2, "magnetic": 0.2, "formula": 0.5}
+    a = c.drop(old, torch.Generator().manual_seed(5))
+    b = c.drop({**old, "stability": 0.2}, torch.Generator().manual_seed(5))
+    # stability is drawn after the four older conditions: their masks are the same
+    for name in old:
+        assert torch.equal(a.missing()[name], b.missing()[name]), name
+    assert not a.stability_missing.any()  # not named: never dropped
+    share = b.stability_missing.float().mean().item()
+    assert 0.15 < share < 0.25
+    assert torch.equal(b.stability[~b.stability_missing], c.stability[~b.stability_missing])
+    only = c.drop({"stability": 1.0})
+    assert only.stability_missing.all() and not only.band_gap_missing.any()
+    assert not c.stability_missing.any()  # the original is not modified
+
+
 def test_without_nulls_only_the_named_conditions_everywhere():
     c = Conditions.from_lists([[8, 26]] * 3, band_gap=2.0, magnetic="FM", formula=[[3, 2]] * 3)
     gap_only = c.without(["band_gap"])
     assert gap_only.band_gap_missing.all()
     assert not gap_only.elements_dropped.any() and not gap_only.formula_missing.any()
     assert not gap_only.magnetic_missing.any() and torch.equal(gap_only.elements, c.elements)
+    s = Conditions.from_lists([[8, 26]] * 3, band_gap=2.0, stability="unstable")
+    no_stability = s.without(["stability"])
+    assert no_stability.stability.tolist() == [-1, -1, -1]
+    assert not no_stability.band_gap_missing.any()
+    assert s.without(["band_gap"]).stability.tolist() == [0, 0, 0]
     assert _all_null(c.without(CONDITION_NAMES))
     assert not c.band_gap_missing.any()  # the original is not modified
     with pytest.raises(ValueError, match="unknown condition"):
@@ -185,6 +255,8 @@ def test_index_cat_to_repeat():
     assert picked.elements.tolist() == [[6, 14, 0], [3, 8, 26]]
     assert c.index([0, 2]).magnetic.tolist() == [1, 0]
     assert c.index([True, False, True]).magnetic.tolist() == [1, 0]
+    assert c.index([0, 2]).stability.tolist() == [1, 0]
+    assert c.repeat_interleave(2).stability.tolist() == [1, 1, -1, -1, 0, 0]
     assert c[c.formula_missing].elements.tolist() == [[6, 14, 0]]
     assert c[0:2].batch_size == 2
     joined = Conditions.cat([c[0], c[1:]])

@@ -17,7 +17,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from pccd import data
 from pccd.cli import main
-from tests.conftest import nacl, silicon, triclinic16, wurtzite
+from tests.conftest import nacl, silicon, triclinic16, unary_fe, wurtzite
 
 SHARED_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_pccd" / "val.csv.gz"
 
@@ -124,6 +124,50 @@ def test_csv_loads_good_and_reports_bad(tmp_path, suffix):
     assert len(by_id["good-tri"].structure) == 16
 
 
+def test_e_above_hull_column_gives_stability_labels(tmp_path):
+    """The MP splits' ``e_above_hull`` column (eV/atom, empty without an energy) becomes the
+    stability label: below 0.08 stable (1), at or above unstable (0), missing -1."""
+    hulls = {"nacl": 0.0, "si": 0.079, "zno": 0.08, "tri": np.nan, "fe": 1.2}
+    makers = {"nacl": nacl, "si": silicon, "zno": wurtzite, "tri": triclinic16, "fe": unary_fe}
+    rows = [
+        {"material_id": k, "band_gap": 1.0, "e_above_hull": e, "cif": makers[k]().to(fmt="cif")}
+        for k, e in hulls.items()
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "set.csv")
+    result = data.load(tmp_path / "set.csv")
+    table = result.table
+    assert list(table.ids) == list(hulls)
+    assert table.stability.dtype == np.int8
+    assert table.stability.tolist() == [1, 1, 0, -1, 0]
+    assert table.e_above_hull[2] == 0.08 and np.isnan(table.e_above_hull[3])
+    assert table.properties(1) == {"band_gap": 1.0, "e_above_hull": 0.079}
+    assert "e_above_hull" not in table.properties(3)  # missing stays missing
+    cached = data.load(tmp_path / "set.csv")  # the npz cache keeps the energies
+    assert cached.from_cache and cached.table.stability.tolist() == [1, 1, 0, -1, 0]
+    sub = table.subset([4, 0])
+    assert sub.stability.tolist() == [0, 1] and sub.e_above_hull.tolist() == [1.2, 0.0]
+    again = data.CrystalTable.from_records(result.records)  # records carry it through
+    assert again.stability.tolist() == [1, 1, 0, -1, 0]
+    summary = data.summarize(result)
+    assert summary["with_stability"] == 4 and summary["stable"] == 2
+    # a source without the column: every label unknown
+    write_csv(tmp_path / "plain.csv")
+    assert (data.load(tmp_path / "plain.csv").table.stability == -1).all()
+
+
+def test_cache_of_an_older_version_is_not_reused(tmp_path, monkeypatch):
+    """Caches written before e_above_hull was kept have another key, so they are rebuilt
+    instead of loading tables without energies."""
+    path = tmp_path / "set.csv"
+    write_csv(path)
+    current = data.CACHE_VERSION
+    monkeypatch.setattr(data, "CACHE_VERSION", current - 1)
+    data.load(path)
+    assert data.load(path).from_cache
+    monkeypatch.setattr(data, "CACHE_VERSION", current)
+    assert not data.load(path).from_cache
+
+
 def test_filters_are_configurable(tmp_path):
     write_csv(tmp_path / "set.csv")
     result = data.load(tmp_path / "set.csv", data.FilterOptions(max_sites=20, max_elements=4))
@@ -156,17 +200,20 @@ def test_extxyz_and_ase_db(tmp_path):
     atoms = [AseAtomsAdaptor.get_atoms(s) for s in (nacl(), silicon(), quaternary())]
     atoms[0].info["band_gap"] = 4.5
     atoms[1].info["magnetic_ordering"] = "AFM"
+    atoms[1].info["e_above_hull"] = 0.25
     write(tmp_path / "set.extxyz", atoms)
     result = data.load(tmp_path / "set.extxyz")
     assert len(result) == 2 and result.rejected[0].reason is data.RejectReason.TOO_MANY_ELEMENTS
     assert result.records[0].properties == {"band_gap": 4.5}
-    assert result.records[1].properties == {"magnetic_ordering": "AFM"}
+    assert result.records[1].properties == {"magnetic_ordering": "AFM", "e_above_hull": 0.25}
+    assert result.table.stability.tolist() == [-1, 0]
     db = connect(tmp_path / "set.db")
-    db.write(atoms[0], material_id="mp-nacl", band_gap=4.5)
+    db.write(atoms[0], material_id="mp-nacl", band_gap=4.5, e_above_hull=0.01)
     db.write(atoms[2], material_id="mp-quat")
     result = data.load(tmp_path / "set.db")
     assert [r.id for r in result.records] == ["mp-nacl"]
     assert result.records[0].properties["band_gap"] == 4.5
+    assert result.table.stability.tolist() == [1]
     assert [r.id for r in result.rejected] == ["mp-quat"]
 
 
@@ -221,6 +268,7 @@ def test_inspect_cli(tmp_path, capsys):
     assert "3 loaded, 7 rejected" in out
     assert "partial_occupancy" in out and "bad-partial" in out
     assert "sites per cell" in out and "Na" in out
+    assert "stability (E_hull) for 0 (0 stable)" in out
     assert main(["data", "inspect", str(tmp_path / "set.csv"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["sites"] == {"2": 1, "8": 1, "16": 1}

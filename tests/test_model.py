@@ -29,7 +29,12 @@ def _cond() -> Conditions:
         band_gap=[1.5, 0.0],
         magnetic=["AFM", "NM"],
         formula=[[2, 8, 4], [2]],
+        stability=["stable", "unstable"],
     )
+
+
+OLD_CONDITIONS = ("elements", "band_gap", "magnetic", "formula")
+"""The conditions of models made before ``stability`` existed (e.g. the shipped pccd-cpu)."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,32 +144,22 @@ def test_rejects_bad_shapes(tiny):
 def test_conditions_change_the_prediction(tiny):
     x, t, _ = example_inputs(2)
     base = _cond()
-    variants = {
-        "elements": Conditions.from_lists(
-            [[26, 8, 4], [15]],
-            band_gap=[1.5, 0.0],
-            magnetic=["AFM", "NM"],
-            formula=[[2, 8, 4], [2]],
-        ),
-        "band_gap": Conditions.from_lists(
-            [[26, 8, 3], [14]],
-            band_gap=[3.0, 0.5],
-            magnetic=["AFM", "NM"],
-            formula=[[2, 8, 4], [2]],
-        ),
-        "magnetic": Conditions.from_lists(
-            [[26, 8, 3], [14]],
-            band_gap=[1.5, 0.0],
-            magnetic=["FM", "FiM"],
-            formula=[[2, 8, 4], [2]],
-        ),
-        "formula": Conditions.from_lists(
-            [[26, 8, 3], [14]],
-            band_gap=[1.5, 0.0],
-            magnetic=["AFM", "NM"],
-            formula=[[1, 8, 4], [3]],
-        ),
+    given = {
+        "elements": [[26, 8, 3], [14]],
+        "band_gap": [1.5, 0.0],
+        "magnetic": ["AFM", "NM"],
+        "formula": [[2, 8, 4], [2]],
+        "stability": ["stable", "unstable"],
     }
+    changed = {
+        "elements": [[26, 8, 4], [15]],
+        "band_gap": [3.0, 0.5],
+        "magnetic": ["FM", "FiM"],
+        "formula": [[1, 8, 4], [3]],
+        "stability": ["unstable", "stable"],
+    }
+    assert set(changed) == set(CONDITION_NAMES)
+    variants = {name: Conditions.from_lists(**{**given, name: changed[name]}) for name in changed}
     with torch.no_grad():
         ref = tiny(x, t, base)
         for name, cond in variants.items():
@@ -172,6 +167,52 @@ def test_conditions_change_the_prediction(tiny):
         # The all-null batch does not depend on the values it replaced.
         other = variants["elements"].drop(dict.fromkeys(CONDITION_NAMES, 1.0))
         assert torch.equal(tiny(x, t, base.null_like()), tiny(x, t, other))
+
+
+def test_stability_embedding_and_its_null(tiny):
+    encoder = tiny.cond_encoder
+    assert encoder.stability_embed.num_embeddings == 3  # unstable, stable, null
+    stable = Conditions.from_lists([[8, 26]] * 2, band_gap=1.0, stability="stable")
+    unstable = Conditions.from_lists([[8, 26]] * 2, band_gap=1.0, stability="unstable")
+    missing = Conditions.from_lists([[8, 26]] * 2, band_gap=1.0)
+    with torch.no_grad():
+        a, b, m = encoder(stable), encoder(unstable), encoder(missing)
+        assert not torch.allclose(a, b) and not torch.allclose(a, m)
+        # missing (or dropped) = the learned null, whatever value it replaced
+        assert torch.equal(m, encoder(stable.without(["stability"])))
+        assert torch.equal(m, encoder(unstable.drop({"stability": 1.0})))
+        # the label's term is additive: swapping it moves the embedding by the rows' difference
+        rows = encoder.stability_embed.weight
+        assert torch.allclose(a - b, (rows[1] - rows[0]).expand_as(a), atol=1e-6)
+        assert torch.allclose(m - b, (rows[2] - rows[0]).expand_as(a), atol=1e-6)
+
+
+def test_model_without_stability_ignores_it_and_loads_as_saved(tmp_path):
+    """A model saved before the stability condition existed (its config lists its four
+    conditions) loads without a stability embedding and computes the same with any value."""
+    torch.manual_seed(0)
+    old = PCCDUNet.from_preset("tiny", conditions=OLD_CONDITIONS)
+    assert not hasattr(old.cond_encoder, "stability_embed")
+    assert not any("stability" in k for k in old.state_dict())
+    assert set(old.cond_encoder.null_gradients()) == set(OLD_CONDITIONS)
+    old.save_pretrained(tmp_path / "old")
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert saved["conditions"] == list(OLD_CONDITIONS)
+    loaded = PCCDUNet.from_pretrained(tmp_path / "old")  # strict load: no missing keys
+    assert loaded.config.conditions == OLD_CONDITIONS
+    x, t, _ = example_inputs(2)
+    cond = _cond()
+    with torch.no_grad():
+        ref = loaded(x, t, cond)
+        assert torch.equal(ref, old(x, t, cond))
+        for value in ("unstable", None):
+            other = Conditions(
+                cond.elements, cond.band_gap, cond.magnetic, cond.formula, cond.elements_dropped,
+                Conditions.from_lists([[8]] * 2, stability=value).stability,
+            )  # fmt: skip
+            assert torch.equal(loaded(x, t, other), ref)
+    # new models embed stability by default
+    assert "stability" in PRESETS["cpu"].conditions and "stability" in UNetConfig().conditions
 
 
 def test_slot_order_matters(tiny):

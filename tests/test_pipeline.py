@@ -29,6 +29,12 @@ def test_request_validation():
         Request.parse(["Fe"], magnetic="ferro")
     with pytest.raises(ValueError, match="band gap"):
         Request.parse(["Fe"], band_gap=-1.0)
+    assert Request.parse(["Fe"], stability=" Stable").stability == "stable"
+    assert Request.parse(["Fe"], stability="unstable").conditions(2).stability.tolist() == [0, 0]
+    assert Request.parse(["Fe"]).conditions(1).stability.tolist() == [-1]
+    for bad in ("metastable", "", 1):
+        with pytest.raises(ValueError, match="stability must be one of"):
+            Request.parse(["Fe"], stability=bad)
     with pytest.raises(ValueError, match="elements"):
         Request.parse(None)
 
@@ -178,6 +184,90 @@ def test_shipped_model_refuses_magnetic_ordering():
     assert "magnetic" not in pipe.trained_conditions
     with pytest.raises(ValueError, match="not trained on magnetic"):
         pipe.generate(Request.parse(["Fe", "O"], magnetic="FM"), 1, steps=2)
+
+
+def test_shipped_model_has_no_stability_and_samples_as_before():
+    """pccd-cpu predates the stability condition: its config lists four conditions, it loads
+    without a stability embedding, refuses stability requests, and a stability value in a
+    batch cannot change its prediction (so its sampling is what it was)."""
+    import torch
+
+    from pccd.conditioning import Conditions
+    from pccd.model.unet import example_inputs
+
+    pipe = PCCDPipeline.from_pretrained(None, device="cpu")
+    assert pipe.model.config.conditions == ("elements", "band_gap", "magnetic", "formula")
+    assert not hasattr(pipe.model.cond_encoder, "stability_embed")
+    assert "stability" not in pipe.trained_conditions
+    with pytest.raises(
+        ValueError, match=r"not trained on stability \(its network has no stability"
+    ):
+        pipe.generate(Request.parse(["Fe", "O"], stability="stable"), 1, steps=2)
+    with pytest.raises(ValueError, match="not trained on stability"):
+        pipe.sample(["Fe", "O"], stability="unstable", steps=2)
+    x, t, cond = example_inputs(2)  # stability "stable"
+    plain = Conditions(cond.elements, cond.band_gap, cond.magnetic, cond.formula,
+                       cond.elements_dropped)  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(pipe.model(x, t, cond), pipe.model(x, t, plain))
+
+
+def test_stability_request_with_and_without_the_condition(tmp_path):
+    """A model with the stability condition takes it (and run.json records it); a model saved
+    without it (an old config) refuses it before anything is written."""
+    import json
+
+    import torch
+
+    from pccd import representation as rep
+    from pccd.model import PCCDUNet
+
+    meta = {
+        "name": "tiny",
+        "representation": rep.RepresentationConfig().to_dict(),
+        "diffusion": {"num_train_timesteps": 1000, "schedule": "cosine"},
+    }
+    dirs = {}
+    for name, conditions in (("new", None), ("old", ("elements", "band_gap", "formula"))):
+        torch.manual_seed(0)
+        overrides = {} if conditions is None else {"conditions": conditions}
+        dirs[name] = PCCDUNet.from_preset("tiny", **overrides).save_pretrained(tmp_path / name)
+        (dirs[name] / "pccd.json").write_text(json.dumps({**meta, "name": name}))
+    new = PCCDPipeline.from_pretrained(dirs["new"], device="cpu")
+    assert "stability" in new.trained_conditions
+    out = tmp_path / "stable"
+    req = Request.parse(["Na", "Cl"], stability="stable")
+    generate_to_directory(new, req, 2, out, steps=2, seed=0)
+    assert json.loads((out / "run.json").read_text())["stability"] == "stable"
+    plain = new.generate(Request.parse(["Na", "Cl"]), 2, steps=2, seed=0)
+    stable = new.generate(req, 2, steps=2, seed=0)
+    assert not (plain[0].array == stable[0].array).all()
+    old = PCCDPipeline.from_pretrained(dirs["old"], device="cpu")
+    assert old.trained_conditions == ("elements", "band_gap", "formula")
+    with pytest.raises(ValueError, match="not trained on stability"):
+        generate_to_directory(old, req, 2, tmp_path / "refused", steps=2)
+    assert not (tmp_path / "refused").exists()
+    # a model card listing stability does not make an old network embed it
+    old.meta["trained_conditions"] = ["elements", "band_gap", "formula", "stability"]
+    assert "stability" not in old.trained_conditions
+
+
+def test_request_digest_of_runs_without_stability_is_unchanged():
+    """Runs of one request per crystal record a digest of the requests; stability enters it
+    only when given, so runs made before the condition existed still resume."""
+    import hashlib
+    import json
+
+    from pccd.runs import _requests_digest
+
+    requests = [Request.parse(["Na", "Cl"], band_gap=1.0), Request.parse(None, formula="MgO")]
+    before = json.dumps(
+        [[[e.symbol for e in r.elements], r.formula, r.band_gap, r.magnetic] for r in requests],
+        default=list,
+    )
+    assert _requests_digest(requests) == hashlib.sha256(before.encode()).hexdigest()
+    stable = [Request.parse(["Na", "Cl"], band_gap=1.0, stability="stable"), requests[1]]
+    assert _requests_digest(stable) != _requests_digest(requests)
 
 
 @pytest.mark.slow

@@ -17,10 +17,20 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from pccd import data
 from pccd import representation as rep
-from pccd.training import CrystalDataset, TrainConfig, collate, export_pretrained, train
+from pccd.conditioning import Conditions
+from pccd.training import (
+    CrystalDataset,
+    TrainConfig,
+    collate,
+    export_pretrained,
+    fit_conditions_to_weights,
+    train,
+)
 from tests.conftest import KNOWN
 
 TINY = {"preset": "tiny", "batch_size": 4, "val_size": 0, "lr": 1e-3}
+OLD_CONDITIONS = ["elements", "band_gap", "magnetic", "formula"]
+OLD_COND_DROP = {"elements": 0.1, "band_gap": 0.2, "magnetic": 0.2, "formula": 0.5}
 
 
 def table() -> data.CrystalTable:
@@ -28,8 +38,11 @@ def table() -> data.CrystalTable:
     return data.CrystalTable.from_records(records)
 
 
-def write_csv(path: Path) -> Path:
+def write_csv(path: Path, e_above_hull: dict[str, float] | None = None) -> Path:
     rows = [{"material_id": k, "band_gap": 1.0, "cif": f().to(fmt="cif")} for k, f in KNOWN.items()]
+    if e_above_hull is not None:
+        for row in rows:
+            row["e_above_hull"] = e_above_hull.get(row["material_id"], np.nan)
     pd.DataFrame(rows).to_csv(path)
     return path
 
@@ -79,6 +92,85 @@ def test_collate_builds_conditions():
     assert cond.elements.shape == (2, 3) and cond.formula.shape == (2, 3)
     assert torch.all(cond.band_gap == 1.0)
     assert torch.all(cond.magnetic == -1)
+    assert torch.all(cond.stability == -1)  # no energies in this table
+    records = [
+        data.CrystalRecord("a", KNOWN["nacl"](), {"e_above_hull": 0.0}),
+        data.CrystalRecord("b", KNOWN["si"](), {"e_above_hull": 0.3}),
+        data.CrystalRecord("c", KNOWN["unary"](), {}),
+    ]
+    ds = CrystalDataset(data.CrystalTable.from_records(records), rep.RepresentationConfig())
+    assert [int(ds[i]["stability"]) for i in range(3)] == [1, 0, -1]
+    _, cond = collate([ds[0], ds[1], ds[2]])
+    assert cond.stability.tolist() == [1, 0, -1] and cond.stability.dtype == torch.long
+
+
+def test_stability_dropout_default_and_old_configs():
+    assert TrainConfig().cond_drop["stability"] == 0.2
+    # a config saved before stability existed names no stability dropout: never dropped (and
+    # no extra random draw, so the other conditions' dropout is drawn exactly as before)
+    old = TrainConfig(**TINY, cond_drop=OLD_COND_DROP)
+    cond = Conditions.from_lists([[8, 26]] * 500, band_gap=1.0, stability="stable")
+    torch.manual_seed(0)
+    dropped = cond.drop(old.cond_drop)
+    assert not dropped.stability_missing.any()
+    torch.manual_seed(0)
+    with_new = cond.drop(TrainConfig().cond_drop)
+    for name in OLD_COND_DROP:
+        assert torch.equal(dropped.missing()[name], with_new.missing()[name]), name
+    assert with_new.stability_missing.any()
+
+
+def test_old_checkpoints_keep_the_conditions_their_weights_have():
+    from pccd.model import PCCDUNet
+
+    old_keys = PCCDUNet.from_preset("tiny", conditions=OLD_CONDITIONS).state_dict().keys()
+    new_keys = PCCDUNet.from_preset("tiny").state_dict().keys()
+    config = TrainConfig(**TINY, cond_drop=OLD_COND_DROP)
+    pinned = fit_conditions_to_weights(config, [f"ema.{k}" for k in old_keys])
+    assert pinned.model_overrides == {"conditions": OLD_CONDITIONS}
+    assert config.model_overrides == {}  # a copy, the original is untouched
+    assert fit_conditions_to_weights(config, [f"model.{k}" for k in new_keys]) is config
+    explicit = TrainConfig(**TINY, model_overrides={"conditions": ["elements"]})
+    assert fit_conditions_to_weights(explicit, old_keys) is explicit
+
+
+def test_export_of_a_checkpoint_from_before_stability(tmp_path):
+    """A checkpoint written before stability existed (preset + no conditions override, weights
+    without a stability embedding) still exports, to a model without the condition."""
+    from dataclasses import asdict
+
+    from pccd.model import PCCDUNet
+    from pccd.pipeline import PCCDPipeline, Request
+
+    torch.manual_seed(0)
+    old = PCCDUNet.from_preset("tiny", conditions=OLD_CONDITIONS)
+    config = asdict(TrainConfig(**TINY, cond_drop=OLD_COND_DROP))
+    state = {f"{p}.{k}": v for p in ("model", "ema") for k, v in old.state_dict().items()}
+    ckpt = tmp_path / "old.ckpt"
+    torch.save(
+        {"hyper_parameters": {"config": config}, "state_dict": state, "global_step": 7}, ckpt
+    )
+    model_dir = export_pretrained(ckpt, tmp_path / "model")
+    assert json.loads((model_dir / "config.json").read_text())["conditions"] == OLD_CONDITIONS
+    pipe = PCCDPipeline.from_pretrained(model_dir, device="cpu")
+    assert "stability" not in pipe.trained_conditions
+    with pytest.raises(ValueError, match="not trained on stability"):
+        pipe.generate(Request.parse(["Na", "Cl"], stability="stable"), 1, steps=2)
+
+
+def test_warm_start_from_a_model_without_stability_keeps_its_function():
+    from pccd.model import PCCDUNet, warm_start
+    from pccd.model.unet import example_inputs
+
+    torch.manual_seed(0)
+    old = PCCDUNet.from_preset("tiny", conditions=OLD_CONDITIONS)
+    new = PCCDUNet.from_preset("tiny")
+    added = warm_start(new, old.state_dict())
+    assert added == ["cond_encoder.stability_embed.weight"]
+    x, t, cond = example_inputs(2)  # stability "stable"
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, cond), new(x, t, cond), atol=1e-6)
+        assert torch.allclose(old(x, t, cond), new(x, t, cond.without(["stability"])), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -100,7 +192,49 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     meta = json.loads((model_dir / "pccd.json").read_text())
     # the CSV has band gaps but no magnetic ordering: the model card says so
     assert meta["training"]["label_counts"]["magnetic"] == 0
+    assert meta["training"]["label_counts"]["stability"] == 0  # no e_above_hull column either
     assert meta["trained_conditions"] == ["elements", "band_gap", "formula"]
+
+
+def test_stability_labels_train_the_condition_and_the_model_accepts_it(tmp_path):
+    from pccd.pipeline import PCCDPipeline, Request
+
+    hulls = {"nacl": 0.0, "si": 0.0, "hexagonal": 0.02, "triclinic16": 0.4, "unary": 0.1}
+    csv = write_csv(tmp_path / "set.csv", e_above_hull=hulls)
+    ckpt = train(csv, tmp_path / "run", TrainConfig(**TINY), max_steps=1, progress=False)
+    model_dir = export_pretrained(ckpt, tmp_path / "model")
+    meta = json.loads((model_dir / "pccd.json").read_text())
+    assert meta["training"]["label_counts"]["stability"] == len(hulls)
+    assert meta["trained_conditions"] == ["elements", "band_gap", "formula", "stability"]
+    assert meta["training"]["config"]["cond_drop"]["stability"] == 0.2
+    pipe = PCCDPipeline.from_pretrained(model_dir, device="cpu")
+    stable = pipe.generate(Request.parse(["Na", "Cl"], stability="stable"), 1, steps=2)
+    unstable = pipe.generate(Request.parse(["Na", "Cl"], stability="unstable"), 1, steps=2)
+    assert not (stable[0].array == unstable[0].array).all()  # the label reaches the network
+
+
+def test_resuming_a_run_from_before_stability(tmp_path):
+    """A run whose checkpoint predates the stability condition (no conditions override, a
+    network without its embedding, no stability dropout) resumes with the network it had."""
+    hulls = {"nacl": 0.0, "si": 0.3}
+    csv = write_csv(tmp_path / "set.csv", e_above_hull=hulls)
+    out = tmp_path / "run"
+    config = TrainConfig(**TINY, model_overrides={"conditions": OLD_CONDITIONS})
+    ckpt = train(csv, out, config, max_steps=2, progress=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = state["hyper_parameters"]["config"]  # make it look like an old checkpoint
+    saved["model_overrides"] = {}
+    saved["cond_drop"] = dict(OLD_COND_DROP)
+    torch.save(state, ckpt)
+    train(csv, out, TrainConfig(**TINY), max_steps=4, progress=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    assert not any("stability" in k for k in state["state_dict"])
+    assert state["hyper_parameters"]["config"]["model_overrides"]["conditions"] == OLD_CONDITIONS
+    model_dir = export_pretrained(ckpt, tmp_path / "model")
+    assert (
+        "stability" not in json.loads((model_dir / "pccd.json").read_text())["trained_conditions"]
+    )
 
 
 def test_row_layout_option_reaches_the_exported_model(tmp_path):

@@ -100,6 +100,8 @@ def test_job_life_cycle_writes_the_layout_of_pccd_generate(tmp_path, tiny_model_
         assert listed[0]["status"] == "done"
         info = client.get("/api/info").json()
         assert info["model"] == "tiny-test"
+        # the tiny model embeds every condition and its card lists none: all may be asked
+        assert "stability" in info["conditions"]
 
     # the same request from Python (what `pccd generate` calls) writes the same run
     shell = tmp_path / "shell"
@@ -338,6 +340,8 @@ BAD_JOBS = [
     ({"elements": ["Na"], "band_gap": "wide"}, 400, "band_gap"),
     ({"elements": ["Na"], "sampler": "euler"}, 400, "sampler"),
     ({"elements": ["Na"], "magnetic": "XYZ"}, 400, "magnetic"),
+    ({"elements": ["Na"], "stability": "metastable"}, 400, "stability"),
+    ({"elements": ["Na"], "stability": 1}, 400, "stability"),
     ({"elements": ["Na"], "batch_size": 1000}, 400, "batch_size"),
     ({"elements": ["Na"], "model": "/etc"}, 400, "unknown field"),
     ({"elements": ["Na"], "out": "/tmp/x"}, 400, "unknown field"),
@@ -355,6 +359,17 @@ BAD_JOBS = [
     ({"elements": ["Na"], "name": "/etc/cron.d"}, 400, "job name"),
     ({"elements": ["Na"], "name": 5}, 400, "name"),
 ]
+
+
+def test_page_offers_only_the_conditions_the_model_learned(tmp_path):
+    """The page shows the stability choice only for a model trained with it; the shipped
+    model predates the condition."""
+    from pccd.web.jobs import JobManager
+
+    manager = JobManager(tmp_path / "runs")  # the shipped model; nothing is started
+    assert manager.trained_conditions == ("elements", "band_gap", "formula")
+    html = (Path(__file__).resolve().parents[1] / "src/pccd/web/static/index.html").read_text()
+    assert 'id="f-stability-row" hidden' in html
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pccd import data, progress
+from pccd.conditioning import STABILITY_LABELS, STABLE_E_ABOVE_HULL
 
 _log = logging.getLogger("pccd.cli")
 
@@ -370,7 +371,8 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
             print(f"    {r.id}: {r.reason.value} ({r.detail})")
     print(
         f"properties: band gap for {summary['with_band_gap']}, "
-        f"magnetic ordering for {summary['with_magnetic']}"
+        f"magnetic ordering for {summary['with_magnetic']}, "
+        f"stability (E_hull) for {summary['with_stability']} ({summary['stable']} stable)"
     )
     print("sites per cell:")
     print("\n".join(_histogram(summary["sites"])))  # type: ignore[arg-type]
@@ -577,7 +579,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if len(table) == 0:
             raise ValueError(f"--elements-from {args.elements_from}: no crystal loaded from it")
         requests = [
-            Request.parse(els, band_gap=args.band_gap, magnetic=args.magnetic)
+            Request.parse(
+                els, band_gap=args.band_gap, magnetic=args.magnetic, stability=args.stability
+            )
             for els in table.draw_element_lists(args.n, args.seed)
         ]
         n = None
@@ -587,6 +591,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             formula=args.formula,
             band_gap=args.band_gap,
             magnetic=args.magnetic,
+            stability=args.stability,
         )  # validated before loading anything heavy
     _set_threads(args.threads)
     pipeline = _load_pipeline(args)
@@ -1134,6 +1139,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--band-gap", type=NON_NEGATIVE_FLOAT, help="condition on a band gap (eV, ≥ 0)"
     )
     p_gen.add_argument("--magnetic", choices=["NM", "FM", "AFM", "FiM"])
+    p_gen.add_argument(
+        "--stability",
+        choices=list(STABILITY_LABELS),
+        help="condition on stability: stable = energy above the hull below "
+        f"{STABLE_E_ABOVE_HULL} eV/atom (models trained with stability labels only)",
+    )
     p_gen.add_argument("-n", type=POSITIVE_INT, default=10, help="how many crystals (default 10)")
     p_gen.add_argument("--out", required=True, help="directory for CIFs and summary.csv")
     p_gen.add_argument(

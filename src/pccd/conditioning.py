@@ -1,11 +1,11 @@
 """Conditions a PCCD denoiser is given, as one batch container.
 
-A crystal is generated *given* some of: its elements, its band gap, its magnetic ordering and
-its formula (atom counts per element). Any of them may be missing for a sample: missing in the
-data (e.g. no band gap computed) or deliberately dropped for classifier-free guidance. Rather
-than one tensor per situation, :class:`Conditions` always carries every field and encodes
-"missing" *in-band* (NaN, ``-1``, a flag), so a batch can mix conditioned and unconditioned
-samples and the model sees one fixed input signature.
+A crystal is generated *given* some of: its elements, its band gap, its magnetic ordering, its
+formula (atom counts per element) and its stability (near the convex hull or not). Any of them
+may be missing for a sample: missing in the data (e.g. no band gap computed) or deliberately
+dropped for classifier-free guidance. Rather than one tensor per situation, :class:`Conditions`
+always carries every field and encodes "missing" *in-band* (NaN, ``-1``, a flag), so a batch
+can mix conditioned and unconditioned samples and the model sees one fixed input signature.
 
 Element slots
     Up to :data:`MAX_SLOTS` elements per crystal, in canonical slot order = ascending atomic
@@ -21,7 +21,16 @@ Missing values
     ``band_gap``            (B,) eV                                NaN
     ``magnetic``            (B,) index into MAGNETIC_ORDERINGS     -1
     ``formula``             (B, 3) atoms per slot, 0 = empty slot  the whole row is -1
+    ``stability``           (B,) index into STABILITY_LABELS       -1
     ======================  =====================================  ==========================
+
+Stability
+    A binary label, MatterGen-style: 1 = ``"stable"`` when the energy above the convex hull is
+    below :data:`STABLE_E_ABOVE_HULL` (0.08 eV/atom), 0 = ``"unstable"`` at or above it, -1 =
+    unknown (no energy for the crystal) or dropped. :func:`stability_index` is the one place
+    that turns an E_hull value into the label. In the MP training splits the E_hull column is
+    recomputed from 2018 formation energies alone (phases missing from the table make it
+    approximate), so the label means "stable by that estimate".
 
 This module deliberately holds no ``torch.nn`` code: the learned embeddings (including the
 learned "null" vectors used when a value is missing) live in :mod:`pccd.model`.
@@ -44,10 +53,34 @@ MAX_ATOMS = 16
 """At most this many atoms per cell (the paper's dataset: ≤16 sites)."""
 MAX_Z = 118
 """Largest atomic number accepted."""
-CONDITION_NAMES = ("elements", "band_gap", "magnetic", "formula")
-"""Names accepted by :meth:`Conditions.drop` (and by the model's ``conditions`` option)."""
+STABILITY_LABELS = ("unstable", "stable")
+"""Stability labels, index = value of ``Conditions.stability``."""
+STABLE_E_ABOVE_HULL = 0.08
+"""A crystal is ``"stable"`` when its energy above the hull is below this (eV/atom): stable
+or slightly metastable. The project's choice for the condition (issue 15); the training
+data's E_hull is approximate anyway (see the module docstring)."""
+CONDITION_NAMES = ("elements", "band_gap", "magnetic", "formula", "stability")
+"""Names accepted by :meth:`Conditions.drop` (and by the model's ``conditions`` option).
+
+New conditions are appended, never inserted: :meth:`Conditions.drop` draws in this order, so
+seeded runs that drop only the earlier conditions keep their random draws."""
 
 _MAGNETIC_LOOKUP = {name.lower(): i for i, name in enumerate(MAGNETIC_ORDERINGS)}
+_STABILITY_LOOKUP = {name: i for i, name in enumerate(STABILITY_LABELS)}
+
+
+def stability_index(e_above_hull: float | None) -> int:
+    """The stability label index of an energy above the hull (eV/atom).
+
+    1 (``"stable"``) below :data:`STABLE_E_ABOVE_HULL`, 0 (``"unstable"``) at or above it,
+    -1 when the value is unknown (``None`` or NaN).
+    """
+    if e_above_hull is None:
+        return -1
+    value = float(e_above_hull)
+    if math.isnan(value):
+        return -1
+    return 1 if value < STABLE_E_ABOVE_HULL else 0
 
 
 @dataclass
@@ -62,6 +95,9 @@ class Conditions:
             a row of all -1 = missing (not conditioned on). Crystal-structure prediction gives it.
         elements_dropped: ``(B,)`` bool, True = the element condition is replaced by the
             model's learned null (unconditional w.r.t. elements). ``elements`` is then ignored.
+        stability: ``(B,)`` long, index into :data:`STABILITY_LABELS`; -1 = missing. Last and
+            optional (``None`` = missing for every sample) so that code written before it
+            existed keeps building batches positionally.
 
     Construct from Python lists with :meth:`from_lists` (sorts, pads and validates); the plain
     constructor only checks shapes and dtypes, because it is also used inside training loops
@@ -73,15 +109,21 @@ class Conditions:
     magnetic: torch.Tensor
     formula: torch.Tensor
     elements_dropped: torch.Tensor
+    stability: torch.Tensor = None  # type: ignore[assignment]  # None → all missing
 
     def __post_init__(self) -> None:
         b = self.elements.shape[0] if self.elements.dim() == 2 else -1
+        if self.stability is None and isinstance(self.elements, torch.Tensor):
+            self.stability = torch.full(
+                (max(b, 0),), -1, dtype=torch.long, device=self.elements.device
+            )
         expected = {
             "elements": ((b, MAX_SLOTS), torch.long),
             "band_gap": ((b,), None),
             "magnetic": ((b,), torch.long),
             "formula": ((b, MAX_SLOTS), torch.long),
             "elements_dropped": ((b,), torch.bool),
+            "stability": ((b,), torch.long),
         }
         for name, (shape, dtype) in expected.items():
             value = getattr(self, name)
@@ -106,6 +148,7 @@ class Conditions:
         band_gap: Sequence[float | None] | float | None = None,
         magnetic: Sequence[int | str | None] | int | str | None = None,
         formula: Sequence[Sequence[int] | None] | None = None,
+        stability: Sequence[int | str | None] | int | str | None = None,
     ) -> Conditions:
         """Build a validated batch from plain Python values, one entry per sample.
 
@@ -118,6 +161,9 @@ class Conditions:
                 (case-insensitive) or ``None``; a single value is broadcast.
             formula: per sample atom counts aligned with *that sample's* ``elements`` list as
                 given (they are permuted together with the sort by Z), or ``None`` = missing.
+            stability: per sample an index or a name from :data:`STABILITY_LABELS`
+                (``"stable"`` / ``"unstable"``, case-insensitive) or ``None``; a single value
+                is broadcast.
 
         Raises:
             ValueError: on out-of-range or inconsistent values, naming the sample.
@@ -180,12 +226,16 @@ class Conditions:
         mags = _broadcast(magnetic, n, "magnetic")
         mag_values = [_magnetic_index(m, i) for i, m in enumerate(mags)]
 
+        stabs = _broadcast(stability, n, "stability")
+        stab_values = [_stability_label_index(s, i) for i, s in enumerate(stabs)]
+
         return cls(
             elements=torch.tensor(z_rows, dtype=torch.long).reshape(n, MAX_SLOTS),
             band_gap=torch.tensor(gap_values, dtype=torch.float32),
             magnetic=torch.tensor(mag_values, dtype=torch.long),
             formula=torch.tensor(f_rows, dtype=torch.long).reshape(n, MAX_SLOTS),
             elements_dropped=torch.tensor(dropped, dtype=torch.bool),
+            stability=torch.tensor(stab_values, dtype=torch.long),
         )
 
     @classmethod
@@ -198,6 +248,7 @@ class Conditions:
             magnetic=torch.full((b,), -1, dtype=torch.long, device=device),
             formula=torch.full((b, MAX_SLOTS), -1, dtype=torch.long, device=device),
             elements_dropped=torch.ones(b, dtype=torch.bool, device=device),
+            stability=torch.full((b,), -1, dtype=torch.long, device=device),
         )
 
     # ------------------------------------------------------------------ batch plumbing
@@ -259,6 +310,10 @@ class Conditions:
     def formula_missing(self) -> torch.Tensor:
         return (self.formula < 0).all(dim=-1)
 
+    @property
+    def stability_missing(self) -> torch.Tensor:
+        return self.stability < 0
+
     def missing(self) -> dict[str, torch.Tensor]:
         """Per condition name, a ``(B,)`` bool mask of samples where it is missing/null."""
         return {
@@ -266,6 +321,7 @@ class Conditions:
             "band_gap": self.band_gap_missing,
             "magnetic": self.magnetic_missing,
             "formula": self.formula_missing,
+            "stability": self.stability_missing,
         }
 
     def drop(
@@ -322,6 +378,8 @@ class Conditions:
             )
         elif name == "magnetic":
             self.magnetic = torch.where(mask, torch.full_like(self.magnetic, -1), self.magnetic)
+        elif name == "stability":
+            self.stability = torch.where(mask, torch.full_like(self.stability, -1), self.stability)
         else:
             self.formula = torch.where(
                 mask[:, None], torch.full_like(self.formula, -1), self.formula
@@ -356,6 +414,8 @@ class Conditions:
             raise ValueError("band gaps must be finite and ≥ 0 eV (NaN = missing)")
         if ((self.magnetic < -1) | (self.magnetic >= len(MAGNETIC_ORDERINGS))).any():
             raise ValueError(f"magnetic must be -1 (missing) or 0..{len(MAGNETIC_ORDERINGS) - 1}")
+        if ((self.stability < -1) | (self.stability >= len(STABILITY_LABELS))).any():
+            raise ValueError(f"stability must be -1 (missing) or 0..{len(STABILITY_LABELS) - 1}")
         f = self.formula[~self.formula_missing]
         occ = occupied[~self.formula_missing]
         if (self.elements_dropped & ~self.formula_missing).any():
@@ -395,6 +455,25 @@ def _magnetic_index(value: int | str | None, i: int) -> int:
     if not -1 <= idx < len(MAGNETIC_ORDERINGS):
         raise ValueError(
             f"sample {i}: magnetic index must be -1 (missing) or 0..{len(MAGNETIC_ORDERINGS) - 1},"
+            f" got {idx}"
+        )
+    return idx
+
+
+def _stability_label_index(value: int | str | None, i: int) -> int:
+    if value is None:
+        return -1
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key not in _STABILITY_LOOKUP:
+            raise ValueError(
+                f"sample {i}: unknown stability {value!r}; use one of {STABILITY_LABELS}"
+            )
+        return _STABILITY_LOOKUP[key]
+    idx = int(value)
+    if not -1 <= idx < len(STABILITY_LABELS):
+        raise ValueError(
+            f"sample {i}: stability index must be -1 (missing) or 0..{len(STABILITY_LABELS) - 1},"
             f" got {idx}"
         )
     return idx

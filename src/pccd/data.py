@@ -35,9 +35,9 @@ import numpy as np
 from pymatgen.core import DummySpecies, Lattice, Structure
 from pymatgen.core.periodic_table import Element
 
-from pccd.conditioning import MAGNETIC_ORDERINGS
+from pccd.conditioning import MAGNETIC_ORDERINGS, stability_index
 
-CACHE_VERSION = 2  # 2: non-physical cells rejected
+CACHE_VERSION = 3  # 2: non-physical cells rejected; 3: e_above_hull kept (stability labels)
 CIF_SUFFIXES = (".cif",)
 POSCAR_NAMES = ("POSCAR", "CONTCAR")
 POSCAR_SUFFIXES = (".vasp", ".poscar")
@@ -99,8 +99,9 @@ class Rejection:
 class CrystalRecord:
     """A loaded crystal: pymatgen ``Structure``, an id, and optional properties.
 
-    ``properties`` holds ``band_gap`` (eV) and ``magnetic_ordering`` (one of NM/FM/AFM/FiM) when
-    the source provides them; missing values are absent, never zero.
+    ``properties`` holds ``band_gap`` (eV), ``magnetic_ordering`` (one of NM/FM/AFM/FiM) and
+    ``e_above_hull`` (eV/atom, energy above the convex hull) when the source provides them;
+    missing values are absent, never zero.
     """
 
     id: str
@@ -247,6 +248,11 @@ class CrystalTable:
         numbers: (n_sites_total,) atomic numbers.
         band_gap: (n,) eV, NaN where unknown.
         magnetic: (n,) index into ``MAGNETIC_ORDERINGS``, -1 where unknown.
+        e_above_hull: (n,) eV/atom above the convex hull, NaN where unknown (optional in the
+            constructor: all unknown).
+        stability: (n,) int8 index into ``STABILITY_LABELS``, -1 where unknown; derived from
+            ``e_above_hull`` by :func:`pccd.conditioning.stability_index`, never stored, so
+            the label follows the one threshold in :mod:`pccd.conditioning`.
     """
 
     ids: np.ndarray
@@ -256,6 +262,16 @@ class CrystalTable:
     numbers: np.ndarray
     band_gap: np.ndarray
     magnetic: np.ndarray
+    e_above_hull: np.ndarray | None = None
+    stability: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.e_above_hull is None:
+            self.e_above_hull = np.full(len(self.ids), np.nan)
+        self.e_above_hull = np.asarray(self.e_above_hull, dtype=np.float64)
+        self.stability = np.array(
+            [stability_index(v) for v in self.e_above_hull.tolist()], dtype=np.int8
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -271,6 +287,7 @@ class CrystalTable:
         lattices = np.zeros((len(records), 3, 3))
         band_gap = np.full(len(records), np.nan)
         magnetic = np.full(len(records), -1, dtype=np.int8)
+        e_above_hull = np.full(len(records), np.nan)
         for i, r in enumerate(records):
             s = r.structure
             frac[offsets[i] : offsets[i + 1]] = s.frac_coords
@@ -280,6 +297,8 @@ class CrystalTable:
                 band_gap[i] = float(r.properties["band_gap"])
             if "magnetic_ordering" in r.properties:
                 magnetic[i] = MAGNETIC_ORDERINGS.index(str(r.properties["magnetic_ordering"]))
+            if "e_above_hull" in r.properties:
+                e_above_hull[i] = float(r.properties["e_above_hull"])
         return cls(
             ids=np.array([r.id for r in records], dtype=object),
             lattices=lattices,
@@ -288,6 +307,7 @@ class CrystalTable:
             numbers=numbers,
             band_gap=band_gap,
             magnetic=magnetic,
+            e_above_hull=e_above_hull,
         )
 
     def sites(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +340,8 @@ class CrystalTable:
             props["band_gap"] = float(self.band_gap[i])
         if self.magnetic[i] >= 0:
             props["magnetic_ordering"] = MAGNETIC_ORDERINGS[self.magnetic[i]]
+        if not np.isnan(self.e_above_hull[i]):
+            props["e_above_hull"] = float(self.e_above_hull[i])
         return props
 
     def record(self, i: int) -> CrystalRecord:
@@ -345,6 +367,7 @@ class CrystalTable:
             numbers=self.numbers[rows],
             band_gap=self.band_gap[idx],
             magnetic=self.magnetic[idx],
+            e_above_hull=self.e_above_hull[idx],
         )
 
 
@@ -454,6 +477,7 @@ def _read_csv(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
     records: list[CrystalRecord] = []
     rejected: list[Rejection] = []
     gaps = df["band_gap"].to_numpy() if "band_gap" in df.columns else None
+    hulls = df["e_above_hull"].to_numpy() if "e_above_hull" in df.columns else None
     mags = df[mag_col].to_numpy() if mag_col else None
     ids = df[id_col].astype(str).to_numpy() if id_col else df.index.astype(str).to_numpy()
     for row, (item_id, cif) in enumerate(zip(ids, df["cif"].to_numpy(), strict=True)):
@@ -468,6 +492,8 @@ def _read_csv(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
         props: dict[str, float | str] = {}
         if gaps is not None and (g := _property_value(gaps[row])) is not None:
             props["band_gap"] = g
+        if hulls is not None and (h := _property_value(hulls[row])) is not None:
+            props["e_above_hull"] = h
         if mags is not None and (m := _magnetic_value(mags[row])) is not None:
             props["magnetic_ordering"] = m
         _accept(item_id, structure, props, options, records, rejected)
@@ -547,6 +573,8 @@ def _atoms_props(info: dict) -> dict[str, float | str]:
     props: dict[str, float | str] = {}
     if (g := _property_value(info.get("band_gap"))) is not None:
         props["band_gap"] = g
+    if (h := _property_value(info.get("e_above_hull"))) is not None:
+        props["e_above_hull"] = h
     for key in MAGNETIC_COLUMNS:
         if (m := _magnetic_value(info.get(key))) is not None:
             props["magnetic_ordering"] = m
@@ -643,6 +671,7 @@ def _save_cache(file: Path, table: CrystalTable, rejected: list[Rejection]) -> N
         numbers=table.numbers,
         band_gap=table.band_gap,
         magnetic=table.magnetic,
+        e_above_hull=table.e_above_hull,
         rej_ids=np.array([r.id for r in rejected], dtype=str),
         rej_reasons=np.array([r.reason.value for r in rejected], dtype=str),
         rej_details=np.array([r.detail for r in rejected], dtype=str),
@@ -660,6 +689,7 @@ def _load_cache(file: Path) -> tuple[CrystalTable, list[Rejection]]:
             numbers=z["numbers"],
             band_gap=z["band_gap"],
             magnetic=z["magnetic"],
+            e_above_hull=z["e_above_hull"],
         )
         rejected = [
             Rejection(str(i), RejectReason(r), str(d))
@@ -740,4 +770,6 @@ def summarize(result: LoadResult) -> dict[str, object]:
         "elements": dict(element_counts.most_common()),
         "with_band_gap": int(np.sum(~np.isnan(table.band_gap))),
         "with_magnetic": int(np.sum(table.magnetic >= 0)),
+        "with_stability": int(np.sum(table.stability >= 0)),
+        "stable": int(np.sum(table.stability == 1)),
     }

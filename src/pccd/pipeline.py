@@ -20,7 +20,7 @@ from pymatgen.core import Composition, Structure
 from pymatgen.core.periodic_table import Element
 
 from pccd import representation as rep
-from pccd.conditioning import MAGNETIC_ORDERINGS, MAX_ATOMS, Conditions
+from pccd.conditioning import MAGNETIC_ORDERINGS, MAX_ATOMS, STABILITY_LABELS, Conditions
 from pccd.diffusion import DDIMScheduler, DDPMScheduler, denoise
 from pccd.model import PCCDUNet
 
@@ -42,6 +42,7 @@ class Request:
     formula: tuple[int, ...] | None = None
     band_gap: float | None = None
     magnetic: str | None = None
+    stability: str | None = None
 
     @classmethod
     def parse(
@@ -51,12 +52,14 @@ class Request:
         formula: str | None = None,
         band_gap: float | None = None,
         magnetic: str | None = None,
+        stability: str | None = None,
     ) -> Request:
         """Validate a request; raise ``ValueError`` with a clear message if it cannot be met.
 
         ``formula`` (e.g. ``"Mg2MnO4"``) fixes the atom count per element (CSP mode); the cell
         holds exactly that many atoms, so it must have ≤16. ``elements`` may be omitted when a
-        formula is given.
+        formula is given. ``stability`` is ``"stable"`` (energy above the hull below
+        :data:`~pccd.conditioning.STABLE_E_ABOVE_HULL`) or ``"unstable"``, case-insensitive.
         """
         comp = None
         if formula is not None:
@@ -85,7 +88,11 @@ class Request:
             raise ValueError(f"band gap must be a non-negative number of eV, not {band_gap}")
         if magnetic is not None and magnetic not in MAGNETIC_ORDERINGS:
             raise ValueError(f"magnetic ordering must be one of {MAGNETIC_ORDERINGS}")
-        return cls(els, counts, band_gap, magnetic)
+        if stability is not None:
+            if not isinstance(stability, str) or stability.strip().lower() not in STABILITY_LABELS:
+                raise ValueError(f"stability must be one of {STABILITY_LABELS}, not {stability!r}")
+            stability = stability.strip().lower()
+        return cls(els, counts, band_gap, magnetic, stability)
 
     def conditions(self, n: int) -> Conditions:
         """The request repeated ``n`` times as a :class:`Conditions` batch."""
@@ -95,7 +102,15 @@ class Request:
             band_gap=None if self.band_gap is None else [self.band_gap] * n,
             magnetic=None if self.magnetic is None else [self.magnetic] * n,
             formula=None if self.formula is None else [list(self.formula)] * n,
+            stability=None if self.stability is None else [self.stability] * n,
         )
+
+
+def learned_conditions(meta: dict, embedded: Sequence[str]) -> tuple[str, ...]:
+    """The conditions a model learned: those ``pccd.json`` (``meta``) lists as trained, or
+    every condition its network embeds when it lists none, and never one the network has no
+    input for (see :attr:`PCCDPipeline.trained_conditions`)."""
+    return tuple(c for c in meta.get("trained_conditions", embedded) if c in embedded)
 
 
 @dataclass
@@ -160,9 +175,11 @@ class PCCDPipeline:
         A model embeds every condition of its config, but an embedding whose training data
         carried no labels (e.g. magnetic ordering: none in our MP splits) only ever saw its
         null vector, so asking for a value would steer the output arbitrarily. Models exported
-        before this was recorded list what their model card states.
+        before this was recorded list what their model card states. A condition the network
+        has no input for (e.g. ``stability`` in a model made before it existed) is never
+        trained, whatever ``pccd.json`` says.
         """
-        return tuple(self.meta.get("trained_conditions", self.model.config.conditions))
+        return learned_conditions(self.meta, self.model.config.conditions)
 
     def check_request(self, request: Request) -> None:
         """Refuse a request that uses a condition the model was not trained on."""
@@ -170,14 +187,21 @@ class PCCDPipeline:
             "band_gap": request.band_gap is not None,
             "magnetic": request.magnetic is not None,
             "formula": request.formula is not None,
+            "stability": request.stability is not None,
         }
+        labels = {"band_gap": "band gap", "magnetic": "magnetic ordering"}
         for name, used in asked.items():
             if used and name not in self.trained_conditions:
-                label = {"band_gap": "band gap", "magnetic": "magnetic ordering"}.get(name, name)
+                label = labels.get(name, name)
+                why = (
+                    f"its training data had no {label} labels"
+                    if name in self.model.config.conditions
+                    else f"its network has no {label} input"
+                )
                 raise ValueError(
-                    f"model {self.meta.get('name', '?')} was not trained on {label} (its "
-                    f"training data had no {label} labels), so it cannot be conditioned on it; "
-                    f"trained conditions: {', '.join(self.trained_conditions)}"
+                    f"model {self.meta.get('name', '?')} was not trained on {label} ({why}), "
+                    "so it cannot be conditioned on it; trained conditions: "
+                    f"{', '.join(self.trained_conditions)}"
                 )
 
     def check_options(
@@ -305,13 +329,16 @@ class PCCDPipeline:
         formula: str | None = None,
         band_gap: float | None = None,
         magnetic: str | None = None,
+        stability: str | None = None,
         **kwargs,
     ) -> list[Structure]:
         """Generate ``n`` crystals and return those that decoded, as pymatgen Structures.
 
         Example: ``load_pretrained().sample(["Mg", "Mn", "O"], n=10, seed=1)``.
         """
-        request = Request.parse(elements, formula=formula, band_gap=band_gap, magnetic=magnetic)
+        request = Request.parse(
+            elements, formula=formula, band_gap=band_gap, magnetic=magnetic, stability=stability
+        )
         return [s.structure for s in self.generate(request, n, **kwargs) if s.structure]
 
 

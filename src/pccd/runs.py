@@ -40,6 +40,7 @@ def request_settings(request: Request) -> dict[str, object]:
         "formula": list(request.formula) if request.formula else None,
         "band_gap": request.band_gap,
         "magnetic": request.magnetic,
+        "stability": request.stability,
     }
 
 
@@ -232,8 +233,13 @@ def _sample_row(sample, request: Request, sid: str, out: Path) -> dict[str, obje
 def _requests_digest(requests: Sequence[Request]) -> str:
     import hashlib
 
+    # stability only when given: digests of runs made before it existed stay the same
     text = json.dumps(
-        [[[e.symbol for e in r.elements], r.formula, r.band_gap, r.magnetic] for r in requests],
+        [
+            [[e.symbol for e in r.elements], r.formula, r.band_gap, r.magnetic]
+            + ([r.stability] if r.stability is not None else [])
+            for r in requests
+        ],
         default=list,
     )
     return hashlib.sha256(text.encode()).hexdigest()

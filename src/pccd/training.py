@@ -26,7 +26,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -38,7 +39,7 @@ from pccd import data as data_mod
 from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.diffusion import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
-from pccd.model import PCCDUNet, UNetConfig
+from pccd.model import PRESETS, PCCDUNet, UNetConfig
 
 
 @dataclass
@@ -52,6 +53,12 @@ class TrainConfig:
     ``snr_gamma``) reweights the training loss per timestep (see
     :func:`pccd.diffusion.diffusion_loss`); the validation loss stays the unweighted paper loss,
     so runs with and without it compare on one scale.
+
+    ``cond_drop`` gives each condition's classifier-free-guidance dropout probability; a
+    condition it does not name is never dropped. Configs saved before the ``stability``
+    condition existed lack that key and keep meaning exactly what they meant: no extra random
+    draw per batch, so a resumed old run continues its random stream unchanged (and their
+    networks have no stability embedding to train anyway, see :func:`fit_conditions_to_weights`).
     """
 
     preset: str = "cpu"
@@ -70,7 +77,13 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     schedule: str = "cosine"
     cond_drop: dict = field(
-        default_factory=lambda: {"elements": 0.1, "band_gap": 0.2, "magnetic": 0.2, "formula": 0.5}
+        default_factory=lambda: {
+            "elements": 0.1,
+            "band_gap": 0.2,
+            "magnetic": 0.2,
+            "formula": 0.5,
+            "stability": 0.2,
+        }
     )
     atom_order: str = "by_element"
     random_shift: bool = True
@@ -179,6 +192,7 @@ class CrystalDataset(Dataset):
             "formula": torch.from_numpy(formula),
             "band_gap": torch.tensor(float(self.table.band_gap[i]), dtype=torch.float32),
             "magnetic": torch.tensor(int(self.table.magnetic[i]), dtype=torch.int64),
+            "stability": torch.tensor(int(self.table.stability[i]), dtype=torch.int64),
         }
 
 
@@ -191,6 +205,7 @@ def collate(items: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Conditi
         magnetic=stacked["magnetic"],
         formula=stacked["formula"],
         elements_dropped=torch.zeros(len(items), dtype=torch.bool),
+        stability=stacked["stability"],
     )
     return stacked["x"], cond
 
@@ -379,6 +394,7 @@ def train(
     if resume and ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         config = TrainConfig(**saved["hyper_parameters"]["config"])
+        config = fit_conditions_to_weights(config, saved["state_dict"])
         del saved
     L.seed_everything(config.seed, workers=True, verbose=False)
     rep_config = config.representation()
@@ -392,6 +408,7 @@ def train(
                 rows=len(table),
                 band_gap=int(np.isfinite(table.band_gap).sum()),
                 magnetic=int((table.magnetic >= 0).sum()),
+                stability=int((table.stability >= 0).sum()),
             )
         if n:
             table = _val_subset(table, n, config.seed)
@@ -509,13 +526,33 @@ def unpack_checkpoint(packed_dir: str | Path, run_dir: str | Path) -> Path:
 def trained_conditions(conditions: tuple[str, ...], label_counts: dict[str, int]) -> list[str]:
     """The model's conditions that its training rows carried labels for.
 
-    Elements and formula come from every crystal itself; band gap and magnetic ordering only
-    count when some training row had a value. Without recorded counts (old checkpoints) every
-    condition is assumed trained.
+    Elements and formula come from every crystal itself; band gap, magnetic ordering and
+    stability only count when some training row had a value. Without recorded counts (old
+    checkpoints) every condition is assumed trained.
     """
     if not label_counts:
         return list(conditions)
     return [c for c in conditions if c in ("elements", "formula") or label_counts.get(c, 0) > 0]
+
+
+def fit_conditions_to_weights(config: TrainConfig, state_keys: Iterable[str]) -> TrainConfig:
+    """``config`` with the network's conditions pinned to those its saved weights embed.
+
+    Why: a checkpoint records its network as a preset plus overrides, and a preset's default
+    conditions grow when a condition is added (``stability``). A checkpoint written before
+    that has no stability embedding, so rebuilding its network from the preset today would not
+    match its weights; this pins ``model_overrides["conditions"]`` to the conditions without
+    ``stability``. Checkpoints whose weights have a stability embedding, or whose conditions
+    leave stability out, come back unchanged.
+    """
+    if config.preset not in PRESETS:
+        return config  # PCCDUNet.from_preset names the bad preset
+    conditions = replace(PRESETS[config.preset], **config.model_overrides).conditions
+    has_embedding = any(k.endswith("cond_encoder.stability_embed.weight") for k in state_keys)
+    if "stability" not in conditions or has_embedding:
+        return config
+    kept = [c for c in conditions if c != "stability"]
+    return replace(config, model_overrides={**config.model_overrides, "conditions": kept})
 
 
 def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
@@ -526,6 +563,7 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ckpt["hyper_parameters"]["config"])
+    cfg = fit_conditions_to_weights(cfg, ckpt["state_dict"])
     model = PCCDUNet.from_preset(cfg.preset, **cfg.model_overrides)
     prefix = "ema."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
@@ -559,6 +597,7 @@ __all__ = [
     "UNetConfig",
     "collate",
     "export_pretrained",
+    "fit_conditions_to_weights",
     "pack_checkpoint",
     "train",
     "trained_conditions",

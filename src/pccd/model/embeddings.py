@@ -25,6 +25,7 @@ from pccd.conditioning import (
     MAX_ATOMS,
     MAX_SLOTS,
     MAX_Z,
+    STABILITY_LABELS,
     Conditions,
 )
 
@@ -73,9 +74,12 @@ class ConditionEncoder(nn.Module):
     * magnetic ordering — an embedding with an extra null index.
     * formula — per-slot count embedding (0..MAX_ATOMS, plus a null index) plus slot position,
       concatenated → MLP; all slots take the null index when the formula is missing.
+    * stability — like magnetic ordering: an embedding of the label with an extra null index.
 
     Only the conditions named in ``conditions`` get parameters; the others are ignored, so a
-    model trained without e.g. magnetic labels has no untrained weights.
+    model trained without e.g. magnetic labels has no untrained weights, and a model saved
+    before a condition existed (its config lists the conditions it had) loads unchanged and
+    ignores the new field.
     """
 
     def __init__(
@@ -116,6 +120,9 @@ class ConditionEncoder(nn.Module):
             self.count_embed = nn.Embedding(MAX_ATOMS + 2, token_dim)
             self.formula_slot = nn.Embedding(MAX_SLOTS, token_dim)
             self.formula_mlp = mlp(MAX_SLOTS * token_dim, emb_dim)
+        if "stability" in self.conditions:
+            self.stability_null = len(STABILITY_LABELS)
+            self.stability_embed = nn.Embedding(len(STABILITY_LABELS) + 1, emb_dim)
 
     def forward(self, cond: Conditions) -> torch.Tensor:
         b = cond.batch_size
@@ -144,6 +151,9 @@ class ConditionEncoder(nn.Module):
             counts = torch.where(missing[:, None], self.formula_null, counts)
             tokens = self.count_embed(counts) + self.formula_slot(slots)[None]
             out = out + self.formula_mlp(tokens.reshape(b, -1))
+        if "stability" in self.conditions:
+            s = torch.where(cond.stability < 0, self.stability_null, cond.stability)
+            out = out + self.stability_embed(s.clamp(max=self.stability_null))
         return out
 
     def null_gradients(self) -> dict[str, torch.Tensor | None]:
@@ -156,6 +166,7 @@ class ConditionEncoder(nn.Module):
             "elements": ("element_embed", "element_null"),
             "magnetic": ("magnetic_embed", "magnetic_null"),
             "formula": ("count_embed", "formula_null"),
+            "stability": ("stability_embed", "stability_null"),
         }
         grads: dict[str, torch.Tensor | None] = {}
         for name in self.conditions:

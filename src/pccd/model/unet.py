@@ -86,7 +86,9 @@ class UNetConfig:
         norm_groups: GroupNorm groups (reduced to a divisor of the width when needed).
         time_embed_mult: embedding width = ``base_channels * time_embed_mult``.
         token_dim: width of the per-slot element / formula tokens in the condition encoder.
-        conditions: conditions the model embeds (subset of ``CONDITION_NAMES``).
+        conditions: conditions the model embeds (subset of ``CONDITION_NAMES``; default all).
+            Saved configs list them explicitly, so a model saved before a condition was added
+            (e.g. the shipped ``pccd-cpu``, without ``stability``) loads without it.
         band_gap_frequencies / band_gap_scale: Fourier features of ``gap / scale`` (eV).
         stem_kernel: kernel size of the first convolution (odd).
         upsample: ``"nearest"`` (repeat rows + conv 3) or ``"transpose"`` (transposed conv).
@@ -463,7 +465,9 @@ def warm_start(model: PCCDUNet, state: dict[str, torch.Tensor]) -> list[str]:
     tried by fine-tuning a trained model instead of hours of training from scratch. Tensors of
     equal shape are copied; the stem's extra input channels get zero weights; every attention
     that ``state`` lacks gets a zero output projection, so its residual branch starts as the
-    identity. Returns the names of parameters that were not in ``state``.
+    identity; a label condition that ``state`` lacks (e.g. ``stability`` on top of a model
+    made before it) gets a zero embedding, so it adds nothing until it is trained. Returns the
+    names of parameters that were not in ``state``.
     """
     own = model.state_dict()
     new: list[str] = []
@@ -485,6 +489,9 @@ def warm_start(model: PCCDUNet, state: dict[str, torch.Tensor]) -> list[str]:
             if isinstance(module, Attention) and f"{module_name}.out.weight" in new:
                 module.out.weight.zero_()
                 module.out.bias.zero_()
+        for embed in ("magnetic_embed", "stability_embed"):
+            if f"cond_encoder.{embed}.weight" in new:
+                getattr(model.cond_encoder, embed).weight.zero_()
     return new
 
 
@@ -505,7 +512,11 @@ def example_inputs(
     t = torch.randint(0, 1000, (batch_size,), generator=gen).to(device)
     if conditioned:
         cond = Conditions.from_lists(
-            [[3, 8, 26]] * batch_size, band_gap=1.5, magnetic="FM", formula=[[2, 4, 2]] * batch_size
+            [[3, 8, 26]] * batch_size,
+            band_gap=1.5,
+            magnetic="FM",
+            formula=[[2, 4, 2]] * batch_size,
+            stability="stable",
         )
     else:
         cond = Conditions.unconditional(batch_size)

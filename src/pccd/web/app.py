@@ -49,6 +49,7 @@ GENERATE_FIELDS = {
     "seed",
     "band_gap",
     "magnetic",
+    "stability",
     "guidance",
     "guidance_scale",
     "sampler",
@@ -137,9 +138,14 @@ def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, s
     magnetic = data.get("magnetic")
     if magnetic is not None and not isinstance(magnetic, str):
         raise JobError(400, "magnetic must be one of NM, FM, AFM, FiM")
+    stability = data.get("stability")
+    if stability is not None and not isinstance(stability, str):
+        raise JobError(400, "stability must be stable or unstable")
     band_gap = _float(data, "band_gap", None, 0.0, 20.0)
     try:
-        request = Request.parse(elements, formula=formula, band_gap=band_gap, magnetic=magnetic)
+        request = Request.parse(
+            elements, formula=formula, band_gap=band_gap, magnetic=magnetic, stability=stability
+        )
     except ValueError as exc:
         raise JobError(400, str(exc)) from None
     n = _int(data, "n", 10, 1, max_n)
@@ -413,6 +419,7 @@ def create_app(
             {
                 "pccd": __version__,
                 "model": manager.model_name,
+                "conditions": list(manager.trained_conditions),
                 "runs": str(manager.runs),
                 "max_n": max_n,
                 "screen_mlips": list(SCREEN_MLIPS),

@@ -106,6 +106,7 @@ GENERATION_KEYS = {
     "formula",
     "band_gap",
     "magnetic",
+    "stability",
     "n",
     "batch_size",
     "model",
@@ -152,6 +153,7 @@ def _run_generate(task: Mapping) -> None:
         formula=formula_string(elements, settings.get("formula")),
         band_gap=settings.get("band_gap"),
         magnetic=settings.get("magnetic"),
+        stability=settings.get("stability"),
     )
     generate_to_directory(
         _pipeline(task["model"]),
@@ -299,7 +301,8 @@ class JobManager:
         reference: str | None = None,
         max_queue: int = 50,
     ):
-        from pccd.pipeline import DEFAULT_MODEL, WEIGHTS_DIR
+        from pccd.conditioning import CONDITION_NAMES
+        from pccd.pipeline import DEFAULT_MODEL, WEIGHTS_DIR, learned_conditions
 
         self.runs = Path(runs).resolve()
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -311,6 +314,11 @@ class JobManager:
         self.model = str(directory.resolve())
         self.model_meta = json.loads((directory / "pccd.json").read_text())
         self.model_name = str(self.model_meta.get("name", ""))
+        config = json.loads((directory / "config.json").read_text())
+        #: conditions a request may use with this model (the form shows only these)
+        self.trained_conditions = learned_conditions(
+            self.model_meta, config.get("conditions", CONDITION_NAMES)
+        )
         self.threads = threads
         self.reference = reference
         self.max_queue = max_queue

@@ -55,6 +55,7 @@ $("job-form").addEventListener("submit", async (event) => {
   if (formula) body.formula = formula; else body.elements = elements;
   if ($("f-band-gap").value !== "") body.band_gap = Number($("f-band-gap").value);
   if ($("f-guidance").value !== "") body.guidance = Number($("f-guidance").value);
+  if (!$("f-stability-row").hidden && $("f-stability").value) body.stability = $("f-stability").value;
   body.sampler = $("f-sampler").value;
   if ($("f-steps").value !== "") body.steps = Number($("f-steps").value);
   $("submit").disabled = true;
@@ -120,6 +121,7 @@ async function refreshJob() {
   const bits = [`${detail.status}`, progressText(detail)];
   if (s.sampler) bits.push(`${s.sampler} ${s.steps || "default"} steps, guidance ${s.guidance_scale}, seed ${s.seed}`);
   if (s.band_gap !== null && s.band_gap !== undefined) bits.push(`band gap ${s.band_gap} eV`);
+  if (s.stability) bits.push(s.stability);
   $("job-status").replaceChildren(el("span", { class: `badge ${detail.status}` }, detail.status), " ",
     bits.slice(1).join(" · "), detail.error ? el("div", { class: "error" }, detail.error) : "");
   const p = detail.progress || {};
@@ -318,5 +320,7 @@ function pollSoon() { clearTimeout(timer); timer = setTimeout(tick, 300); }
 api("/api/info").then((info) => {
   $("model-info").textContent = `model ${info.model} · runs in ${info.runs}`;
   $("f-n").max = info.max_n;
+  // only a model trained with stability labels can take the condition
+  $("f-stability-row").hidden = !(info.conditions || []).includes("stability");
 }).catch(() => {});
 tick();
