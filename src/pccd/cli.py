@@ -1195,7 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--data", required=True, help="training crystals (CSV, dir, ASE file)")
     p_train.add_argument("--val", help="validation crystals")
     p_train.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
-    p_train.add_argument("--preset", default="cpu", help="network preset: cpu, paper, tiny")
+    p_train.add_argument("--preset", default="cpu", help="network preset: cpu, wide, paper, tiny")
     p_train.add_argument("--lattice-scheme", choices=["log", "paper"], default="log")
     p_train.add_argument("--batch-size", type=POSITIVE_INT, default=128)
     p_train.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-4)

@@ -212,6 +212,10 @@ PRESETS: dict[str, UNetConfig] = {
     # 128, 64, 32, 16, 8 rows with widths 64, 64, 64→128, 128, 128→192, full attention at 16
     # and 8 rows and in the middle, 192-wide embedding. ≈4.6M parameters, ≈0.16 GFLOP/sample.
     "cpu": UNetConfig(),
+    # The cpu layout twice as wide (128, 128, 128→256, 256, 256): ≈14.2M parameters, ≈0.57
+    # GFLOP/sample. Memorising 256 train crystals (BENCHMARKS, memorisation.py) it reproduced
+    # twice as many as ``cpu`` in the same steps: the first lever that moved learning.
+    "wide": UNetConfig(base_channels=128, channel_mults=(1, 1, 2, 2, 2)),
     # For tests: a few tens of thousands of parameters.
     "tiny": UNetConfig(
         layout="seq1d",
