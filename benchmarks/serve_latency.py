@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,25 +26,9 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pccd.web.browser import CHROMIUM, free_port, launch_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = [  # as in tests/test_web_browser.py
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--enable-unsafe-swiftshader",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> float:
@@ -73,7 +55,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     load_before = os.getloadavg()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     pccd = Path(sys.executable).parent / "pccd"
     runs: list[dict[str, object]] = []
@@ -84,9 +66,7 @@ def main() -> None:
         try:
             startup = _wait_up(url, proc)
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS
-                )
+                browser = launch_chromium(pw)
                 try:
                     for rep in range(args.repeats):
                         page = browser.new_page(viewport={"width": 1500, "height": 860})

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from pccd.web.browser import CHROMIUM, free_port, launch_chromium
+
 if not Path(CHROMIUM).exists():
     pytest.skip(
         "Debian's chromium is not installed (apt-get install -y chromium); "
@@ -28,24 +27,6 @@ if not Path(CHROMIUM).exists():
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
-
-LAUNCH_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--enable-unsafe-swiftshader",  # WebGL on the CPU (SwiftShader) for the 3D viewer
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,7 +38,7 @@ def server(tmp_path):
 
     runs = tmp_path / "runs"
     app = create_app(runs, None, threads=1)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -90,7 +71,7 @@ def test_submit_view_and_download_in_chromium(server, tmp_path):
     url, runs = server
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 860}, accept_downloads=True)
             page.on("pageerror", lambda exc: errors.append(str(exc)))

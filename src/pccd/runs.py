@@ -96,13 +96,7 @@ def generate_to_directory(
     check_run_settings(out, settings)
     table = ResultTable(out / "summary.csv", columns, key="id")
     width = len(str(max(n - 1, 1)))
-
-    def batch_done(lo: int) -> bool:
-        return all(f"{k:0{width}d}" in table for k in range(lo, min(n, lo + batch_size)))
-
-    start = 0
-    while start < n and batch_done(start):  # resume after the last complete batch
-        start += batch_size
+    start = _resume_start(table, n, batch_size, width)
     for batch in pipeline.iter_generate(requests, batch_size=batch_size, start=start, **kwargs):
         rows = [
             _sample_row(s, requests[s.index], sid, out)
@@ -169,10 +163,7 @@ def generate_valid_to_directory(
     def accepted() -> int:
         return sum(1 for r in table.rows.values() if r["status"] == "ok")
 
-    drawn = 0
-    while drawn < cap and all(f"{k:0{width}d}" in table for k in range(drawn, drawn + batch_size)):
-        drawn += batch_size  # resume after the last complete batch
-    drawn = min(drawn, cap)
+    drawn = min(_resume_start(table, cap, batch_size, width), cap)
     while accepted() < n and drawn < cap:
         size = min(batch_size, cap - drawn)
         chunk = [request] * (drawn + size)
@@ -200,6 +191,21 @@ def generate_valid_to_directory(
             f"are in {out}. Raise --max-draws or relax the request"
         )
     return table.path
+
+
+def _resume_start(table: ResultTable, total: int, batch_size: int, width: int) -> int:
+    """Where a rerun picks up: the first sample of the first batch with a row missing.
+
+    Whole batches, because a sample depends on (seed, index, batch size) and
+    :meth:`~pccd.pipeline.PCCDPipeline.iter_generate` starts at a batch boundary; a last,
+    shorter batch counts as complete when its rows up to ``total`` are there.
+    """
+    start = 0
+    while start < total and all(
+        f"{k:0{width}d}" in table for k in range(start, min(total, start + batch_size))
+    ):
+        start += batch_size
+    return start
 
 
 def _rejection(structure, request: Request, row: dict[str, object]) -> str | None:
