@@ -284,6 +284,10 @@ def test_train_and_export_commands(tmp_path, capsys):
     code, _, err = run(capsys, "export", run_dir / "last.ckpt", model)
     assert code == 0, err
     assert (model / "config.json").exists() and (model / "pccd.json").exists()
+    code, _, err = run(capsys, "export", run_dir / "last.ckpt", tmp_path / "half", "--dtype",
+                       "float16")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["weights_dtype"] == "float16"
     code, _, err = run(capsys, "generate", "--elements", "Si", "-n", "2", "--steps", "2",
                        "--model", model, "--out", tmp_path / "gen", "-q")  # fmt: skip
     assert code == 0, err
@@ -421,9 +425,16 @@ def test_checkpoint_pack_and_unpack(tmp_path, capsys):
     csv = write_csv(tmp_path / "set.csv")
     train(csv, tmp_path / "run", TrainConfig(**TINY), max_steps=2, progress=False)
     code, out, _ = run(capsys, "checkpoint", "pack", tmp_path / "run", tmp_path / "packed")
-    assert code == 0 and "weights.pt" in out
+    assert code == 0 and "manifest.pt" in out and "tensors-001.pt" in out
+    assert "tensors-002.pt" not in out
+    code, out, _ = run(capsys, "checkpoint", "pack", tmp_path / "run", tmp_path / "packed",
+                       "--max-file-mb", "0.1")  # fmt: skip
+    assert code == 0 and "tensors-004.pt" in out
     code, out, _ = run(capsys, "checkpoint", "unpack", tmp_path / "packed", tmp_path / "again")
     assert code == 0 and (tmp_path / "again" / "last.ckpt").exists()
+    code, _, err = run(capsys, "checkpoint", "pack", tmp_path / "run", tmp_path / "p1",
+                       "--max-file-mb", "0.005")  # fmt: skip
+    assert_user_error(code, err, "does not fit in a 0.005 MB file")
     code, _, err = run(capsys, "checkpoint", "pack", tmp_path / "nothing", tmp_path / "p2")
     assert_user_error(code, err, "no such checkpoint")
     code, _, err = run(capsys, "checkpoint", "unpack", tmp_path / "run", tmp_path / "p3")

@@ -20,6 +20,7 @@ from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.training import (
     CrystalDataset,
+    PCCDLightning,
     TrainConfig,
     collate,
     export_pretrained,
@@ -247,19 +248,168 @@ def test_row_layout_option_reaches_the_exported_model(tmp_path):
         TrainConfig(row_layout="diagonal")
 
 
+def fake_checkpoint(path: Path, seed: int = 0) -> dict:
+    """A checkpoint shaped like a Lightning one of the tiny preset (weights, EMA, Adam state,
+    loop state), made without training."""
+    from dataclasses import asdict
+
+    from pccd.model import PCCDUNet
+
+    torch.manual_seed(seed)
+    model, ema = PCCDUNet.from_preset("tiny"), PCCDUNet.from_preset("tiny")
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    moments = {
+        i: {
+            "step": torch.tensor(3.0),
+            "exp_avg": torch.randn_like(p) * 1e-3,
+            "exp_avg_sq": torch.rand_like(p) * 1e-6,
+        }
+        for i, p in enumerate(model.parameters())
+    }
+    groups = [{"lr": 1e-3, "betas": (0.9, 0.99), "params": list(moments)}]
+    ckpt = {
+        "epoch": 1,
+        "global_step": 3,
+        "state_dict": state,
+        "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 3}}},
+        "optimizer_states": [{"state": moments, "param_groups": groups}],
+        "hyper_parameters": {"config": asdict(TrainConfig(**TINY))},
+        "train_seconds": 12.5,
+        "label_counts": {"rows": 7, "band_gap": 7, "magnetic": 0, "stability": 0},
+    }
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def assert_same_checkpoint(original: dict, rebuilt: Path) -> None:
+    """Weights and EMA bit-exact (and in their order), moments bf16-rounded, the rest equal."""
+    got = torch.load(rebuilt, map_location="cpu", weights_only=False)
+    assert list(got["state_dict"]) == list(original["state_dict"])
+    for name, tensor in original["state_dict"].items():
+        assert got["state_dict"][name].dtype == tensor.dtype
+        assert torch.equal(got["state_dict"][name], tensor), name
+    for opt_a, opt_b in zip(original["optimizer_states"], got["optimizer_states"], strict=True):
+        assert opt_a["param_groups"] == opt_b["param_groups"]
+        assert opt_a["state"].keys() == opt_b["state"].keys()
+        for param, state in opt_a["state"].items():
+            assert torch.equal(opt_b["state"][param]["step"], state["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = opt_b["state"][param][key]
+                assert moment.dtype == torch.float32
+                assert torch.equal(moment, state[key].to(torch.bfloat16).float())
+    rest = {k for k in original if k not in ("state_dict", "optimizer_states")}
+    assert rest == set(got) - {"state_dict", "optimizer_states"}
+    assert all(got[k] == original[k] for k in rest)
+
+
+def test_pack_shards_under_the_cap_and_round_trips(tmp_path):
+    from pccd.training import PACK_MANIFEST, pack_checkpoint, unpack_checkpoint
+
+    ckpt = fake_checkpoint(tmp_path / "last.ckpt")
+    packed = tmp_path / "packed"
+    files = pack_checkpoint(tmp_path / "last.ckpt", packed)  # default cap: one shard
+    assert [f.name for f in files] == [PACK_MANIFEST, "tensors-001.pt"]
+    assert_same_checkpoint(ckpt, unpack_checkpoint(packed, tmp_path / "run"))
+
+    (packed / "notes.txt").write_text("not ours")
+    files = pack_checkpoint(tmp_path / "last.ckpt", packed, max_file_mb=0.05)
+    shards = [f.name for f in files[1:]]
+    assert len(shards) >= 5 and shards == [f"tensors-{i:03d}.pt" for i in range(1, len(shards) + 1)]
+    assert all(f.stat().st_size <= 50_000 for f in files)
+    assert_same_checkpoint(ckpt, unpack_checkpoint(packed, tmp_path / "run"))
+    assert sorted(p.name for p in packed.iterdir()) == sorted([*shards, PACK_MANIFEST, "notes.txt"])
+
+    # re-packing with fewer shards removes the ones the new pack does not use
+    files = pack_checkpoint(tmp_path / "last.ckpt", packed, max_file_mb=0.2)
+    assert 1 < len(files) - 1 < len(shards)
+    assert sorted(p.name for p in packed.iterdir()) == sorted(
+        [f.name for f in files] + ["notes.txt"]
+    )
+    assert_same_checkpoint(ckpt, unpack_checkpoint(packed, tmp_path / "run"))
+
+
+def test_pack_refuses_oversized_tensors_and_mixed_shards(tmp_path):
+    import shutil
+
+    from pccd.training import pack_checkpoint, unpack_checkpoint
+
+    fake_checkpoint(tmp_path / "a.ckpt", seed=0)
+    fake_checkpoint(tmp_path / "b.ckpt", seed=1)
+    with pytest.raises(ValueError, match=r"state_dict/model\.up\.0\.blocks\.0\.conv1\.weight"):
+        pack_checkpoint(tmp_path / "a.ckpt", tmp_path / "big", max_file_mb=0.01)
+    assert not (tmp_path / "big").exists()  # refused before writing anything
+    pack_checkpoint(tmp_path / "a.ckpt", tmp_path / "a", max_file_mb=0.05)
+    pack_checkpoint(tmp_path / "b.ckpt", tmp_path / "b", max_file_mb=0.05)
+    # as a re-pack killed after its first shards would leave it
+    shutil.copy(tmp_path / "b" / "tensors-002.pt", tmp_path / "a" / "tensors-002.pt")
+    with pytest.raises(ValueError, match=r"tensors-002\.pt belongs to another pack"):
+        unpack_checkpoint(tmp_path / "a", tmp_path / "run")
+    (tmp_path / "b" / "tensors-003.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tensors-003\.pt"):
+        unpack_checkpoint(tmp_path / "b", tmp_path / "run")
+
+
+def test_the_older_two_file_pack_still_unpacks(tmp_path):
+    """``weights.pt`` (state dict, fp32) + ``state.pt`` (the rest, Adam moments in bf16), as
+    packs were written before sharding; a new pack into the same directory replaces them."""
+    import copy
+
+    from pccd.training import PACK_MANIFEST, pack_checkpoint, unpack_checkpoint
+
+    ckpt = fake_checkpoint(tmp_path / "last.ckpt")
+    old = tmp_path / "old"
+    old.mkdir()
+    rest = copy.deepcopy({k: v for k, v in ckpt.items() if k != "state_dict"})
+    for state in rest["optimizer_states"][0]["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            state[key] = state[key].to(torch.bfloat16)
+    torch.save({"state_dict": ckpt["state_dict"]}, old / "weights.pt")
+    torch.save(rest, old / "state.pt")
+    assert_same_checkpoint(ckpt, unpack_checkpoint(old, tmp_path / "run"))
+    pack_checkpoint(tmp_path / "last.ckpt", old)
+    assert sorted(p.name for p in old.iterdir()) == [PACK_MANIFEST, "tensors-001.pt"]
+    assert_same_checkpoint(ckpt, unpack_checkpoint(old, tmp_path / "run"))
+
+
+def test_export_in_float16(tmp_path):
+    from dataclasses import asdict
+
+    from pccd.model import PCCDUNet
+    from pccd.pipeline import PCCDPipeline
+
+    ckpt = fake_checkpoint(tmp_path / "last.ckpt")
+    full = export_pretrained(tmp_path / "last.ckpt", tmp_path / "fp32")
+    half = export_pretrained(tmp_path / "last.ckpt", tmp_path / "fp16", dtype="float16")
+    assert json.loads((full / "config.json").read_text())["weights_dtype"] == "float32"
+    assert json.loads((half / "config.json").read_text())["weights_dtype"] == "float16"
+    size = (half / "model.pt").stat().st_size
+    assert size < 0.6 * (full / "model.pt").stat().st_size
+    pipe = PCCDPipeline.from_pretrained(half, device="cpu")
+    for name, tensor in pipe.model.state_dict().items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, ckpt["state_dict"][f"ema.{name}"].half().float())
+    assert PCCDUNet.from_pretrained(full).state_dict().keys() == pipe.model.state_dict().keys()
+    # a float16 model seeds a fine-tune in float32
+    module = PCCDLightning(asdict(TrainConfig(**TINY, init_from=str(half))))
+    for name, tensor in module.model.state_dict().items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, pipe.model.state_dict()[name])
+    with pytest.raises(ValueError, match="unknown weights dtype"):
+        export_pretrained(tmp_path / "last.ckpt", tmp_path / "bf16", dtype="bfloat16")
+
+
 @pytest.mark.slow
 def test_packed_checkpoint_resumes(tmp_path):
     from pccd.training import pack_checkpoint, unpack_checkpoint
 
     csv = write_csv(tmp_path / "set.csv")
     ckpt = train(csv, tmp_path / "run", TrainConfig(**TINY), max_steps=3, progress=False)
-    files = pack_checkpoint(ckpt, tmp_path / "packed")
+    files = pack_checkpoint(ckpt, tmp_path / "packed", max_file_mb=0.1)
+    assert len(files) > 3 and all(f.stat().st_size <= 100_000 for f in files)
     assert sum(f.stat().st_size for f in files) < ckpt.stat().st_size
     rebuilt = unpack_checkpoint(tmp_path / "packed", tmp_path / "fresh")
-    a = torch.load(ckpt, map_location="cpu", weights_only=False)
-    b = torch.load(rebuilt, map_location="cpu", weights_only=False)
-    assert b["global_step"] == 3
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert_same_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=False), rebuilt)
     train(csv, tmp_path / "fresh", TrainConfig(**TINY), max_steps=5, progress=False)
     state = torch.load(rebuilt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 5  # continued from the unpacked step 3

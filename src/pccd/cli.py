@@ -515,7 +515,8 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
         try:
-            files = pack_checkpoint(path, args.dest)
+            cap = {"max_file_mb": args.max_file_mb} if args.max_file_mb else {}
+            files = pack_checkpoint(path, args.dest, **cap)
         except (KeyError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:
             raise ValueError(f"{path}: not a pccd training checkpoint ({_one_line(exc)})") from exc
         sizes = ", ".join(f"{f.name} {f.stat().st_size / 1e6:.1f} MB" for f in files)
@@ -535,7 +536,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        out = export_pretrained(path, args.out)
+        out = export_pretrained(path, args.out, dtype=args.dtype)
     except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"{path}: not a pccd training checkpoint ({exc!r})") from exc
     except RuntimeError as exc:  # torch.load of a damaged file
@@ -1229,6 +1230,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_exp.add_argument("checkpoint")
     p_exp.add_argument("out")
+    p_exp.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="precision model.pt stores (float16: half the size; loading computes in float32)",
+    )
     p_exp.set_defaults(func=_cmd_export)
 
     p_ck = sub.add_parser(
@@ -1238,6 +1245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_ck.add_argument("action", choices=["pack", "unpack"])
     p_ck.add_argument("source", help="pack: run dir or .ckpt; unpack: packed dir")
     p_ck.add_argument("dest", help="pack: output dir; unpack: run dir to resume in")
+    p_ck.add_argument(
+        "--max-file-mb",
+        type=POSITIVE_FLOAT,
+        help="pack: largest file to write, in MB (default 45, pccd.training.MAX_FILE_MB)",
+    )
     p_ck.set_defaults(func=_cmd_checkpoint)
 
     p_rec = sub.add_parser(

@@ -13,6 +13,7 @@ from pccd.model.unet import (
     describe,
     example_inputs,
     forward_flops,
+    load_weights,
     warm_start,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "describe",
     "example_inputs",
     "forward_flops",
+    "load_weights",
     "sinusoidal_embedding",
     "warm_start",
 ]
