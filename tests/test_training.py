@@ -197,6 +197,23 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     assert meta["trained_conditions"] == ["elements", "band_gap", "formula"]
 
 
+def test_bf16_mixed_precision_trains_fp32_weights_and_a_run_may_switch(tmp_path):
+    """bf16 autocast is an execution setting: weights, EMA and loss stay fp32, the weights
+    move, and a run started in fp32 resumes in bf16 (the long run switched this way)."""
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    train(csv, out, TrainConfig(**TINY), max_steps=2, progress=False)
+    before = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    train(csv, out, TrainConfig(**TINY), max_steps=4, precision="bf16-mixed", progress=False)
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    after = state["state_dict"]
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model."))
+    with pytest.raises(ValueError, match="precision"):
+        train(csv, out, TrainConfig(**TINY), precision="16-mixed", progress=False)
+
+
 def test_stability_labels_train_the_condition_and_the_model_accepts_it(tmp_path):
     from pccd.pipeline import PCCDPipeline, Request
 

@@ -497,6 +497,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         devices=int(args.devices) if args.devices.isdigit() else args.devices,
         strategy=args.strategy,
         accelerator=args.accelerator,
+        precision=args.precision,
         progress=not args.quiet,
     )
     print(f"checkpoint: {ckpt}")
@@ -1211,6 +1212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--devices", default="1", help="number of devices (or 'auto')")
     p_train.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn")
     p_train.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p_train.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed"],
+        help="bf16-mixed: bfloat16 autocast, fp32 weights (fast on CPUs with AMX/AVX512-BF16)",
+    )
     p_train.add_argument(
         "--model-option",
         action="append",

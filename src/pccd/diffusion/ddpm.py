@@ -131,7 +131,7 @@ def diffusion_loss(
                 estimate = scheduler.predict_x0_batch(model(x_t, t, cond, x_self=x_self), t, x_t)
             x_self = torch.where(use[:, None, None, None], estimate, x_self)
         kwargs["x_self"] = x_self
-    pred = model(x_t, t, cond, **kwargs)
+    pred = model(x_t, t, cond, **kwargs).float()  # the loss in fp32 under bf16 autocast
     fn = F.l1_loss if loss == "l1" else F.mse_loss
     if weighting == "none":
         return fn(pred, noise)
