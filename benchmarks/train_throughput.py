@@ -3,6 +3,10 @@
 Usage:
     python benchmarks/train_throughput.py [--presets cpu,paper] [--rounds 2] [--steps 3]
         [--threads 2] [--batch-size 128]
+    python benchmarks/train_throughput.py --presets wide,wide:bf16-mixed --batch-size 64
+
+A preset may carry a precision after a colon (``wide:bf16-mixed``: the forward and backward
+under bfloat16 autocast with fp32 weights, as ``pccd train --precision bf16-mixed``).
 
 Each measurement runs in a fresh subprocess (so its peak RSS is its own): it builds the
 preset, encodes a batch of real val crystals, runs warm-up steps, then times ``--steps`` full
@@ -26,7 +30,7 @@ VAL = ROOT.parent / "shared" / "data" / "mp_pccd" / "val.csv.gz"
 
 
 def worker(
-    preset: str, steps: int, warmup: int, threads: int, batch_size: int, compile: bool
+    entry: str, steps: int, warmup: int, threads: int, batch_size: int, compile: bool
 ) -> dict:
     import torch
 
@@ -36,6 +40,10 @@ def worker(
     from pccd.model import PCCDUNet, count_parameters, forward_flops
     from pccd.training import CrystalDataset, collate
 
+    preset, _, precision = entry.partition(":")
+    bf16 = precision == "bf16-mixed"
+    if precision not in ("", "32-true", "bf16-mixed"):
+        raise ValueError(f"precision must be 32-true or bf16-mixed, got {precision!r}")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     table = data.load(VAL).table
@@ -50,7 +58,8 @@ def worker(
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        loss = diffusion_loss(model, scheduler, x, cond.drop({"elements": 0.1}))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = diffusion_loss(model, scheduler, x, cond.drop({"elements": 0.1}))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -58,7 +67,8 @@ def worker(
             times.append(time.perf_counter() - t0)
     step = sum(times) / len(times)
     return {
-        "preset": preset,
+        "preset": entry,
+        "precision": "bf16-mixed" if bf16 else "32-true",
         "compile": compile,
         "params": count_parameters(model),
         "gflop_per_sample": flops / 1e9,
@@ -81,7 +91,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     args = ap.parse_args()
     if args.worker:
-        steps = args.steps if args.worker != "cpu" else max(args.steps, 10)
+        steps = args.steps if not args.worker.startswith("cpu") else max(args.steps, 10)
         print(
             json.dumps(
                 worker(args.worker, steps, args.warmup, args.threads, args.batch_size, args.compile)
