@@ -77,6 +77,10 @@ INVALID = [
     (["generate", "--elements", "Na,Cl", "--format", "cif,xyz"], "--format"),
     (["generate", "--elements", "Na,Cl", "--device", "tpu"], "--device"),
     (["generate", "--elements", "Na,Cl", "-n", "two"], "-n"),
+    (["generate", "--elements", "Na,Cl", "--precision", "bf16"], "--precision"),
+    (["csp", "{split}", "--precision", "float16"], "--precision"),
+    (["reconstruct", "{split}", "--precision", "bf16-mixed"], "--precision"),
+    (["batch", "--pool", "3", "--precision", "half"], "--precision"),
     (["generate", "--elements", "Xx,Cl"], "Xx"),
     (["generate", "--elements-from", "{tmp}/missing.csv"], "missing.csv"),
     (["csp", "{split}", "-n", "-1"], "-n"),
@@ -454,3 +458,57 @@ def test_evaluate_refuses_nonphysical_cells_without_hanging(tmp_path, capsys):
     assert code == 0 and "plausible 50.0%" in out  # the huge cell counts, as implausible
     rows = (tmp_path / "eval" / "structures.csv").read_text()
     assert "nonphysical_cell" in rows
+
+
+def test_precision_flag_reaches_the_pipeline_and_run_json(tiny_model_dir, cif_dir, tmp_path,
+                                                          capsys, monkeypatch):  # fmt: skip
+    """--precision is the precision the sampling pipeline runs at (generate, csp, reconstruct;
+    batch and serve share the flag) and lands in run.json and the reports; rerunning a bf16 run
+    in float32 is refused like a changed sampler."""
+    from pccd.cli import build_parser
+    from pccd.pipeline import PCCDPipeline
+
+    parser = build_parser()
+    for argv in (["generate", "--out", "o"], ["csp", "x", "--out", "o"],
+                 ["reconstruct", "x", "--out", "o"], ["batch", "--pool", "3", "--out", "o"],
+                 ["serve"]):  # fmt: skip
+        assert parser.parse_args(argv).precision == "float32"
+        assert parser.parse_args([*argv, "--precision", "bfloat16"]).precision == "bfloat16"
+    code, _, err = run(capsys, "serve", "--precision", "fp16")
+    assert_user_error(code, err, "--precision")
+
+    used = []
+    denoise = PCCDPipeline.denoise
+
+    def spy(self, *args, **kwargs):
+        used.append(self.precision)
+        return denoise(self, *args, **kwargs)
+
+    monkeypatch.setattr(PCCDPipeline, "denoise", spy)
+    gen = tmp_path / "gen"
+    args = ["generate", "--elements", "Na,Cl", "-n", "2", "--steps", "2",
+            "--model", tiny_model_dir, "--out", gen, "-q"]  # fmt: skip
+    code, _, err = run(capsys, *args, "--precision", "bfloat16")
+    assert code == 0, err
+    assert used == ["bfloat16"]
+    assert json.loads((gen / "run.json").read_text())["precision"] == "bfloat16"
+    code, _, err = run(capsys, *args)
+    assert_user_error(code, err, "precision: 'bfloat16' → None")
+
+    csp = tmp_path / "csp"
+    code, _, err = run(capsys, "csp", cif_dir, "-n", "1", "-k", "1", "--steps", "2",
+                       "--precision", "bfloat16", "--model", tiny_model_dir, "--out", csp,
+                       "-q")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((csp / "run.json").read_text())["precision"] == "bfloat16"
+    assert json.loads((csp / "metrics.json").read_text())["model"]["precision"] == "bfloat16"
+    assert "| network precision | bfloat16 |" in (csp / "report.md").read_text()
+
+    rec = tmp_path / "rec"
+    code, _, err = run(capsys, "reconstruct", cif_dir, "-n", "1", "--t", "10", "--sampler",
+                       "ddim", "--steps", "2", "--distances", "none", "--precision", "bfloat16",
+                       "--model", tiny_model_dir, "--out", rec, "-q")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((rec / "run.json").read_text())["precision"] == "bfloat16"
+    assert json.loads((rec / "metrics.json").read_text())["model"]["precision"] == "bfloat16"
+    assert used == ["bfloat16"] * 3

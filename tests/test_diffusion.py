@@ -17,7 +17,9 @@ from pccd.diffusion import (
     cosine_betas,
     denoise,
     diffusion_loss,
+    guided_eps,
     linear_betas,
+    network_precision,
     noise_to,
     reconstruct,
 )
@@ -343,3 +345,43 @@ def test_denoise_restores_training_mode_and_shows_progress(tiny, capsys):
     assert "denoising" in capsys.readouterr().err
     with pytest.raises(ValueError, match="x_T must have shape"):
         denoise(tiny, sched, _cond(), x_T=torch.zeros(3, 3, 128, 3))
+
+
+def test_bfloat16_network_keeps_eps_and_the_scheduler_in_float32(tiny):
+    """Under bf16 autocast the network computes in bf16, but guided_eps hands on fp32 ε̂ (the
+    guidance combination included) and every scheduler step sees and returns fp32 arrays."""
+    x = torch.randn(2, 3, 128, 3, generator=torch.Generator().manual_seed(0))
+    ts = torch.full((2,), 500, dtype=torch.long)
+    with torch.no_grad(), network_precision("bfloat16", "cpu"):
+        assert tiny(x, ts, _cond()).dtype == torch.bfloat16  # the network really runs in bf16
+        for scale in (1.0, 3.0):
+            assert guided_eps(tiny, x, 500, _cond(), guidance_scale=scale).dtype == torch.float32
+    seen = []
+
+    class Recording(DDIMScheduler):
+        def step(self, eps, t, x_t, generator=None):
+            x_prev, x0_hat = super().step(eps, t, x_t, generator)
+            seen.append((eps.dtype, x_t.dtype, x_prev.dtype, x0_hat.dtype))
+            return x_prev, x0_hat
+
+    sched = Recording(eta=1.0)
+    sched.set_timesteps(3)
+    gen = torch.Generator().manual_seed(0)
+    with network_precision("bfloat16", "cpu"):
+        bf16 = denoise(tiny, sched, _cond(), generator=gen, guidance_scale=2.0)
+    assert seen == [(torch.float32,) * 4] * 3
+    fp32 = denoise(tiny, sched, _cond(), generator=torch.Generator().manual_seed(0),
+                   guidance_scale=2.0)  # fmt: skip
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert not torch.equal(bf16, fp32)  # bf16 rounding changes the chain a little
+
+
+def test_network_precision_float32_is_no_context_and_names_are_checked():
+    with network_precision("float32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")  # the fp32 path is exactly the old one
+    with network_precision("bfloat16", "cpu"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for bad in ("bf16", "bf16-mixed", "float16", "32-true"):
+        with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+            network_precision(bad, "cpu")

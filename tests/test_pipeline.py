@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 
+import numpy as np
 import pytest
 
 from pccd.cli import main
@@ -346,3 +349,80 @@ def test_repulsion_option_is_validated_and_changes_samples(tiny_model_dir, tmp_p
     guided = pipe.generate(req, 2, steps=4, seed=0, repulsion=0.85)
     assert len(guided) == 2 and all((s.structure is None) != (s.failure is None) for s in guided)
     assert plain[0].array.shape == guided[0].array.shape
+
+
+def test_precision_option_is_validated(tiny_model_dir):
+    pipe = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    assert pipe.precision == "float32"
+    for bad in ("bf16", "bf16-mixed", "float16", "", None):
+        with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+            PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu", precision=bad)
+        with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+            PCCDPipeline(pipe.model, pipe.rep_config, precision=bad)
+    assert PCCDPipeline(pipe.model, pipe.rep_config, precision="bfloat16").precision == "bfloat16"
+
+
+def test_bfloat16_sampling_gives_finite_seeded_arrays(tiny_model_dir):
+    """bf16 runs the network under autocast in every sampling path (plain, guided, repulsion,
+    DDPM, reconstruction's start_t); the arrays stay fp32, finite and seeded, and the fp32
+    pipeline is exactly the bare loop (:func:`pccd.diffusion.denoise` with no context)."""
+    import torch
+
+    from pccd.diffusion import denoise
+
+    fp32 = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    bf16 = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu", precision="bfloat16")
+    req = Request.parse(["Na", "Cl"])
+    a = bf16.generate(req, 3, steps=3, seed=1, batch_size=2)
+    b = bf16.generate(req, 3, steps=3, seed=1, batch_size=2)
+    ref = fp32.generate(req, 3, steps=3, seed=1, batch_size=2)
+    for s, t in zip(a, b, strict=True):
+        assert s.array.dtype == np.float32 and np.isfinite(s.array).all()
+        assert np.abs(s.array).max() <= 1.0
+        assert (s.array == t.array).all()
+        assert (s.structure is None) != (s.failure is None)
+    assert not all((s.array == r.array).all() for s, r in zip(a, ref, strict=True))
+    for options in (
+        {"guidance_scale": 2.0},
+        {"repulsion": 0.85},
+        {"sampler": "ddpm", "steps": 4},
+    ):
+        out = bf16.generate(req, 2, **{"steps": 3, **options})
+        assert all(np.isfinite(s.array).all() for s in out), options
+    sched = fp32.make_scheduler("ddim", 3)
+    x0 = torch.from_numpy(np.stack([s.array for s in ref[:2]]))
+    cond = req.conditions(2)
+    x_t = sched.add_noise(
+        x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), 400
+    )
+    bare = denoise(fp32.model, sched, cond, x_T=x_t, start_t=400)
+    assert torch.equal(fp32.denoise(sched, cond, x_T=x_t, start_t=400), bare)
+    low = bf16.denoise(sched, cond, x_T=x_t, start_t=400)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert not torch.equal(low, bare)
+
+
+def test_precision_is_recorded_and_refused_on_resume_like_a_sampler(tiny_model_dir, tmp_path):
+    """bf16 gives other crystals for a seed, so a run records it and a changed precision is
+    refused like a changed sampler; float32 is not recorded, so older runs still resume."""
+    fp32 = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    bf16 = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu", precision="bfloat16")
+    req = Request.parse(["Na", "Cl"])
+    plain, low = tmp_path / "fp32", tmp_path / "bf16"
+    generate_to_directory(fp32, req, 2, plain, batch_size=2, steps=2)
+    assert "precision" not in json.loads((plain / "run.json").read_text())
+    generate_to_directory(bf16, req, 2, low, batch_size=2, steps=2)
+    assert json.loads((low / "run.json").read_text())["precision"] == "bfloat16"
+    generate_to_directory(bf16, req, 2, low, batch_size=2, steps=2)  # same settings: resumes
+    with pytest.raises(ValueError, match="precision: 'bfloat16' → None"):
+        generate_to_directory(fp32, req, 2, low, batch_size=2, steps=2)
+    with pytest.raises(ValueError, match="precision: None → 'bfloat16'"):
+        generate_to_directory(bf16, req, 2, plain, batch_size=2, steps=2)
+    from pccd import runs
+
+    valid = tmp_path / "valid"
+    with contextlib.suppress(runs.DrawCapReached):  # a random tiny model may pass nothing
+        runs.generate_valid_to_directory(bf16, req, 1, valid, max_draws=2, batch_size=2, steps=2)
+    assert json.loads((valid / "run.json").read_text())["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision: 'bfloat16' → None"):
+        runs.generate_valid_to_directory(fp32, req, 1, valid, max_draws=2, batch_size=2, steps=2)

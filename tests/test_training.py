@@ -204,14 +204,14 @@ def test_bf16_mixed_precision_trains_fp32_weights_and_a_run_may_switch(tmp_path)
     out = tmp_path / "run"
     train(csv, out, TrainConfig(**TINY), max_steps=2, progress=False)
     before = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    train(csv, out, TrainConfig(**TINY), max_steps=4, precision="bf16-mixed", progress=False)
+    train(csv, out, TrainConfig(**TINY), max_steps=4, precision="bfloat16", progress=False)
     state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 4
     after = state["state_dict"]
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model."))
     with pytest.raises(ValueError, match="precision"):
-        train(csv, out, TrainConfig(**TINY), precision="16-mixed", progress=False)
+        train(csv, out, TrainConfig(**TINY), precision="bf16-mixed", progress=False)
 
 
 def test_stability_labels_train_the_condition_and_the_model_accepts_it(tmp_path):

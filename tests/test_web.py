@@ -557,3 +557,27 @@ def test_pccd_serve_command_answers_on_loopback(tmp_path, tiny_model_dir):
         proc.terminate()  # the server this test started
         output = proc.communicate(timeout=30)[0]
     assert f"http://127.0.0.1:{port}/" in output
+
+
+def test_serve_precision_is_recorded_per_job_and_the_worker_follows_it(tmp_path, tiny_model_dir):
+    """``pccd serve --precision bfloat16`` records it in the run.json of the jobs the page
+    submits; the worker runs a job at its recorded precision, so a bf16 run made in the shell
+    is one the page can continue, and float32 jobs keep the run.json they always had."""
+    from pccd.pipeline import Request
+    from pccd.web.app import parse_generate
+    from pccd.web.jobs import JobManager, _run_generate
+
+    runs = tmp_path / "runs"
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        JobManager(runs, str(tiny_model_dir), precision="bf16")
+    manager = JobManager(runs, str(tiny_model_dir), precision="bfloat16")
+    settings, _ = parse_generate(dict(SMALL, n=2), manager, 10)
+    assert settings["precision"] == "bfloat16"
+    plain = generation_settings(Request.parse(["Na", "Cl"]), n=2, batch_size=2, model="tiny-test",
+                                sampler="ddim", steps=1, guidance_scale=1.0, seed=0)  # fmt: skip
+    assert "precision" not in plain
+    job = runs / "bf16-job"
+    check_run_settings(job, settings)
+    assert manager.disk_state(job)["resumable"]
+    _run_generate({"dir": str(job), "model": str(tiny_model_dir)})  # in this process
+    assert len(summary_rows(job)) == 2  # generate_to_directory accepted the bf16 run.json

@@ -17,11 +17,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 
-def load_pretrained(name_or_path=None, device=None):
+def load_pretrained(name_or_path=None, device=None, *, precision="float32"):
     """One-line load of the shipped model; see :func:`pccd.pipeline.load_pretrained`."""
     from pccd.pipeline import load_pretrained as _load
 
-    return _load(name_or_path, device)
+    return _load(name_or_path, device, precision=precision)
 
 
 __all__ = ["__version__", "load_pretrained"]

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pccd.diffusion import DEFAULT_PRECISION
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, describe_structure
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import PCCDPipeline, Request
@@ -42,6 +43,17 @@ def request_settings(request: Request) -> dict[str, object]:
         "magnetic": request.magnetic,
         "stability": request.stability,
     }
+
+
+def precision_settings(precision: str) -> dict[str, str]:
+    """How the network's precision is recorded in a run's ``run.json`` (every run writer —
+    generate, CSP, reconstruction, batch, the web page — uses this).
+
+    bfloat16 gives other crystals for the same seed, so, like a changed sampler, a changed
+    precision is refused when a run resumes. float32 is not recorded, so runs made before the
+    option still resume.
+    """
+    return {} if precision == DEFAULT_PRECISION else {"precision": precision}
 
 
 def generate_to_directory(
@@ -85,6 +97,7 @@ def generate_to_directory(
         n=n,
         batch_size=batch_size,
         model=str(pipeline.meta.get("name", "")),
+        **precision_settings(pipeline.precision),
         **{k: v for k, v in kwargs.items() if k != "progress"},
     )
     columns = SUMMARY_COLUMNS
@@ -154,6 +167,7 @@ def generate_valid_to_directory(
             "max_draws": cap,
             "batch_size": batch_size,
             "model": str(pipeline.meta.get("name", "")),
+            **precision_settings(pipeline.precision),
             **{k: v for k, v in kwargs.items() if k != "progress"},
         },
     )

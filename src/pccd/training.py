@@ -41,6 +41,7 @@ from pccd import data as data_mod
 from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.diffusion import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
+from pccd.diffusion.sampling import DEFAULT_PRECISION, check_precision
 from pccd.model import PRESETS, PCCDUNet, UNetConfig
 
 
@@ -121,7 +122,8 @@ class TrainConfig:
 
 
 ATOM_ORDERS = ("by_element", "random", "file")
-PRECISIONS = ("32-true", "bf16-mixed")
+#: our precision names (shared with sampling) → Lightning's
+_LIGHTNING_PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed"}
 
 
 class CrystalDataset(Dataset):
@@ -383,7 +385,7 @@ def train(
     devices: int | str = 1,
     strategy: str = "auto",
     accelerator: str = "auto",
-    precision: str = "32-true",
+    precision: str = DEFAULT_PRECISION,
     progress: bool = True,
 ) -> Path:
     """Train (or continue training) a PCCD model; returns the path of ``last.ckpt``.
@@ -392,12 +394,11 @@ def train(
     previous one stopped (weights, EMA, optimiser, step counter, cumulative wall time).
 
     ``precision`` is how the hardware computes, like ``devices``, so a resumed run may change
-    it: ``"bf16-mixed"`` keeps fp32 weights, optimiser and loss but runs the network's
+    it: ``"bfloat16"`` keeps fp32 weights, optimiser and loss but runs the network's
     convolutions and matmuls in bfloat16 (autocast). On CPUs with AMX/AVX512-BF16 that is
     ~1.8x faster per step (BENCHMARKS); elsewhere it is emulated and slower.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     config = config or TrainConfig()
     out = Path(out_dir)
     ckpt = out / "last.ckpt"
@@ -464,7 +465,7 @@ def train(
         max_epochs=-1 if max_steps < 0 else None,
         max_steps=max_steps,
         gradient_clip_val=config.grad_clip or None,
-        precision=precision,
+        precision=_LIGHTNING_PRECISION[precision],
         callbacks=[checkpoint] + ([RunTimeLimit(max_minutes)] if max_minutes else []),
         logger=loggers,
         enable_checkpointing=False,

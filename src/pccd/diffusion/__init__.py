@@ -6,7 +6,17 @@ Nothing here knows about crystals (no pymatgen): it sees (B, 3, 128, 3) arrays i
 
 from pccd.diffusion.ddim import DDIMScheduler
 from pccd.diffusion.ddpm import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
-from pccd.diffusion.sampling import SAMPLE_SHAPE, denoise, guided_eps, noise_to, reconstruct
+from pccd.diffusion.sampling import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    SAMPLE_SHAPE,
+    check_precision,
+    denoise,
+    guided_eps,
+    network_precision,
+    noise_to,
+    reconstruct,
+)
 from pccd.diffusion.schedules import (
     NoiseScheduler,
     alphas_cumprod,
@@ -19,7 +29,9 @@ SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 """Scheduler classes by name (for CLIs and configs)."""
 
 __all__ = [
+    "DEFAULT_PRECISION",
     "LOSSES",
+    "PRECISIONS",
     "SAMPLE_SHAPE",
     "SCHEDULERS",
     "WEIGHTINGS",
@@ -27,12 +39,14 @@ __all__ = [
     "DDPMScheduler",
     "NoiseScheduler",
     "alphas_cumprod",
+    "check_precision",
     "cosine_betas",
     "denoise",
     "diffusion_loss",
     "guided_eps",
     "linear_betas",
     "make_betas",
+    "network_precision",
     "noise_to",
     "reconstruct",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,6 +13,36 @@ from pccd.diffusion.schedules import NoiseScheduler, randn_like
 
 SAMPLE_SHAPE = (3, 128, 3)
 """Shape of one crystal array (channels, rows, columns)."""
+
+PRECISIONS = ("float32", "bfloat16")
+"""Precisions the network may run at while sampling (``PCCDPipeline(precision=...)``)."""
+DEFAULT_PRECISION = "float32"
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else ``ValueError`` naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def network_precision(
+    precision: str, device: torch.device | str
+) -> contextlib.AbstractContextManager:
+    """The context a sampling chain runs in so that its network computes at ``precision``.
+
+    ``"float32"`` is no context at all, so that path is bit-identical to sampling without the
+    option. ``"bfloat16"`` is :func:`torch.autocast`: convolutions, linear layers and attention
+    matmuls run in bfloat16 from fp32 weights, which CPUs with AMX/AVX512-BF16 do much faster
+    (pccd-cpu's 20-step chain: ~1.7x here). Autocast leaves elementwise ops in their input
+    dtype, and :func:`guided_eps` returns ε̂ in fp32, so the scheduler and guidance arithmetic
+    of :func:`denoise` stays fp32 when the whole chain runs inside this context; that is why
+    one context around the chain (:meth:`pccd.pipeline.PCCDPipeline.denoise`) is enough,
+    rather than one per forward pass.
+    """
+    if check_precision(precision) == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -41,16 +72,21 @@ def guided_eps(
     amplifies: ∅ then nulls only those (:meth:`Conditions.without`), so ``["band_gap"]`` pushes
     towards the asked gap without also sharpening the element list; ``None`` nulls every
     condition (the paper).
+
+    ε̂ is always fp32: under bfloat16 autocast (:func:`network_precision`) the network's output
+    is cast up before the guidance combination, so ε_∅ + s·(ε_c − ε_∅) and everything the
+    scheduler does with ε̂ keep fp32's precision (a no-op for an fp32 network).
     """
     b = x_t.shape[0]
     if guidance_scale == 1.0:
         ts = torch.full((b,), int(t), dtype=torch.long, device=x_t.device)
-        return model(x_t, ts, cond) if x_self is None else model(x_t, ts, cond, x_self=x_self)
+        kwargs = {} if x_self is None else {"x_self": x_self}
+        return model(x_t, ts, cond, **kwargs).float()
     if cond_pair is None:
         cond_pair = guidance_pair(cond, guide)
     ts = torch.full((2 * b,), int(t), dtype=torch.long, device=x_t.device)
     kwargs = {} if x_self is None else {"x_self": torch.cat([x_self, x_self])}
-    eps_c, eps_u = model(torch.cat([x_t, x_t]), ts, cond_pair, **kwargs).chunk(2)
+    eps_c, eps_u = model(torch.cat([x_t, x_t]), ts, cond_pair, **kwargs).float().chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 

@@ -33,6 +33,7 @@ from pymatgen.core import Structure
 from pccd import data as data_mod
 from pccd import progress
 from pccd import representation as rep
+from pccd.diffusion import DEFAULT_PRECISION
 from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
 from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
@@ -40,6 +41,7 @@ from pccd.evaluate.reconstruction import select_indices
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import DEFAULT_DDIM_STEPS
+from pccd.runs import precision_settings
 
 _log = logging.getLogger(__name__)
 
@@ -156,6 +158,7 @@ def run_csp(
             "source": source,
             "model": model_label or str(pipeline.meta.get("name", "")),
             "model_steps": pipeline.meta.get("training", {}).get("steps"),
+            **precision_settings(pipeline.precision),
         },
     )
     idx = select_indices(len(table), settings.n, settings.seed)
@@ -232,7 +235,11 @@ def run_csp(
         _log.debug("%d/%d candidates (%d formulas complete)", done, len(flat), done // k)
     pbar.close()
     seconds = time.perf_counter() - t0
-    meta = {**pipeline.meta, "name": model_label or pipeline.meta.get("name")}
+    meta = {
+        **pipeline.meta,
+        "name": model_label or pipeline.meta.get("name"),
+        "precision": pipeline.precision,
+    }
     metrics = summarize(out, settings, source=source, model=meta)
     metrics["timing_this_invocation"] = {"seconds": seconds, "candidates": generated}
     write_metrics(out, metrics)
@@ -330,6 +337,7 @@ def summarize(
         "model": {
             "name": (model or {}).get("name"),
             "training_steps": (model or {}).get("training", {}).get("steps"),
+            "precision": (model or {}).get("precision", DEFAULT_PRECISION),
         },
         "settings": settings.to_dict(),
         "matcher": MATCHER_TOLERANCES,
@@ -430,6 +438,7 @@ def _write_report(out: Path, metrics: dict, settings: CSPSettings) -> None:
                 "model",
                 f"{metrics['model']['name']} ({metrics['model']['training_steps']} training steps)",
             ],
+            ["network precision", metrics["model"].get("precision", DEFAULT_PRECISION)],
             [
                 "formulas",
                 f"{metrics['n_formulas']} scored of {s['n'] or 'all'} drawn (seed {s['seed']})",

@@ -41,13 +41,14 @@ from pccd import data as data_mod
 from pccd import progress
 from pccd import representation as rep
 from pccd.conditioning import Conditions
-from pccd.diffusion import denoise
+from pccd.diffusion import DEFAULT_PRECISION
 from pccd.evaluate import plots
 from pccd.evaluate.csp_distances import METRICS, UNITS, CSPDistances
 from pccd.evaluate.matching import compare_structures, effective_rate, plain_rate
 from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import DEFAULT_DDIM_STEPS
+from pccd.runs import precision_settings
 
 _log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ def run_reconstruction(
             "source": source,
             "model": model_label or str(pipeline.meta.get("name", "")),
             "model_steps": pipeline.meta.get("training", {}).get("steps"),
+            **precision_settings(pipeline.precision),
         },
     )
     idx = select_indices(len(table), settings.n, settings.seed)
@@ -289,8 +291,7 @@ def run_reconstruction(
             scheduler = pipeline.make_scheduler(settings.sampler, settings.steps)
             gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + t * 10_007 + lo)
             x_t = scheduler.add_noise(x0, torch.from_numpy(noise[lo:hi]), t - 1)
-            x_hat = denoise(
-                pipeline.model,
+            x_hat = pipeline.denoise(
                 scheduler,
                 cond,
                 x_T=x_t.to(pipeline.device),
@@ -328,7 +329,11 @@ def run_reconstruction(
         _run_distances(out, results, sub, idx, distance_t, settings, log)
         timing["distances_seconds"] = time.perf_counter() - t0
 
-    meta = {**pipeline.meta, "name": model_label or pipeline.meta.get("name")}
+    meta = {
+        **pipeline.meta,
+        "name": model_label or pipeline.meta.get("name"),
+        "precision": pipeline.precision,
+    }
     metrics = summarize(out, settings, source=source, model=meta)
     metrics["timing_this_invocation"] = timing
     write_metrics(out, metrics)
@@ -492,6 +497,7 @@ def summarize(
         "model": {
             "name": (model or {}).get("name"),
             "training_steps": (model or {}).get("training", {}).get("steps"),
+            "precision": (model or {}).get("precision", DEFAULT_PRECISION),
         },
         "settings": settings.to_dict(),
         "conditions": "elements + formula" if settings.use_formula else "elements only",
@@ -616,6 +622,7 @@ def _write_report(out: Path, metrics: dict, figures: Sequence[Path]) -> None:
                 f"{metrics['model'].get('name')} ({metrics['model'].get('training_steps')}"
                 " training steps)",
             ],
+            ["network precision", metrics["model"].get("precision", DEFAULT_PRECISION)],
             ["crystals drawn", f"{s['n']} (seed {s['seed']})"],
             ["noising depths t", ", ".join(map(str, s["timesteps"]))],
             ["sampler", f"{s['sampler']} ({_steps_text(s['sampler'], s['steps'])})"],

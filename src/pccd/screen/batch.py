@@ -193,12 +193,20 @@ def run_batch(
     from pccd import progress
     from pccd.outputs import check_run_settings
     from pccd.pipeline import Request
-    from pccd.runs import generate_to_directory
+    from pccd.runs import generate_to_directory, precision_settings
     from pccd.screen.screening import screen_directory
 
     check_batch_settings(settings)
     out = Path(out_dir)
-    check_run_settings(out, {**asdict(settings), "sampler": sampler, "steps": steps})
+    check_run_settings(
+        out,
+        {
+            **asdict(settings),
+            "sampler": sampler,
+            "steps": steps,
+            **precision_settings(pipeline.precision),
+        },
+    )
     lists = draw_element_lists(settings)
     requests = [Request.parse(els) for els in lists for _ in range(settings.per_list)]
     gen_dir = out / "generated"

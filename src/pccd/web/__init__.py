@@ -22,8 +22,13 @@ def serve(
     threads: int = 0,
     reference: str | None = None,
     log_level: str = "info",
+    precision: str = "float32",
 ) -> None:
-    """Run the page with uvicorn until interrupted (binds loopback unless told otherwise)."""
+    """Run the page with uvicorn until interrupted (binds loopback unless told otherwise).
+
+    ``precision`` is the network precision of the jobs the page submits (recorded in each
+    job's run.json, which the worker then follows, so a job resumes at its own precision).
+    """
     import socket
 
     import uvicorn
@@ -47,6 +52,7 @@ def serve(
         reference=reference,
         allowed_hosts=None if host in LOOPBACK else ["*"],
         warm=True,
+        precision=precision,
     )
     if host not in LOOPBACK:
         print(

@@ -166,6 +166,7 @@ def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, s
         steps=steps,
         guidance_scale=guidance,
         seed=_int(data, "seed", 0, 0, 2**31 - 1),
+        precision=manager.precision,
     )
     if request.formula:
         label = cell_formula([e.symbol for e in request.elements], list(request.formula))
@@ -402,9 +403,10 @@ def create_app(
     reference: str | None = None,
     allowed_hosts: list[str] | None = None,
     warm: bool = False,
+    precision: str = "float32",
 ) -> Starlette:
     """The Starlette app; jobs start when the app's lifespan starts (uvicorn or TestClient)."""
-    manager = JobManager(runs, model, threads=threads, reference=reference)
+    manager = JobManager(runs, model, threads=threads, reference=reference, precision=precision)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -419,6 +421,7 @@ def create_app(
             {
                 "pccd": __version__,
                 "model": manager.model_name,
+                "precision": manager.precision,
                 "conditions": list(manager.trained_conditions),
                 "runs": str(manager.runs),
                 "max_n": max_n,

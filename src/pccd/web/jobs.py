@@ -80,18 +80,20 @@ def generation_settings(
     steps: int | None,
     guidance_scale: float,
     seed: int,
+    precision: str = "float32",
 ) -> dict[str, object]:
     """The ``run.json`` that :func:`pccd.runs.generate_to_directory` records for one request.
 
     Written when a job is submitted, so a queued job is already a resumable run on disk.
     """
-    from pccd.runs import request_settings
+    from pccd.runs import precision_settings, request_settings
 
     return {
         **request_settings(request),
         "n": n,
         "batch_size": batch_size,
         "model": model,
+        **precision_settings(precision),
         "sampler": sampler,
         "steps": steps,
         "guidance_scale": guidance_scale,
@@ -110,6 +112,7 @@ GENERATION_KEYS = {
     "n",
     "batch_size",
     "model",
+    "precision",
     "sampler",
     "steps",
     "guidance_scale",
@@ -127,15 +130,19 @@ def resolve_inside(root: Path, *parts: str) -> Path:
 
 
 # ---- worker process --------------------------------------------------------------------------
-_PIPELINES: dict[str, object] = {}
+_PIPELINES: dict[tuple[str, str], object] = {}
 
 
-def _pipeline(model: str | None):
+def _pipeline(model: str | None, precision: str | None = None):
+    """The worker's pipeline of ``model`` at ``precision``, loaded once; None is the default
+    (what a run.json without ``precision`` means, see :func:`pccd.runs.precision_settings`)."""
+    from pccd.diffusion import DEFAULT_PRECISION
     from pccd.pipeline import PCCDPipeline
 
-    key = str(model)
+    precision = precision or DEFAULT_PRECISION
+    key = (str(model), precision)
     if key not in _PIPELINES:
-        _PIPELINES[key] = PCCDPipeline.from_pretrained(model)
+        _PIPELINES[key] = PCCDPipeline.from_pretrained(model, precision=precision)
     return _PIPELINES[key]
 
 
@@ -156,7 +163,7 @@ def _run_generate(task: Mapping) -> None:
         stability=settings.get("stability"),
     )
     generate_to_directory(
-        _pipeline(task["model"]),
+        _pipeline(task["model"], settings.get("precision")),  # the job's own, as recorded
         request,
         int(settings["n"]),
         directory,
@@ -205,7 +212,7 @@ def _worker_main(conn, model: str | None, threads: int) -> None:
             elif task["kind"] == "screen":
                 _run_screen(task)
             elif task["kind"] == "warm":
-                _pipeline(model)
+                _pipeline(model, task.get("precision"))
             reply = ("ok", "")
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}")
@@ -300,8 +307,10 @@ class JobManager:
         threads: int = 0,
         reference: str | None = None,
         max_queue: int = 50,
+        precision: str = "float32",
     ):
         from pccd.conditioning import CONDITION_NAMES
+        from pccd.diffusion import check_precision
         from pccd.pipeline import DEFAULT_MODEL, WEIGHTS_DIR, learned_conditions
 
         self.runs = Path(runs).resolve()
@@ -322,6 +331,8 @@ class JobManager:
         self.threads = threads
         self.reference = reference
         self.max_queue = max_queue
+        #: network precision of the jobs the page submits (a job resumes at its recorded one)
+        self.precision = check_precision(precision)
         self._lock = threading.RLock()
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0
@@ -515,7 +526,7 @@ class JobManager:
     def _run(self, item) -> None:
         if item[0] == "warm":
             try:
-                self._ensure_worker().run({"kind": "warm"}, self._stop)
+                self._ensure_worker().run({"kind": "warm", "precision": self.precision}, self._stop)
             except WorkerDied:
                 self._drop_worker()
             return
