@@ -3,10 +3,10 @@
 Usage:
     python benchmarks/train_throughput.py [--presets cpu,paper] [--rounds 2] [--steps 3]
         [--threads 2] [--batch-size 128]
-    python benchmarks/train_throughput.py --presets wide,wide:bf16-mixed --batch-size 64
+    python benchmarks/train_throughput.py --presets wide,wide:bfloat16 --batch-size 64
 
-A preset may carry a precision after a colon (``wide:bf16-mixed``: the forward and backward
-under bfloat16 autocast with fp32 weights, as ``pccd train --precision bf16-mixed``).
+A preset may carry a precision after a colon (``wide:bfloat16``: the forward and backward
+under bfloat16 autocast with fp32 weights, as ``pccd train --precision bfloat16``).
 
 Each measurement runs in a fresh subprocess (so its peak RSS is its own): it builds the
 preset, encodes a batch of real val crystals, runs warm-up steps, then times ``--steps`` full
@@ -41,9 +41,9 @@ def worker(
     from pccd.training import CrystalDataset, collate
 
     preset, _, precision = entry.partition(":")
-    bf16 = precision == "bf16-mixed"
-    if precision not in ("", "32-true", "bf16-mixed"):
-        raise ValueError(f"precision must be 32-true or bf16-mixed, got {precision!r}")
+    bf16 = precision == "bfloat16"
+    if precision not in ("", "float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     table = data.load(VAL).table
@@ -68,7 +68,7 @@ def worker(
     step = sum(times) / len(times)
     return {
         "preset": entry,
-        "precision": "bf16-mixed" if bf16 else "32-true",
+        "precision": "bfloat16" if bf16 else "float32",
         "compile": compile,
         "params": count_parameters(model),
         "gflop_per_sample": flops / 1e9,
