@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/generate_speed.py [--model DIR] [--n 100] [--repeats 3] [--skip-ddpm]
+        [--precision float32|bfloat16]
 
 The fast run is timed as a subprocess of the installed command (interpreter start, model
 load, sampling, decoding, CIF + CSV writing all included). The DDPM run times 1000 ancestral
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (pipeline default)")
     ap.add_argument("--repeats", type=int, default=3, help="fast runs; the median is reported")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--skip-ddpm", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate_speed.json"))
     args = ap.parse_args()
@@ -41,7 +43,8 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": vars(args),
     }
-    cmd = [pccd, "generate", "--elements", args.elements, "-n", str(args.n), "--quiet"]
+    cmd = [pccd, "generate", "--elements", args.elements, "-n", str(args.n), "--quiet",
+           "--precision", args.precision]  # fmt: skip
     if args.steps:
         cmd += ["--steps", str(args.steps)]
     if args.model:
@@ -64,7 +67,7 @@ def main() -> None:
     if not args.skip_ddpm:
         from pccd.pipeline import PCCDPipeline, Request
 
-        pipe = PCCDPipeline.from_pretrained(args.model)
+        pipe = PCCDPipeline.from_pretrained(args.model, precision=args.precision)
         t0 = time.perf_counter()
         samples = pipe.generate(Request.parse(args.elements.split(",")), args.n,
                                 sampler="ddpm", steps=1000, batch_size=args.n)  # fmt: skip
