@@ -168,7 +168,7 @@ def _precision_parent() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
         help="how the network computes while sampling (default float32); bfloat16: autocast, "
-        "~1.7x faster on CPUs with AMX/AVX512-BF16, other crystals for the same seed",
+        "faster on CPUs with AMX/AVX512-BF16 (BENCHMARKS.md), other crystals for the same seed",
     )
     return p
 
@@ -1232,7 +1232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="float32",
         choices=["float32", "bfloat16"],
-        help="bfloat16: autocast with fp32 weights and optimiser, ~2x faster per step on CPUs "
+        help="bfloat16: autocast with fp32 weights and optimiser, faster per step on CPUs "
         "with AMX/AVX512-BF16; a resumed run may change it",
     )
     p_train.add_argument(

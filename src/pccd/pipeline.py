@@ -141,7 +141,7 @@ class PCCDPipeline:
 
     ``precision`` is how the network computes while sampling, one of
     :data:`~pccd.diffusion.PRECISIONS`: ``"float32"`` (default) or ``"bfloat16"`` (autocast,
-    ~1.7x faster on CPUs with AMX/AVX512-BF16; see
+    faster on CPUs with AMX/AVX512-BF16, BENCHMARKS.md; see
     :func:`~pccd.diffusion.network_precision`). The weights stay fp32 either way. bfloat16
     changes the crystals a seed gives, so runs record it (:func:`pccd.runs.precision_settings`).
     """

@@ -396,7 +396,7 @@ def train(
     ``precision`` is how the hardware computes, like ``devices``, so a resumed run may change
     it: ``"bfloat16"`` keeps fp32 weights, optimiser and loss but runs the network's
     convolutions and matmuls in bfloat16 (autocast). On CPUs with AMX/AVX512-BF16 that is
-    ~1.8x faster per step (BENCHMARKS); elsewhere it is emulated and slower.
+    1.54x faster per step for the wide preset (BENCHMARKS); elsewhere it is emulated and slower.
     """
     check_precision(precision)
     config = config or TrainConfig()

@@ -34,7 +34,7 @@ def network_precision(
     ``"float32"`` is no context at all, so that path is bit-identical to sampling without the
     option. ``"bfloat16"`` is :func:`torch.autocast`: convolutions, linear layers and attention
     matmuls run in bfloat16 from fp32 weights, which CPUs with AMX/AVX512-BF16 do much faster
-    (pccd-cpu's 20-step chain: ~1.7x here). Autocast leaves elementwise ops in their input
+    (BENCHMARKS.md, generation speed). Autocast leaves elementwise ops in their input
     dtype, and :func:`guided_eps` returns ε̂ in fp32, so the scheduler and guidance arithmetic
     of :func:`denoise` stays fp32 when the whole chain runs inside this context; that is why
     one context around the chain (:meth:`pccd.pipeline.PCCDPipeline.denoise`) is enough,
