@@ -193,6 +193,7 @@ class FixedPipeline:
     def __init__(self, structures):
         self.structures = structures
         self.meta = {"name": "fixed"}
+        self.precision = "float32"
 
     def check_request(self, request):
         pass
