@@ -7,6 +7,7 @@ that compare the batched energies with the one-structure-at-a-time ones.
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from pccd.mlip import MLIP, MLIPError
 from pccd.screen.batched import batch_evaluator
-from pccd.screen.references import COLUMNS, compute_reference_energies
+from pccd.screen.references import COLUMNS, compute_reference_energies, shipped_table
 from tests.conftest import nacl, silicon
 
 EMT = "ase.calculators.emt:EMT"
@@ -180,3 +181,17 @@ def test_batched_mlip_energies_match_one_by_one(tmp_path, name):
         want = mlip.energy_per_atom(structure)
         assert rows[mid]["error"] == "", (mid, rows[mid]["error"])
         assert float(rows[mid]["energy_per_atom"]) == pytest.approx(want, abs=1e-4), mid
+
+
+@pytest.mark.parametrize("name", ["chgnet", "7net-0"])
+def test_shipped_tables_cover_the_reference_set(name):
+    """Both built-in MLIPs screen without computing references: their tables ship, cover every
+    ≤ 3-element structure of mp_reference (79,804) with few errors, and sit on one energy scale
+    (MP2020-compatible: elemental phases near MP's, e.g. bcc Fe around -8.3 eV/atom)."""
+    with gzip.open(shipped_table(name), "rt") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 79_804
+    energies = {r["material_id"]: float(r["energy_per_atom"]) for r in rows if r["energy_per_atom"]}
+    assert len(energies) >= 0.999 * len(rows)  # 0 errors in both builds
+    assert all(math.isfinite(e) for e in energies.values())
+    assert -9.0 < energies["mp-13"] < -7.5  # bcc Fe
