@@ -65,9 +65,6 @@ CONDITION_NAMES = ("elements", "band_gap", "magnetic", "formula", "stability")
 New conditions are appended, never inserted: :meth:`Conditions.drop` draws in this order, so
 seeded runs that drop only the earlier conditions keep their random draws."""
 
-_MAGNETIC_LOOKUP = {name.lower(): i for i, name in enumerate(MAGNETIC_ORDERINGS)}
-_STABILITY_LOOKUP = {name: i for i, name in enumerate(STABILITY_LABELS)}
-
 
 def stability_index(e_above_hull: float | None) -> int:
     """The stability label index of an energy above the hull (eV/atom).
@@ -224,10 +221,16 @@ class Conditions:
             gap_values.append(g)
 
         mags = _broadcast(magnetic, n, "magnetic")
-        mag_values = [_magnetic_index(m, i) for i, m in enumerate(mags)]
+        mag_values = [
+            _label_index(m, MAGNETIC_ORDERINGS, i, "magnetic ordering", "magnetic")
+            for i, m in enumerate(mags)
+        ]
 
         stabs = _broadcast(stability, n, "stability")
-        stab_values = [_stability_label_index(s, i) for i, s in enumerate(stabs)]
+        stab_values = [
+            _label_index(s, STABILITY_LABELS, i, "stability", "stability")
+            for i, s in enumerate(stabs)
+        ]
 
         return cls(
             elements=torch.tensor(z_rows, dtype=torch.long).reshape(n, MAX_SLOTS),
@@ -441,39 +444,23 @@ def _broadcast(value, n: int, name: str) -> list:
     return values
 
 
-def _magnetic_index(value: int | str | None, i: int) -> int:
+def _label_index(
+    value: int | str | None, labels: Sequence[str], i: int, what: str, field: str
+) -> int:
+    """A per-sample label (a name from ``labels``, case-insensitive, or its index) as its index,
+    -1 for ``None``; ``what`` / ``field`` name the condition in the errors (the one rule for
+    every label condition: magnetic ordering, stability)."""
     if value is None:
         return -1
     if isinstance(value, str):
+        lookup = {name.lower(): k for k, name in enumerate(labels)}
         key = value.strip().lower()
-        if key not in _MAGNETIC_LOOKUP:
-            raise ValueError(
-                f"sample {i}: unknown magnetic ordering {value!r}; use one of {MAGNETIC_ORDERINGS}"
-            )
-        return _MAGNETIC_LOOKUP[key]
+        if key not in lookup:
+            raise ValueError(f"sample {i}: unknown {what} {value!r}; use one of {tuple(labels)}")
+        return lookup[key]
     idx = int(value)
-    if not -1 <= idx < len(MAGNETIC_ORDERINGS):
+    if not -1 <= idx < len(labels):
         raise ValueError(
-            f"sample {i}: magnetic index must be -1 (missing) or 0..{len(MAGNETIC_ORDERINGS) - 1},"
-            f" got {idx}"
-        )
-    return idx
-
-
-def _stability_label_index(value: int | str | None, i: int) -> int:
-    if value is None:
-        return -1
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key not in _STABILITY_LOOKUP:
-            raise ValueError(
-                f"sample {i}: unknown stability {value!r}; use one of {STABILITY_LABELS}"
-            )
-        return _STABILITY_LOOKUP[key]
-    idx = int(value)
-    if not -1 <= idx < len(STABILITY_LABELS):
-        raise ValueError(
-            f"sample {i}: stability index must be -1 (missing) or 0..{len(STABILITY_LABELS) - 1},"
-            f" got {idx}"
+            f"sample {i}: {field} index must be -1 (missing) or 0..{len(labels) - 1}, got {idx}"
         )
     return idx
