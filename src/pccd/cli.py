@@ -159,17 +159,22 @@ def _seed_parent() -> argparse.ArgumentParser:
     return p
 
 
-def _precision_parent() -> argparse.ArgumentParser:
+_SAMPLING_PRECISION_HELP = (
+    "how the network computes while sampling (default float32); bfloat16: autocast, faster on "
+    "CPUs with AMX/AVX512-BF16 (BENCHMARKS.md), other crystals for the same seed"
+)
+_TRAINING_PRECISION_HELP = (
+    "bfloat16: autocast with fp32 weights and optimiser, faster per step on CPUs with "
+    "AMX/AVX512-BF16; a resumed run may change it"
+)
+
+
+def _precision_parent(help_text: str = _SAMPLING_PRECISION_HELP) -> argparse.ArgumentParser:
+    """``--precision``: one set of names for sampling and training."""
     from pccd.diffusion.sampling import DEFAULT_PRECISION, PRECISIONS  # light: no model code
 
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=DEFAULT_PRECISION,
-        help="how the network computes while sampling (default float32); bfloat16: autocast, "
-        "faster on CPUs with AMX/AVX512-BF16 (BENCHMARKS.md), other crystals for the same seed",
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=help_text)
     return p
 
 
@@ -1208,7 +1213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser(
         "train",
         help="train (or resume training) a PCCD model",
-        parents=[verbosity, _threads_parent(), _seed_parent()],
+        parents=[
+            verbosity,
+            _threads_parent(),
+            _seed_parent(),
+            _precision_parent(_TRAINING_PRECISION_HELP),
+        ],
     )
     p_train.add_argument("--data", required=True, help="training crystals (CSV, dir, ASE file)")
     p_train.add_argument("--val", help="validation crystals")
@@ -1228,13 +1238,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--devices", default="1", help="number of devices (or 'auto')")
     p_train.add_argument("--strategy", default="auto", help="e.g. ddp, ddp_spawn")
     p_train.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    p_train.add_argument(
-        "--precision",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="bfloat16: autocast with fp32 weights and optimiser, faster per step on CPUs "
-        "with AMX/AVX512-BF16; a resumed run may change it",
-    )
     p_train.add_argument(
         "--model-option",
         action="append",

@@ -77,7 +77,7 @@ class MLIP:
             try:
                 energy = float(model.predict_structure(structure, task="e")["e"]) * len(structure)
             except EVAL_ERRORS as exc:
-                raise MLIPError(f"chgnet cannot evaluate {structure.formula}: {exc}") from exc
+                raise self.cannot_evaluate(structure, exc) from exc
             if not math.isfinite(energy):
                 raise MLIPError(f"chgnet returned a non-finite energy for {structure.formula}")
             return energy
@@ -86,10 +86,17 @@ class MLIP:
             atoms.calc = self.calculator  # SevenNet checks the elements here
             energy = float(atoms.get_potential_energy())
         except EVAL_ERRORS as exc:  # unsupported elements end up here
-            raise MLIPError(f"{self.name} cannot evaluate {structure.formula}: {exc}") from exc
+            raise self.cannot_evaluate(structure, exc) from exc
         if not math.isfinite(energy):
             raise MLIPError(f"{self.name} returned a non-finite energy for {structure.formula}")
         return energy
+
+    def cannot_evaluate(self, structure: Structure, exc: BaseException) -> MLIPError:
+        """``exc`` (one of :data:`EVAL_ERRORS`, or already an MLIPError) as the MLIPError that
+        names this MLIP and the structure: one wording for single and batched evaluation."""
+        if isinstance(exc, MLIPError):
+            return exc
+        return MLIPError(f"{self.name} cannot evaluate {structure.formula}: {exc}")
 
     def energy_per_atom(self, structure: Structure, raw_energy: float | None = None) -> float:
         """Energy per atom on the MP2020-compatible scale (single point unless given)."""

@@ -193,7 +193,7 @@ def _chunk_energies(
     out: list[float | MLIPError] = []
     for structure, res in zip(structures, results, strict=True):
         if isinstance(res, BaseException):  # per-structure failure of a calculator
-            out.append(_cannot_evaluate(mlip, structure, res))
+            out.append(mlip.cannot_evaluate(structure, res))
             continue
         energy = float(res["energy"])
         if not math.isfinite(energy):
@@ -213,14 +213,7 @@ def _energy_or_error(mlip: MLIP, structure: Structure) -> float | MLIPError:
     try:
         return mlip.energy_per_atom(structure)
     except (MLIPError, *EVAL_ERRORS) as exc:  # SevenNet refuses unknown elements on attach
-        return _cannot_evaluate(mlip, structure, exc)
-
-
-def _cannot_evaluate(mlip: MLIP, structure: Structure, exc: BaseException) -> MLIPError:
-    """``exc`` as the :class:`MLIPError` :meth:`MLIP.raw_energy` would have raised."""
-    if isinstance(exc, MLIPError):
-        return exc
-    return MLIPError(f"{mlip.name} cannot evaluate {structure.formula}: {exc}")
+        return mlip.cannot_evaluate(structure, exc)
 
 
 def finalize_table(partial: str | Path, out: str | Path) -> int:
