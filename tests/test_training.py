@@ -571,3 +571,20 @@ def test_train_config_rejects_unknown_loss_options():
     with pytest.raises(ValueError, match="loss must be"):
         TrainConfig(loss="huber")
     assert TrainConfig(loss_weighting="min_snr").snr_gamma == 5.0
+
+
+def test_resume_says_which_asked_settings_the_checkpoint_overrides(tmp_path, caplog):
+    """A resumed run keeps its recipe; an lr asked for on resume is reported, not dropped
+    silently, and asking again for the same settings reports nothing."""
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    train(csv, out, TrainConfig(**TINY), max_steps=1, progress=False)
+    with caplog.at_level("WARNING", logger="pccd.training"):
+        train(csv, out, TrainConfig(**TINY), max_steps=2, progress=False)
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="pccd.training"):
+        train(csv, out, TrainConfig(**{**TINY, "lr": 5e-4}), max_steps=3, progress=False)
+    (message,) = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert "lr 0.0005 (checkpoint: " in message
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["hyper_parameters"]["config"]["lr"] == TINY.get("lr", TrainConfig().lr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -43,6 +44,8 @@ from pccd.conditioning import Conditions
 from pccd.diffusion import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.diffusion.sampling import DEFAULT_PRECISION, check_precision
 from pccd.model import PRESETS, PCCDUNet, UNetConfig
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -372,6 +375,29 @@ def _val_subset(table: data_mod.CrystalTable, n: int, seed: int) -> data_mod.Cry
     return table.subset(idx)
 
 
+def _warn_ignored_settings(asked: TrainConfig, saved: TrainConfig, ckpt: Path) -> None:
+    """A resumed run keeps its checkpoint's settings (changing the recipe mid-run would make
+    its curve and its model card wrong); say which asked-for settings that overrides, so an
+    ``--option lr=…`` given on resume is not silently dropped. ``seed`` is excluded: resuming
+    restores the random state from the checkpoint anyway."""
+    a, s = asdict(asked), asdict(saved)
+
+    def same(x: object, y: object) -> bool:  # tuples and lists, dict order: as JSON sees them
+        return json.dumps(x, sort_keys=True, default=str) == json.dumps(
+            y, sort_keys=True, default=str
+        )
+
+    differ = [
+        f"{k} {a[k]!r} (checkpoint: {s[k]!r})"
+        for k in a
+        if k in s and k != "seed" and not same(a[k], s[k])
+    ]
+    if differ:
+        _log.warning(
+            "resuming %s with the checkpoint's settings; ignored: %s", ckpt, "; ".join(differ)
+        )
+
+
 def train(
     train_path: str | Path,
     out_dir: str | Path,
@@ -404,7 +430,8 @@ def train(
     ckpt = out / "last.ckpt"
     if resume and ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        config = TrainConfig(**saved["hyper_parameters"]["config"])
+        asked, config = config, TrainConfig(**saved["hyper_parameters"]["config"])
+        _warn_ignored_settings(asked, config, ckpt)
         config = fit_conditions_to_weights(config, saved["state_dict"])
         del saved
     L.seed_everything(config.seed, workers=True, verbose=False)
