@@ -14,8 +14,8 @@ measures the ceiling that sets, on the steering benchmark's own 20 val element l
   ``--max-atoms`` atoms in the cell (what the representation can express). A list can move by
   100 points if at least one such composition reads as an insulator and one as a metal, else 0.
 - *known stoichiometries*: only the compositions the train split holds for exactly that element
-  set (what the model has seen), with the share of those train crystals that read as insulators
-  and the share that MP labels as gap >= 0.1 eV where a gap is known.
+  set (what the model has seen), with how many of them read as insulators, and the share of
+  those train crystals that MP labels as gap >= 0.1 eV where a gap is known.
 
 The ceiling of the mean Δ over lists is the mean of the per-list ceilings. A perfect model
 would put all "4 eV" samples on insulating compositions and all "0 eV" samples on metallic

@@ -587,4 +587,8 @@ def test_resume_says_which_asked_settings_the_checkpoint_overrides(tmp_path, cap
     (message,) = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert "lr 0.0005 (checkpoint: " in message
     state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
-    assert state["hyper_parameters"]["config"]["lr"] == TINY.get("lr", TrainConfig().lr)
+    assert state["hyper_parameters"]["config"]["lr"] == TINY["lr"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pccd.training"):
+        train(csv, out, max_steps=4, progress=False)  # no config asked: nothing is ignored
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]

@@ -425,13 +425,15 @@ def train(
     1.54x faster per step for the wide preset (BENCHMARKS); elsewhere it is emulated and slower.
     """
     check_precision(precision)
+    asked = config  # None: the caller asked for nothing, so a resume overrides nothing
     config = config or TrainConfig()
     out = Path(out_dir)
     ckpt = out / "last.ckpt"
     if resume and ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        asked, config = config, TrainConfig(**saved["hyper_parameters"]["config"])
-        _warn_ignored_settings(asked, config, ckpt)
+        config = TrainConfig(**saved["hyper_parameters"]["config"])
+        if asked is not None:
+            _warn_ignored_settings(asked, config, ckpt)
         config = fit_conditions_to_weights(config, saved["state_dict"])
         del saved
     L.seed_everything(config.seed, workers=True, verbose=False)
