@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pccd import data
-from pccd.diffusion import DDPMScheduler, diffusion_loss
+from pccd.diffusion import diffusion_loss
 from pccd.evaluate import request_quality
 from pccd.model import forward_flops
 from pccd.pipeline import PCCDPipeline, Request
@@ -67,11 +67,12 @@ def _val_table() -> data.CrystalTable:
 
 
 def fixed_noise_val_loss(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> float:
-    """L1 ε loss of the model on n val crystals with per-batch fixed timesteps and noise."""
+    """L1 ε loss of the model on n val crystals with per-batch fixed timesteps and noise, under
+    the forward process the model was trained on (its schedule and SNR shift)."""
     table = _val_table()
     idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
     ds = CrystalDataset(table.subset(idx), pipe.rep_config, augment=False)
-    scheduler = DDPMScheduler()
+    scheduler = pipe.make_scheduler("ddpm", None)
     losses = []
     with torch.no_grad():
         for b, start in enumerate(range(0, n, batch)):

@@ -22,6 +22,7 @@ from pccd.diffusion import (
     network_precision,
     noise_to,
     reconstruct,
+    shift_snr,
 )
 from pccd.diffusion.schedules import randn_like
 from pccd.model import PCCDUNet
@@ -97,6 +98,23 @@ def test_linear_schedule():
     assert DDPMScheduler(schedule="linear").alphas_cumprod[-1] < 1e-4
     with pytest.raises(ValueError, match="schedule"):
         DDPMScheduler(schedule="sigmoid")
+
+
+def test_snr_shift_divides_the_signal_to_noise_ratio():
+    """Every step's SNR is the plain schedule's divided by k; k = 1 is the plain schedule."""
+    base = cosine_betas(1000)
+    np.testing.assert_array_equal(shift_snr(base, 1.0), base)
+    abar = alphas_cumprod(base)
+    for k in (4.0, 16.0):
+        shifted = alphas_cumprod(shift_snr(base, k))
+        snr, snr_k = abar / (1 - abar), shifted / (1 - shifted)
+        np.testing.assert_allclose(snr_k[:990], snr[:990] / k, rtol=1e-8)
+        assert np.all(np.diff(shifted) < 0)  # still a forward process that only adds noise
+    sched = DDIMScheduler(snr_shift=16.0)
+    assert sched.config["snr_shift"] == 16.0
+    assert sched.alphas_cumprod[300] < DDIMScheduler().alphas_cumprod[300]
+    with pytest.raises(ValueError, match="snr_shift"):
+        DDPMScheduler(snr_shift=0.0)
 
 
 def test_add_noise_matches_closed_form():

@@ -190,7 +190,8 @@ def test_shipped_model_refuses_magnetic_ordering():
 
 
 def test_shipped_model_has_no_stability_and_samples_as_before():
-    """pccd-cpu predates the stability condition: its config lists four conditions, it loads
+    """pccd-cpu predates the stability condition and the SNR shift (it samples with the plain
+    cosine it was trained on): its config lists four conditions, it loads
     without a stability embedding, refuses stability requests, and a stability value in a
     batch cannot change its prediction (so its sampling is what it was)."""
     import torch
@@ -199,6 +200,7 @@ def test_shipped_model_has_no_stability_and_samples_as_before():
     from pccd.model.unet import example_inputs
 
     pipe = PCCDPipeline.from_pretrained(None, device="cpu")
+    assert pipe.make_scheduler("ddim", None).snr_shift == 1.0
     assert pipe.model.config.conditions == ("elements", "band_gap", "magnetic", "formula")
     assert not hasattr(pipe.model.cond_encoder, "stability_embed")
     assert "stability" not in pipe.trained_conditions

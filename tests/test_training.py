@@ -255,6 +255,22 @@ def test_resuming_a_run_from_before_stability(tmp_path):
     )
 
 
+def test_snr_shift_is_trained_on_and_reaches_the_exported_model(tmp_path):
+    from pccd.pipeline import PCCDPipeline
+
+    csv = write_csv(tmp_path / "set.csv")
+    config = TrainConfig(**TINY, snr_shift=8.0)
+    ckpt = train(csv, tmp_path / "run", config, val_path=csv, max_steps=1, progress=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["hyper_parameters"]["config"]["snr_shift"] == 8.0
+    model_dir = export_pretrained(ckpt, tmp_path / "model")
+    assert json.loads((model_dir / "pccd.json").read_text())["diffusion"]["snr_shift"] == 8.0
+    pipe = PCCDPipeline.from_pretrained(model_dir, device="cpu")
+    assert pipe.make_scheduler("ddim", 5).snr_shift == 8.0
+    with pytest.raises(ValueError, match="snr_shift"):
+        TrainConfig(snr_shift=-1.0)
+
+
 def test_row_layout_option_reaches_the_exported_model(tmp_path):
     csv = write_csv(tmp_path / "set.csv")
     config = TrainConfig(**TINY, row_layout="fixed")

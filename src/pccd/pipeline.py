@@ -155,6 +155,7 @@ class PCCDPipeline:
         meta: dict | None = None,
         device: torch.device | str | None = None,
         precision: str = DEFAULT_PRECISION,
+        snr_shift: float = 1.0,
     ):
         self.precision = check_precision(precision)
         self.device = torch.device(device) if device is not None else default_device()
@@ -162,6 +163,7 @@ class PCCDPipeline:
         self.rep_config = rep_config
         self.num_train_timesteps = num_train_timesteps
         self.schedule = schedule
+        self.snr_shift = float(snr_shift)
         self.meta = meta or {}
 
     @classmethod
@@ -189,6 +191,8 @@ class PCCDPipeline:
             meta,
             device,
             precision,
+            # models exported before the option existed were trained on the plain schedule
+            meta["diffusion"].get("snr_shift", 1.0),
         )
 
     @property
@@ -252,7 +256,11 @@ class PCCDPipeline:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
         kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-        scheduler = kind(num_train_timesteps=self.num_train_timesteps, schedule=self.schedule)
+        scheduler = kind(
+            num_train_timesteps=self.num_train_timesteps,
+            schedule=self.schedule,
+            snr_shift=self.snr_shift,
+        )
         default = DEFAULT_DDIM_STEPS if sampler == "ddim" else self.num_train_timesteps
         scheduler.set_timesteps(default if steps is None else steps)  # 0 is an error, not "default"
         return scheduler

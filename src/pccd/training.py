@@ -82,6 +82,7 @@ class TrainConfig:
     snr_gamma: float = 5.0
     num_train_timesteps: int = 1000
     schedule: str = "cosine"
+    snr_shift: float = 1.0
     cond_drop: dict = field(
         default_factory=lambda: {
             "elements": 0.1,
@@ -109,7 +110,17 @@ class TrainConfig:
             )
         if not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
+        if not self.snr_shift > 0:
+            raise ValueError(f"snr_shift must be > 0, got {self.snr_shift}")
         self.representation()  # unknown lattice scheme / row layout: refused here too
+
+    def diffusion(self) -> dict[str, object]:
+        """The forward process this run trains on (and its exported model samples with)."""
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "schedule": self.schedule,
+            "snr_shift": self.snr_shift,
+        }
 
     def representation(self) -> rep.RepresentationConfig:
         """The representation this run encodes with (and its exported model decodes with)."""
@@ -234,9 +245,7 @@ class PCCDLightning(L.LightningModule):
         if self.cfg.init_from:
             self._warm_start(self.cfg.init_from)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.scheduler = DDPMScheduler(
-            num_train_timesteps=self.cfg.num_train_timesteps, schedule=self.cfg.schedule
-        )
+        self.scheduler = DDPMScheduler(**self.cfg.diffusion())
         self.train_seconds = 0.0  # cumulative over resumed runs
         self._t_last: float | None = None
         # training rows with a label per optional condition, set by train(); exported so a
@@ -754,7 +763,7 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, dtype: str = "
     meta = {
         "name": out.name,
         "representation": cfg.representation().to_dict(),
-        "diffusion": {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule},
+        "diffusion": cfg.diffusion(),
         "trained_conditions": trained_conditions(model.config.conditions, labels),
         "training": {
             "config": asdict(cfg),

@@ -23,6 +23,7 @@ from pccd.diffusion.schedules import (
     cosine_betas,
     linear_betas,
     make_betas,
+    shift_snr,
 )
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
@@ -49,4 +50,5 @@ __all__ = [
     "network_precision",
     "noise_to",
     "reconstruct",
+    "shift_snr",
 ]

@@ -34,8 +34,9 @@ class DDIMScheduler(NoiseScheduler):
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
         eta: float = 0.0,
+        snr_shift: float = 1.0,
     ) -> None:
-        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing)
+        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing, snr_shift)
         if eta < 0:
             raise ValueError(f"eta must be ≥ 0, got {eta}")
         self.eta = float(eta)

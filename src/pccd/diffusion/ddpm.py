@@ -39,8 +39,9 @@ class DDPMScheduler(NoiseScheduler):
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
         variance_type: str = "fixed_small",
+        snr_shift: float = 1.0,
     ) -> None:
-        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing)
+        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing, snr_shift)
         if variance_type not in VARIANCE_TYPES:
             raise ValueError(
                 f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}"

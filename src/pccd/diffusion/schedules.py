@@ -50,13 +50,37 @@ def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
     return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
 
 
-def make_betas(schedule: str, T: int) -> np.ndarray:
-    """β for a schedule name in :data:`SCHEDULES`."""
+def shift_snr(betas: np.ndarray, snr_shift: float, max_beta: float = 0.999) -> np.ndarray:
+    """β of the schedule whose signal-to-noise ratio is the given one's divided by ``snr_shift``.
+
+    SNR_t = ᾱ_t / (1 − ᾱ_t) becomes SNR_t / k, i.e. ᾱ'_t = ᾱ_t / (ᾱ_t + k (1 − ᾱ_t)), the
+    "shifted" schedule of Hoogeboom et al. (2023, simple diffusion) and Chen (2023). Why PCCD
+    needs it: every atom is repeated over ~128/N rows, and averaging K noisy copies divides the
+    noise variance by K, so the network sees each *atom* at K times the SNR the schedule gives a
+    row. Under the plain cosine the atoms' positions are settled by t ≈ 600 of 1000 (BENCHMARKS,
+    issue 11): most training steps and most sampling steps are spent where nothing is decided.
+    Dividing the SNR by k ≈ K gives the atoms the noise levels the cosine meant for a value
+    seen once. k = 1 returns ``betas`` unchanged.
+    """
+    if not snr_shift > 0:
+        raise ValueError(f"snr_shift must be > 0, got {snr_shift}")
+    if snr_shift == 1.0:
+        return np.asarray(betas, dtype=np.float64)
+    abar = alphas_cumprod(betas)
+    shifted = abar / (abar + snr_shift * (1.0 - abar))
+    ratio = shifted / np.concatenate([[1.0], shifted[:-1]])
+    return np.clip(1.0 - ratio, 0.0, max_beta)
+
+
+def make_betas(schedule: str, T: int, snr_shift: float = 1.0) -> np.ndarray:
+    """β for a schedule name in :data:`SCHEDULES`, its SNR divided by ``snr_shift``."""
     if schedule == "cosine":
-        return cosine_betas(T)
-    if schedule == "linear":
-        return linear_betas(T)
-    raise ValueError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+        betas = cosine_betas(T)
+    elif schedule == "linear":
+        betas = linear_betas(T)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+    return shift_snr(betas, snr_shift)
 
 
 TIMESTEP_SPACINGS = ("trailing", "leading")
@@ -71,6 +95,8 @@ class NoiseScheduler:
     Args:
         num_train_timesteps: T, the length of the forward chain used in training.
         schedule: ``"cosine"`` (default) or ``"linear"``.
+        snr_shift: divide the schedule's SNR by this factor (:func:`shift_snr`); 1 is the
+            paper's schedule.
         clip_sample: clip the predicted x̂_0 to [-1, 1] (the data range) at every step; this
             keeps early, very noisy predictions from throwing the chain outside the data range.
         timestep_spacing: how :meth:`set_timesteps` picks n of the T steps (see there).
@@ -86,6 +112,7 @@ class NoiseScheduler:
         schedule: str = "cosine",
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
+        snr_shift: float = 1.0,
     ) -> None:
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
@@ -95,7 +122,10 @@ class NoiseScheduler:
         self.schedule = schedule
         self.clip_sample = bool(clip_sample)
         self.timestep_spacing = timestep_spacing
-        self.betas = torch.from_numpy(make_betas(schedule, self.num_train_timesteps))
+        self.snr_shift = float(snr_shift)
+        self.betas = torch.from_numpy(
+            make_betas(schedule, self.num_train_timesteps, self.snr_shift)
+        )
         self.alphas_cumprod = torch.from_numpy(alphas_cumprod(self.betas.numpy()))
         self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1, dtype=torch.long)
 
@@ -108,6 +138,7 @@ class NoiseScheduler:
             "schedule": self.schedule,
             "clip_sample": self.clip_sample,
             "timestep_spacing": self.timestep_spacing,
+            "snr_shift": self.snr_shift,
         }
 
     @property
