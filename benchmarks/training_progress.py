@@ -69,7 +69,10 @@ def main() -> None:
         steps=step,
         train_minutes=train_minutes,
         samples_seen=step * int(config["batch_size"]),
-        config={k: config[k] for k in ("preset", "model_overrides", "batch_size", "lr")},
+        config={
+            **{k: config[k] for k in ("preset", "model_overrides", "batch_size", "lr")},
+            "snr_shift": config.get("snr_shift", 1.0),  # runs before the option: the plain schedule
+        },
         machine_quiet=args.quiet_machine,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -58,7 +58,10 @@ class TrainConfig:
     architecture option can be tried as a fine-tune. ``loss_weighting="min_snr"`` (with
     ``snr_gamma``) reweights the training loss per timestep (see
     :func:`pccd.diffusion.diffusion_loss`); the validation loss stays the unweighted paper loss,
-    so runs with and without it compare on one scale.
+    so runs with and without it compare on one scale. ``snr_shift`` (default 1, the paper)
+    divides the schedule's signal-to-noise ratio (:func:`pccd.diffusion.shift_snr`): training,
+    validation and the exported model's samplers all use the shifted forward process, so
+    val losses of runs with different shifts are not on one scale.
 
     ``cond_drop`` gives each condition's classifier-free-guidance dropout probability; a
     condition it does not name is never dropped. Configs saved before the ``stability``
