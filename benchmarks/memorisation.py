@@ -29,7 +29,6 @@ import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from pccd import data
-from pccd.diffusion import DDPMScheduler
 from pccd.evaluate.csp import MATCHER_TOLERANCES, cell_formula
 from pccd.evaluate.geometry import geometry_summary
 from pccd.pipeline import PCCDPipeline, Request
@@ -56,13 +55,14 @@ def x0_error(pipe: PCCDPipeline, table: data.CrystalTable) -> dict[str, float]:
     """Mean |x̂_0 − x_0| of channel 0 in fractional units at a few noise levels (fixed noise)."""
     ds = CrystalDataset(table, pipe.rep_config, augment=False)
     x, cond = collate([ds[i] for i in range(len(ds))])
-    sched, gen = DDPMScheduler(), torch.Generator().manual_seed(0)
+    sched, gen = pipe.make_scheduler("ddpm", None), torch.Generator().manual_seed(0)
     out = {}
     with torch.no_grad():
         for t in NOISE_STEPS:
             ts = torch.full((len(x),), t)
             x_t = sched.add_noise(x, torch.randn(x.shape, generator=gen), ts)
-            x0 = sched.predict_x0_batch(pipe.model(x_t, ts, cond), ts, x_t)
+            eps = sched.eps_from_output(pipe.model(x_t, ts, cond), ts, x_t)
+            x0 = sched.predict_x0_batch(eps, ts, x_t)
             out[str(t)] = round(float((x0 - x)[:, 0].abs().mean()) / 2.0, 4)
     return out
 

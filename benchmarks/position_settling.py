@@ -52,7 +52,8 @@ def chain_estimates(
     estimates = []
     with torch.no_grad():
         for t in scheduler.timesteps.tolist():
-            eps = pipe.model(x, torch.full((len(requests),), t), cond).float()
+            output = pipe.model(x, torch.full((len(requests),), t), cond).float()
+            eps = scheduler.eps_from_output(output, t, x)
             x, x0 = scheduler.step(eps, t, x, gen)
             estimates.append(x0.clamp(-1.0, 1.0).numpy())
     return scheduler.timesteps.tolist(), np.stack(estimates), x.clamp(-1.0, 1.0).numpy()

@@ -117,6 +117,27 @@ def test_snr_shift_divides_the_signal_to_noise_ratio():
         DDPMScheduler(snr_shift=0.0)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_the_training_target_converts_back_to_the_noise(prediction):
+    """A perfect output (the training target) gives back ε, and x̂_0 = x_0, at every step."""
+    sched = DDPMScheduler(prediction=prediction, clip_sample=False)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 128, 3, generator=gen, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 3, 128, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 300, 700, 999])
+    x_t = sched.add_noise(x0, noise, t)
+    target = sched.training_target(x0, noise, t)
+    if prediction == "v":
+        assert not torch.allclose(target, noise)
+    eps = sched.eps_from_output(target, t, x_t)
+    torch.testing.assert_close(eps, noise)
+    for i, step in enumerate((0, 300, 700)):  # one step per call, as the samplers use it
+        eps_i = sched.eps_from_output(target[i : i + 1], step, x_t[i : i + 1])
+        torch.testing.assert_close(sched.predict_x0(eps_i, step, x_t[i : i + 1]), x0[i : i + 1])
+    with pytest.raises(ValueError, match="prediction"):
+        DDIMScheduler(prediction="x0")
+
+
 def test_add_noise_matches_closed_form():
     sched = DDPMScheduler()
     gen = torch.Generator().manual_seed(0)

@@ -255,20 +255,29 @@ def test_resuming_a_run_from_before_stability(tmp_path):
     )
 
 
-def test_snr_shift_is_trained_on_and_reaches_the_exported_model(tmp_path):
-    from pccd.pipeline import PCCDPipeline
+def test_forward_process_options_are_trained_on_and_reach_the_exported_model(tmp_path):
+    """snr_shift and v-prediction: in the checkpoint, in pccd.json, in every sampler the
+    pipeline builds, and a v model samples deterministically."""
+    from pccd.pipeline import PCCDPipeline, Request
 
     csv = write_csv(tmp_path / "set.csv")
-    config = TrainConfig(**TINY, snr_shift=8.0)
+    config = TrainConfig(**TINY, snr_shift=8.0, prediction="v")
     ckpt = train(csv, tmp_path / "run", config, val_path=csv, max_steps=1, progress=False)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["hyper_parameters"]["config"]["snr_shift"] == 8.0
     model_dir = export_pretrained(ckpt, tmp_path / "model")
-    assert json.loads((model_dir / "pccd.json").read_text())["diffusion"]["snr_shift"] == 8.0
+    diffusion = json.loads((model_dir / "pccd.json").read_text())["diffusion"]
+    assert diffusion["snr_shift"] == 8.0 and diffusion["prediction"] == "v"
     pipe = PCCDPipeline.from_pretrained(model_dir, device="cpu")
-    assert pipe.make_scheduler("ddim", 5).snr_shift == 8.0
+    for sampler in ("ddim", "ddpm"):
+        scheduler = pipe.make_scheduler(sampler, 5)
+        assert (scheduler.snr_shift, scheduler.prediction) == (8.0, "v")
+    first, again = (pipe.generate(Request.parse(["Na", "Cl"]), 2, steps=3, seed=4) for _ in "ab")
+    np.testing.assert_array_equal(first[0].array, again[0].array)
     with pytest.raises(ValueError, match="snr_shift"):
         TrainConfig(snr_shift=-1.0)
+    with pytest.raises(ValueError, match="prediction"):
+        TrainConfig(prediction="x0")
 
 
 def test_row_layout_option_reaches_the_exported_model(tmp_path):

@@ -150,21 +150,25 @@ class PCCDPipeline:
         self,
         model: PCCDUNet,
         rep_config: rep.RepresentationConfig,
-        num_train_timesteps: int = 1000,
-        schedule: str = "cosine",
+        diffusion: dict | None = None,
         meta: dict | None = None,
         device: torch.device | str | None = None,
         precision: str = DEFAULT_PRECISION,
-        snr_shift: float = 1.0,
     ):
         self.precision = check_precision(precision)
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.rep_config = rep_config
-        self.num_train_timesteps = num_train_timesteps
-        self.schedule = schedule
-        self.snr_shift = float(snr_shift)
+        # the forward process the network was trained on (pccd.json "diffusion"): the
+        # scheduler arguments every sampler is built with; keys a model predates keep their
+        # defaults (the paper's ε-prediction on the plain schedule)
+        self.diffusion = {"num_train_timesteps": 1000, "schedule": "cosine", **(diffusion or {})}
         self.meta = meta or {}
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """T of the forward process the network was trained on."""
+        return int(self.diffusion["num_train_timesteps"])
 
     @classmethod
     def from_pretrained(
@@ -186,13 +190,10 @@ class PCCDPipeline:
         return cls(
             model,
             rep.RepresentationConfig.from_dict(meta["representation"]),
-            meta["diffusion"]["num_train_timesteps"],
-            meta["diffusion"]["schedule"],
+            meta["diffusion"],
             meta,
             device,
             precision,
-            # models exported before the option existed were trained on the plain schedule
-            meta["diffusion"].get("snr_shift", 1.0),
         )
 
     @property
@@ -256,11 +257,7 @@ class PCCDPipeline:
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
         kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-        scheduler = kind(
-            num_train_timesteps=self.num_train_timesteps,
-            schedule=self.schedule,
-            snr_shift=self.snr_shift,
-        )
+        scheduler = kind(**self.diffusion)
         default = DEFAULT_DDIM_STEPS if sampler == "ddim" else self.num_train_timesteps
         scheduler.set_timesteps(default if steps is None else steps)  # 0 is an error, not "default"
         return scheduler

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from pccd import data as data_mod
 from pccd import representation as rep
 from pccd.conditioning import Conditions
-from pccd.diffusion import LOSSES, WEIGHTINGS, DDPMScheduler, diffusion_loss
+from pccd.diffusion import LOSSES, PREDICTIONS, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.diffusion.sampling import DEFAULT_PRECISION, check_precision
 from pccd.model import PRESETS, PCCDUNet, UNetConfig
 
@@ -61,7 +61,9 @@ class TrainConfig:
     so runs with and without it compare on one scale. ``snr_shift`` (default 1, the paper)
     divides the schedule's signal-to-noise ratio (:func:`pccd.diffusion.shift_snr`): training,
     validation and the exported model's samplers all use the shifted forward process, so
-    val losses of runs with different shifts are not on one scale.
+    val losses of runs with different shifts are not on one scale. ``prediction="v"`` trains
+    the network to output v instead of ε (:data:`pccd.diffusion.PREDICTIONS`); its losses
+    are on another scale too.
 
     ``cond_drop`` gives each condition's classifier-free-guidance dropout probability; a
     condition it does not name is never dropped. Configs saved before the ``stability``
@@ -86,6 +88,7 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     schedule: str = "cosine"
     snr_shift: float = 1.0
+    prediction: str = "epsilon"
     cond_drop: dict = field(
         default_factory=lambda: {
             "elements": 0.1,
@@ -115,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
         if not self.snr_shift > 0:
             raise ValueError(f"snr_shift must be > 0, got {self.snr_shift}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         self.representation()  # unknown lattice scheme / row layout: refused here too
 
     def diffusion(self) -> dict[str, object]:
@@ -123,6 +128,7 @@ class TrainConfig:
             "num_train_timesteps": self.num_train_timesteps,
             "schedule": self.schedule,
             "snr_shift": self.snr_shift,
+            "prediction": self.prediction,
         }
 
     def representation(self) -> rep.RepresentationConfig:

@@ -18,6 +18,7 @@ from pccd.diffusion.sampling import (
     reconstruct,
 )
 from pccd.diffusion.schedules import (
+    PREDICTIONS,
     NoiseScheduler,
     alphas_cumprod,
     cosine_betas,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_PRECISION",
     "LOSSES",
     "PRECISIONS",
+    "PREDICTIONS",
     "SAMPLE_SHAPE",
     "SCHEDULERS",
     "WEIGHTINGS",

@@ -35,8 +35,11 @@ class DDIMScheduler(NoiseScheduler):
         timestep_spacing: str = "trailing",
         eta: float = 0.0,
         snr_shift: float = 1.0,
+        prediction: str = "epsilon",
     ) -> None:
-        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing, snr_shift)
+        super().__init__(
+            num_train_timesteps, schedule, clip_sample, timestep_spacing, snr_shift, prediction
+        )
         if eta < 0:
             raise ValueError(f"eta must be ≥ 0, got {eta}")
         self.eta = float(eta)

@@ -40,8 +40,11 @@ class DDPMScheduler(NoiseScheduler):
         timestep_spacing: str = "trailing",
         variance_type: str = "fixed_small",
         snr_shift: float = 1.0,
+        prediction: str = "epsilon",
     ) -> None:
-        super().__init__(num_train_timesteps, schedule, clip_sample, timestep_spacing, snr_shift)
+        super().__init__(
+            num_train_timesteps, schedule, clip_sample, timestep_spacing, snr_shift, prediction
+        )
         if variance_type not in VARIANCE_TYPES:
             raise ValueError(
                 f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}"
@@ -89,9 +92,10 @@ def diffusion_loss(
     weighting: str = "none",
     snr_gamma: float = 5.0,
 ) -> torch.Tensor:
-    """ε-prediction loss at a uniformly drawn step per sample (scalar mean).
+    """Denoising loss at a uniformly drawn step per sample (scalar mean).
 
     ``t ~ U{0..T−1}``, ``ε ~ N(0, I)``, ``x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε``, loss = ‖ε_θ(x_t, t, c) − ε‖
+    (or against v, :meth:`NoiseScheduler.training_target`, when ``scheduler.prediction`` is v)
     with the L1 norm (the paper's choice, more robust to the heavy-tailed errors of the
     discrete channel-1 entries) or ``"l2"`` (the DDPM "simple" loss).
 
@@ -129,14 +133,20 @@ def diffusion_loss(
         x_self = torch.zeros_like(x0)
         if bool(use.any()):
             with torch.no_grad():
-                estimate = scheduler.predict_x0_batch(model(x_t, t, cond, x_self=x_self), t, x_t)
+                out = model(x_t, t, cond, x_self=x_self)
+                estimate = scheduler.predict_x0_batch(
+                    scheduler.eps_from_output(out, t, x_t), t, x_t
+                )
             x_self = torch.where(use[:, None, None, None], estimate, x_self)
         kwargs["x_self"] = x_self
     pred = model(x_t, t, cond, **kwargs).float()  # the loss in fp32 under bf16 autocast
+    target = scheduler.training_target(x0, noise, t)
     fn = F.l1_loss if loss == "l1" else F.mse_loss
     if weighting == "none":
-        return fn(pred, noise)
-    per_sample = fn(pred, noise, reduction="none").flatten(1).mean(dim=1)
+        return fn(pred, target)
+    per_sample = fn(pred, target, reduction="none").flatten(1).mean(dim=1)
     abar = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t]
     snr = abar / (1.0 - abar)
-    return (per_sample * torch.clamp(snr, max=snr_gamma) / snr).mean()
+    # min(SNR, γ) as the weight of the x_0 error: ε carries it as SNR, v as SNR + 1
+    carried = snr if scheduler.prediction == "epsilon" else snr + 1.0
+    return (per_sample * torch.clamp(snr, max=snr_gamma) / carried).mean()

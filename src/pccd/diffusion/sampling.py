@@ -62,7 +62,11 @@ def guided_eps(
     x_self: torch.Tensor | None = None,
     guide: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """ε̂ with classifier-free guidance: ε_∅ + s·(ε_c − ε_∅).
+    """The network's output with classifier-free guidance: ε_∅ + s·(ε_c − ε_∅).
+
+    The output is ε̂ for ε-prediction models and v̂ for v-prediction ones; the combination is
+    the same (the scheduler's :meth:`~pccd.diffusion.NoiseScheduler.eps_from_output` is affine
+    in it), and :func:`denoise` converts after guiding.
 
     s = 1 is the plain conditional model (one forward pass); otherwise the conditional and
     unconditional branches run as *one* forward of the doubled batch, which is cheaper than two
@@ -151,7 +155,8 @@ def denoise(
     x_self = torch.zeros_like(x) if getattr(model, "self_conditioning", False) else None
     try:
         for t in iterator:
-            eps = guided_eps(model, x, t, cond, guidance_scale, cond_pair, x_self)
+            output = guided_eps(model, x, t, cond, guidance_scale, cond_pair, x_self)
+            eps = scheduler.eps_from_output(output, t, x)
             if x0_correction is not None:
                 x0_fixed = x0_correction(scheduler.predict_x0(eps, t, x), t)
                 eps = scheduler.eps_from_x0(x0_fixed, t, x)

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 SCHEDULES = ("cosine", "linear")
+PREDICTIONS = ("epsilon", "v")
+"""What the network outputs: the noise ε (the paper, DDPM) or the velocity
+v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022)."""
 
 
 def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -97,6 +100,10 @@ class NoiseScheduler:
         schedule: ``"cosine"`` (default) or ``"linear"``.
         snr_shift: divide the schedule's SNR by this factor (:func:`shift_snr`); 1 is the
             paper's schedule.
+        prediction: what the network outputs, one of :data:`PREDICTIONS`. ``"epsilon"`` is the
+            paper's. With ``"v"`` an error δ in x̂_0 costs √(1−ᾱ)^-1 δ instead of √SNR δ, so
+            the low-SNR steps, where PCCD's atoms are placed (BENCHMARKS, issue 11), are not
+            nearly free in the loss; samplers convert the output with :meth:`eps_from_output`.
         clip_sample: clip the predicted x̂_0 to [-1, 1] (the data range) at every step; this
             keeps early, very noisy predictions from throwing the chain outside the data range.
         timestep_spacing: how :meth:`set_timesteps` picks n of the T steps (see there).
@@ -113,7 +120,10 @@ class NoiseScheduler:
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
         snr_shift: float = 1.0,
+        prediction: str = "epsilon",
     ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
                 f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}"
@@ -123,6 +133,7 @@ class NoiseScheduler:
         self.clip_sample = bool(clip_sample)
         self.timestep_spacing = timestep_spacing
         self.snr_shift = float(snr_shift)
+        self.prediction = prediction
         self.betas = torch.from_numpy(
             make_betas(schedule, self.num_train_timesteps, self.snr_shift)
         )
@@ -139,6 +150,7 @@ class NoiseScheduler:
             "clip_sample": self.clip_sample,
             "timestep_spacing": self.timestep_spacing,
             "snr_shift": self.snr_shift,
+            "prediction": self.prediction,
         }
 
     @property
@@ -196,6 +208,28 @@ class NoiseScheduler:
         t = _as_batch(t, x0)
         abar = self._gather(self.alphas_cumprod, t, x0)
         return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+
+    def training_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int
+    ) -> torch.Tensor:
+        """What the network should output for x_t = add_noise(x0, noise, t): ε, or v."""
+        if self.prediction == "epsilon":
+            return noise
+        abar = self._gather(self.alphas_cumprod, _as_batch(t, x0), x0)
+        return abar.sqrt() * noise - (1.0 - abar).sqrt() * x0
+
+    def eps_from_output(
+        self, output: torch.Tensor, t: torch.Tensor | int, x_t: torch.Tensor
+    ) -> torch.Tensor:
+        """ε̂ from the network's output at step ``t`` (identity for ε-prediction).
+
+        For v: ε̂ = √ᾱ v̂ + √(1−ᾱ) x_t. The map is affine in the output with x_t fixed, so
+        classifier-free guidance may combine raw outputs before it (as :func:`guided_eps` does).
+        """
+        if self.prediction == "epsilon":
+            return output
+        abar = self._gather(self.alphas_cumprod, _as_batch(t, x_t), x_t)
+        return abar.sqrt() * output + (1.0 - abar).sqrt() * x_t
 
     def predict_x0(self, eps: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, clipped to [-1, 1] when ``clip_sample``."""
