@@ -109,7 +109,7 @@ def main() -> None:
     name = args.name or Path(args.model).name
     result = {
         "model": name,
-        "snr_shift": pipe.snr_shift,
+        "diffusion": pipe.diffusion,
         "n": args.n,
         "samples_with_two_atoms": len(table),
         "ddim_steps": args.steps,

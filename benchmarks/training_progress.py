@@ -71,7 +71,9 @@ def main() -> None:
         samples_seen=step * int(config["batch_size"]),
         config={
             **{k: config[k] for k in ("preset", "model_overrides", "batch_size", "lr")},
-            "snr_shift": config.get("snr_shift", 1.0),  # runs before the option: the plain schedule
+            # runs from before these options: the plain schedule and ε-prediction
+            "snr_shift": config.get("snr_shift", 1.0),
+            "prediction": config.get("prediction", "epsilon"),
         },
         machine_quiet=args.quiet_machine,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
