@@ -133,10 +133,8 @@ def diffusion_loss(
         x_self = torch.zeros_like(x0)
         if bool(use.any()):
             with torch.no_grad():
-                out = model(x_t, t, cond, x_self=x_self)
-                estimate = scheduler.predict_x0_batch(
-                    scheduler.eps_from_output(out, t, x_t), t, x_t
-                )
+                eps = scheduler.eps_from_output(model(x_t, t, cond, x_self=x_self), t, x_t)
+                estimate = scheduler.predict_x0_batch(eps, t, x_t)
             x_self = torch.where(use[:, None, None, None], estimate, x_self)
         kwargs["x_self"] = x_self
     pred = model(x_t, t, cond, **kwargs).float()  # the loss in fp32 under bf16 autocast

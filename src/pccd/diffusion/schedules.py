@@ -63,7 +63,9 @@ def shift_snr(betas: np.ndarray, snr_shift: float, max_beta: float = 0.999) -> n
     row. Under the plain cosine the atoms' positions are settled by t ≈ 600 of 1000 (BENCHMARKS,
     issue 11): most training steps and most sampling steps are spent where nothing is decided.
     Dividing the SNR by k ≈ K gives the atoms the noise levels the cosine meant for a value
-    seen once. k = 1 returns ``betas`` unchanged.
+    seen once. Measured (BENCHMARKS, issue 11, run 4): k = 16 does spread the placement over the
+    whole chain, but the atoms it places are no more plausible, so the default stays the paper's
+    schedule. k = 1 returns ``betas`` unchanged.
     """
     if not snr_shift > 0:
         raise ValueError(f"snr_shift must be > 0, got {snr_shift}")
@@ -104,6 +106,7 @@ class NoiseScheduler:
             paper's. With ``"v"`` an error δ in x̂_0 costs √(1−ᾱ)^-1 δ instead of √SNR δ, so
             the low-SNR steps, where PCCD's atoms are placed (BENCHMARKS, issue 11), are not
             nearly free in the loss; samplers convert the output with :meth:`eps_from_output`.
+            Measured with ``snr_shift=16`` (BENCHMARKS, run 4b): no more plausible than ε.
         clip_sample: clip the predicted x̂_0 to [-1, 1] (the data range) at every step; this
             keeps early, very noisy predictions from throwing the chain outside the data range.
         timestep_spacing: how :meth:`set_timesteps` picks n of the T steps (see there).
