@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict] = {
     "fixed": {"option": ["row_layout=fixed"]},
     # self-conditioning on the previous x̂_0 (Chen et al. 2023)
     "selfcond": {"model_option": ["self_condition=true"]},
+    # auxiliary loss on x̂_0's neighbour distances (pccd.pair_loss), weight 0.1
+    "pairloss": {"option": ["pair_loss_weight=0.1"]},
     "attn_all+periodic": {
         "model_option": ["attention_levels=null", "periodic_features=true"],
     },

@@ -280,6 +280,19 @@ def test_forward_process_options_are_trained_on_and_reach_the_exported_model(tmp
         TrainConfig(prediction="x0")
 
 
+def test_pair_loss_option_trains_and_is_refused_where_it_cannot_apply(tmp_path):
+    csv = write_csv(tmp_path / "set.csv")
+    config = TrainConfig(**TINY, pair_loss_weight=0.1)
+    ckpt = train(csv, tmp_path / "run", config, val_path=csv, max_steps=2, progress=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["hyper_parameters"]["config"]["pair_loss_weight"] == 0.1
+    assert state["global_step"] == 2
+    with pytest.raises(ValueError, match="pair_loss_weight"):
+        TrainConfig(pair_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="spread"):
+        TrainConfig(pair_loss_weight=0.1, row_layout="fixed")
+
+
 def test_row_layout_option_reaches_the_exported_model(tmp_path):
     csv = write_csv(tmp_path / "set.csv")
     config = TrainConfig(**TINY, row_layout="fixed")

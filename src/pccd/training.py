@@ -44,6 +44,7 @@ from pccd.conditioning import Conditions
 from pccd.diffusion import LOSSES, PREDICTIONS, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.diffusion.sampling import DEFAULT_PRECISION, check_precision
 from pccd.model import PRESETS, PCCDUNet, UNetConfig
+from pccd.pair_loss import pair_distance_loss
 
 _log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ class TrainConfig:
     validation and the exported model's samplers all use the shifted forward process, so
     val losses of runs with different shifts are not on one scale. ``prediction="v"`` trains
     the network to output v instead of ε (:data:`pccd.diffusion.PREDICTIONS`); its losses
-    are on another scale too.
+    are on another scale too. ``pair_loss_weight`` > 0 adds that multiple of
+    :func:`pccd.pair_loss.pair_distance_loss` (x̂_0's neighbour distances against the true ones)
+    to the training loss; 0 is the paper's loss, and validation always uses the plain loss.
 
     ``cond_drop`` gives each condition's classifier-free-guidance dropout probability; a
     condition it does not name is never dropped. Configs saved before the ``stability``
@@ -89,6 +92,7 @@ class TrainConfig:
     schedule: str = "cosine"
     snr_shift: float = 1.0
     prediction: str = "epsilon"
+    pair_loss_weight: float = 0.0
     cond_drop: dict = field(
         default_factory=lambda: {
             "elements": 0.1,
@@ -120,7 +124,11 @@ class TrainConfig:
             raise ValueError(f"snr_shift must be > 0, got {self.snr_shift}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        self.representation()  # unknown lattice scheme / row layout: refused here too
+        representation = self.representation()  # unknown scheme / layout: refused here too
+        if self.pair_loss_weight < 0:
+            raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
+        if self.pair_loss_weight and representation.row_layout is not rep.RowLayout.SPREAD:
+            raise ValueError("pair_loss_weight needs the spread row layout (atoms as row blocks)")
 
     def diffusion(self) -> dict[str, object]:
         """The forward process this run trains on (and its exported model samples with)."""
@@ -282,10 +290,15 @@ class PCCDLightning(L.LightningModule):
             loss=self.cfg.loss,
             weighting=self.cfg.loss_weighting,
             snr_gamma=self.cfg.snr_gamma,
+            x0_penalty=self._pair_penalty if self.cfg.pair_loss_weight else None,
         )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("samples_seen", float(self.global_step * x.shape[0] * self.trainer.world_size))
         return loss
+
+    def _pair_penalty(self, x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        distances = pair_distance_loss(x0_hat, x0, self.cfg.representation())
+        return self.cfg.pair_loss_weight * distances
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # EMA with a warm-up so early weights do not linger (decay → ema_decay as steps grow)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,7 @@ def diffusion_loss(
     drop_probs: Mapping[str, float] | None = None,
     weighting: str = "none",
     snr_gamma: float = 5.0,
+    x0_penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Denoising loss at a uniformly drawn step per sample (scalar mean).
 
@@ -109,6 +110,10 @@ def diffusion_loss(
     With ε as the target, the near-clean steps (SNR ≫ γ) otherwise dominate the gradient although
     they only polish positions the earlier steps chose; the weight moves the budget to the
     mid-noise steps where the arrangement of atoms is decided. ``"none"`` is the paper's loss.
+
+    ``x0_penalty(x̂_0, x_0)`` (optional) is added to the loss, with x̂_0 the clean-array estimate
+    of this prediction (clipped to [-1, 1]): a hook for losses on what x̂_0 means, which this
+    module does not know (e.g. :func:`pccd.pair_loss.pair_distance_loss`).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -141,10 +146,15 @@ def diffusion_loss(
     target = scheduler.training_target(x0, noise, t)
     fn = F.l1_loss if loss == "l1" else F.mse_loss
     if weighting == "none":
-        return fn(pred, target)
-    per_sample = fn(pred, target, reduction="none").flatten(1).mean(dim=1)
-    abar = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t]
-    snr = abar / (1.0 - abar)
-    # min(SNR, γ) as the weight of the x_0 error: ε carries it as SNR, v as SNR + 1
-    carried = snr if scheduler.prediction == "epsilon" else snr + 1.0
-    return (per_sample * torch.clamp(snr, max=snr_gamma) / carried).mean()
+        value = fn(pred, target)
+    else:
+        per_sample = fn(pred, target, reduction="none").flatten(1).mean(dim=1)
+        abar = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t]
+        snr = abar / (1.0 - abar)
+        # min(SNR, γ) as the weight of the x_0 error: ε carries it as SNR, v as SNR + 1
+        carried = snr if scheduler.prediction == "epsilon" else snr + 1.0
+        value = (per_sample * torch.clamp(snr, max=snr_gamma) / carried).mean()
+    if x0_penalty is None:
+        return value
+    x0_hat = scheduler.predict_x0_batch(scheduler.eps_from_output(pred, t, x_t), t, x_t)
+    return value + x0_penalty(x0_hat, x0)
