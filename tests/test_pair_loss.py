@@ -9,7 +9,7 @@ import torch
 from pccd import representation as rep
 from pccd.pair_loss import (
     NEIGHBOUR_CUTOFF,
-    atom_labels,
+    block_labels,
     atom_positions,
     lattice_matrices,
     pair_distance_loss,
@@ -28,7 +28,7 @@ def test_blocks_lattice_and_distances_match_the_structure(name):
     """Atom count from the rows, and the neighbour distances, are the crystal's own."""
     structure = KNOWN[name]()
     x0 = _batch([name])
-    labels, counts = atom_labels(x0)
+    labels, counts = block_labels(x0)
     assert int(counts[0]) == len(structure)
     np.testing.assert_array_equal(labels[0].numpy(), rep.row_blocks(len(structure)))
     lattice = lattice_matrices(x0, rep.RepresentationConfig())[0].numpy()

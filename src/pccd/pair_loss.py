@@ -22,7 +22,7 @@ NEIGHBOUR_CUTOFF = 4.0
 """Å: true pairs closer than this are scored (the first coordination shells of MP crystals)."""
 
 
-def atom_labels(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def block_labels(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 128) atom index of each row of clean arrays, and (B,) atom counts.
 
     Rows of one atom hold the same coordinates and no two atoms share all three (the decoder
@@ -96,7 +96,7 @@ def pair_distance_loss(
     distances are measured in the true lattice, so the loss sees relative placement only.
     Returns 0 for a batch without neighbour pairs (single-atom cells).
     """
-    labels, counts = atom_labels(x0)
+    labels, counts = block_labels(x0)
     n_max = int(counts.max())
     lattice = lattice_matrices(x0, config)
     true = pair_distances(atom_positions(x0, labels, n_max), lattice)
