@@ -9,8 +9,8 @@ import torch
 from pccd import representation as rep
 from pccd.pair_loss import (
     NEIGHBOUR_CUTOFF,
-    block_labels,
     atom_positions,
+    block_labels,
     lattice_matrices,
     pair_distance_loss,
     pair_distances,
