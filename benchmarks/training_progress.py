@@ -71,9 +71,10 @@ def main() -> None:
         samples_seen=step * int(config["batch_size"]),
         config={
             **{k: config[k] for k in ("preset", "model_overrides", "batch_size", "lr")},
-            # runs from before these options: the plain schedule and ε-prediction
+            # runs from before these options: the plain schedule, ε-prediction, no pair loss
             "snr_shift": config.get("snr_shift", 1.0),
             "prediction": config.get("prediction", "epsilon"),
+            "pair_loss_weight": config.get("pair_loss_weight", 0.0),
         },
         machine_quiet=args.quiet_machine,
         date=datetime.now(UTC).isoformat(timespec="seconds"),

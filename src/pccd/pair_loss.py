@@ -6,15 +6,18 @@ Why: the raw samples' geometry fails atom by atom — whatever the cell size, ea
 never a distance between atoms. In training the atoms' row blocks and the true lattice are
 known, so the distances between x̂_0's atoms can be compared with the true ones directly.
 
-Only torch: it runs inside the training step on (B, 3, 128, 3) batches of the ``spread``
-layout (the encoder's blocks; :func:`pccd.representation.row_blocks`).
+It runs inside the training step on (B, 3, 128, 3) batches of the ``spread`` layout (the
+encoder's blocks; :func:`pccd.representation.row_blocks`); the lattice is decoded by the
+representation's own code.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from pymatgen.core import Lattice
 
 from pccd import representation as rep
 
@@ -34,30 +37,14 @@ def block_labels(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lattice_matrices(x0: torch.Tensor, config: rep.RepresentationConfig) -> torch.Tensor:
-    """(B, 3, 3) lattice vectors (rows, Å) from channel 2 of clean arrays."""
-    half = rep.N_ROWS // 2
-    v = x0[:, 2, :half].mean(dim=1).clamp(-1.0, 1.0).double()
-    if config.lattice_scheme is rep.LatticeScheme.PAPER:
-        abc = (v + 1.0) / 2.0 * config.paper_max_length
-    else:
-        lo, hi = math.log(config.log_min_length), math.log(config.log_max_length)
-        abc = torch.exp((v + 1.0) / 2.0 * (hi - lo) + lo)
-    angles = torch.deg2rad((x0[:, 2, half:].mean(dim=1).clamp(-1.0, 1.0).double() + 1.0) * 90.0)
-    ca, cb, cg = torch.cos(angles).unbind(-1)
-    sg = torch.sin(angles[:, 2])
-    cx = cb
-    cy = (ca - cb * cg) / sg
-    cz = torch.sqrt(torch.clamp(1.0 - cx**2 - cy**2, min=1e-8))
-    zero = torch.zeros_like(cx)
-    rows = torch.stack(
-        [
-            torch.stack([torch.ones_like(cx), zero, zero], -1),
-            torch.stack([cg, sg, zero], -1),
-            torch.stack([cx, cy, cz], -1),
-        ],
-        dim=1,
-    )
-    return (rows * abc[:, :, None]).float()
+    """(B, 3, 3) lattice vectors (rows, Å) of clean arrays, decoded as the decoder does
+    (:func:`pccd.representation.decode_lattice`); data, so no gradient is needed."""
+    arrays = x0.detach().cpu().double().numpy()
+    matrices = [
+        Lattice.from_parameters(*np.concatenate(rep.decode_lattice(a, config))).matrix
+        for a in arrays
+    ]
+    return torch.from_numpy(np.stack(matrices)).to(x0.device, torch.float32)
 
 
 def atom_positions(x: torch.Tensor, labels: torch.Tensor, n_max: int) -> torch.Tensor:
