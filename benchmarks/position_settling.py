@@ -48,15 +48,12 @@ def chain_estimates(
     scheduler = pipe.make_scheduler("ddim", steps)
     cond = Conditions.cat([r.conditions(1) for r in requests])
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(requests), *rep.ARRAY_SHAPE), generator=gen)
-    estimates = []
-    with torch.no_grad():
-        for t in scheduler.timesteps.tolist():
-            output = pipe.model(x, torch.full((len(requests),), t), cond).float()
-            eps = scheduler.eps_from_output(output, t, x)
-            x, x0 = scheduler.step(eps, t, x, gen)
-            estimates.append(x0.clamp(-1.0, 1.0).numpy())
-    return scheduler.timesteps.tolist(), np.stack(estimates), x.clamp(-1.0, 1.0).numpy()
+    x_T = torch.randn((len(requests), *rep.ARRAY_SHAPE), generator=gen)
+    estimates: list[np.ndarray] = []
+    final = pipe.denoise(
+        scheduler, cond, x_T=x_T, generator=gen, observe=lambda x0, t: estimates.append(x0.numpy())
+    )
+    return scheduler.timesteps.tolist(), np.stack(estimates), final.numpy()
 
 
 def settling(

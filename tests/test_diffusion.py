@@ -375,6 +375,20 @@ def test_ddim_eta0_is_deterministic_given_x_T(tiny):
     assert torch.equal(a, b)
 
 
+def test_observe_sees_every_steps_estimate_and_leaves_the_chain_alone(tiny):
+    sched = DDIMScheduler(eta=1.0)
+    sched.set_timesteps(6)
+    seen = []
+    observed = denoise(tiny, sched, _cond(), generator=torch.Generator().manual_seed(4),
+                       observe=lambda x0, t: seen.append((t, x0.clone())))  # fmt: skip
+    plain = denoise(tiny, sched, _cond(), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(observed, plain)
+    assert [t for t, _ in seen] == sched.timesteps.tolist()
+    assert all(x0.shape == (2, 3, 128, 3) and x0.abs().max() <= 1 for _, x0 in seen)
+    # the last step's estimate is the sample itself (DDIM ends at x̂_0)
+    assert torch.allclose(seen[-1][1], plain)
+
+
 def test_denoise_restores_training_mode_and_shows_progress(tiny, capsys):
     tiny.train()
     sched = DDIMScheduler()

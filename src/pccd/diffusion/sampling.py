@@ -113,6 +113,7 @@ def denoise(
     progress: bool = False,
     x0_correction: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     guide: Sequence[str] | None = None,
+    observe: Callable[[torch.Tensor, int], None] | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain of ``scheduler`` (its ``timesteps``) and return x̂_0 in [-1, 1].
 
@@ -130,6 +131,9 @@ def denoise(
             every step before the scheduler moves on (the noise estimate is made consistent
             with the corrected x̂_0), e.g. sampling-time repulsion; ``None`` = the plain model.
         guide: conditions that guidance amplifies (see :func:`guided_eps`); ``None`` = all.
+        observe: optional ``f(x̂_0, t)`` called with the step's clean-array estimate (clipped
+            to [-1, 1]) after every step; it only reads, so the chain is the same with or
+            without it (diagnostics such as when the atoms settle).
     """
     device = _model_device(model)
     cond = cond.to(device)
@@ -163,6 +167,8 @@ def denoise(
             x, x0_hat = scheduler.step(eps, t, x, generator)
             if x_self is not None:
                 x_self = x0_hat.clamp(-1.0, 1.0)
+            if observe is not None:
+                observe(x0_hat.clamp(-1.0, 1.0), t)
     finally:
         model.train(was_training)
     return x.clamp(-1.0, 1.0)
