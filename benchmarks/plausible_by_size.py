@@ -8,6 +8,13 @@ the decoded crystals by atom count. If every atom got a too-close neighbour with
 probability q, independently, a crystal of N atoms would be plausible with probability
 (1 − q)^N: the share would fall steeply with N while the q fitted per bin (at the bin's middle
 size) stays flat. Both are reported (failed decodes are counted in ``failed``, not in a bin).
+
+Each row also asks whether the failures are a periodicity blind spot (fractional coordinates
+are diffused as if Euclidean, so atoms at 0.02 and 0.98 look far apart to the network): for
+every failing crystal, does its closest pair meet across the cell boundary (a non-zero image
+offset)? And how many crystals would pass if only in-cell pairs counted? The same figures for
+the same lattices and compositions with uniformly random positions are the control: a model
+blind to the wrap would fail across the boundary far more often than random placement does.
 Rows go to ``benchmarks/results/plausible_by_size.jsonl``.
 """
 
@@ -18,20 +25,57 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
+from ase.data import covalent_radii
 from layout_ab import _val_table
+from pymatgen.core import Structure
 
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio
 from pccd.pipeline import PCCDPipeline, Request
 
 ROOT = Path(__file__).resolve().parents[1]
 BINS = ((1, 2), (3, 4), (5, 8), (9, 16))
+IMAGES = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
+
+
+def closest_pair(structure: Structure) -> tuple[float, bool, float]:
+    """(smallest covalent ratio over pairs and the 27 nearest images, whether that pair meets
+    across the cell boundary, smallest ratio over in-cell pairs only — inf for one atom).
+
+    Fractional coordinates are wrapped to [0, 1) first, as the decoder writes them.
+    """
+    frac = np.mod(structure.frac_coords, 1.0)
+    radii = covalent_radii[np.asarray(structure.atomic_numbers)]
+    delta = frac[None, :, None, :] - frac[:, None, None, :] + IMAGES[None, None]  # (n, n, 27, 3)
+    ratio = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
+    ratio /= (radii[:, None] + radii[None, :])[..., None]
+    n = len(structure)
+    ratio[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself (image 0, 0, 0)
+    a, b, image = np.unravel_index(np.argmin(ratio), ratio.shape)
+    return float(ratio[a, b, image]), bool(IMAGES[image].any()), float(ratio[..., 13].min())
+
+
+def wrap_figures(structures: list[Structure]) -> dict:
+    """Where the failing crystals' closest pairs meet (see the module docstring)."""
+    pairs = [closest_pair(s) for s in structures]
+    failing = [wrapped for ratio, wrapped, _ in pairs if ratio < PLAUSIBLE_RATIO]
+    return {
+        "crystals": len(pairs),
+        "plausible": sum(ratio >= PLAUSIBLE_RATIO for ratio, _, _ in pairs),
+        "plausible_in_cell_pairs_only": sum(cell >= PLAUSIBLE_RATIO for _, _, cell in pairs),
+        "failing": len(failing),
+        "failing_closest_pair_across_boundary": sum(failing),
+    }
 
 
 def by_size(model: str, n: int) -> dict:
     pipe = PCCDPipeline.from_pretrained(model, device="cpu")
     requests = [Request.parse(els) for els in _val_table().draw_element_lists(n, 3)]
     samples = pipe.generate(requests, seed=3, batch_size=100)
+    decoded = [s.structure for s in samples if s.structure is not None]
+    rng = np.random.default_rng(3)
+    shuffled = [Structure(s.lattice, s.species, rng.random((len(s), 3))) for s in decoded]
     counts = {f"{lo}-{hi}": [0, 0] for lo, hi in BINS}
     for s in samples:
         if s.structure is None:
@@ -50,6 +94,8 @@ def by_size(model: str, n: int) -> dict:
         "n": n,
         "failed": sum(s.structure is None for s in samples),
         "bins": bins,
+        "boundary": wrap_figures(decoded),
+        "boundary_random_positions": wrap_figures(shuffled),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -72,6 +118,13 @@ def main() -> None:
             for k, v in row["bins"].items()
         )
         print(f"{model}: {cells}  failed {row['failed']}")
+        for key in ("boundary", "boundary_random_positions"):
+            w = row[key]
+            print(
+                f"  {key}: plausible {w['plausible']}/{w['crystals']}, in-cell pairs only "
+                f"{w['plausible_in_cell_pairs_only']}; of {w['failing']} failing, closest pair "
+                f"across the boundary in {w['failing_closest_pair_across_boundary']}"
+            )
 
 
 if __name__ == "__main__":
