@@ -339,3 +339,62 @@ def test_pair_bias_needs_the_sequence_layout():
 
     with pytest.raises(ValueError, match="pair_bias"):
         UNetConfig(layout="grid2d", pair_bias=True)
+
+
+# ---------------------------------------------------------------------- atom attention
+def test_atom_blocks_are_the_encoders_row_blocks():
+    from pccd import representation as rep
+    from pccd.model.atoms import spread_labels
+
+    labels = spread_labels(torch.arange(1, 17), 128)
+    for n in range(1, 17):
+        assert labels[n - 1].tolist() == rep.row_blocks(n).tolist()
+
+
+def test_atom_attention_starts_as_the_identity_and_skips_samples_without_formula():
+    torch.manual_seed(0)
+    plain = PCCDUNet.from_preset("tiny")
+    atoms = PCCDUNet.from_preset("tiny", atom_attention=1)
+    missing = atoms.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith(("atoms_down.", "atoms_up.")) for k in missing)
+    x, t, _ = example_inputs(2)
+    cond = _cond()
+    assert torch.allclose(atoms(x, t, cond), plain(x, t, cond), atol=1e-6)  # zero-initialised
+    with torch.no_grad():
+        for module in (atoms.atoms_down, atoms.atoms_up):
+            module.proj_out.weight.normal_(0.0, 0.5)
+    changed = atoms(x, t, cond)
+    assert not torch.allclose(changed, plain(x, t, cond), atol=1e-4)
+    no_formula = cond.without(["formula"])
+    assert torch.allclose(atoms(x, t, no_formula), plain(x, t, no_formula), atol=1e-6)
+
+
+def test_atom_attention_updates_every_row_of_a_block_alike_and_sees_the_geometry():
+    from pccd import representation as rep
+    from pccd.model.atoms import AtomAttention
+
+    torch.manual_seed(0)
+    layer = AtomAttention(16, layers=2, heads=2, head_dim=8)
+    with torch.no_grad():
+        layer.proj_out.weight.normal_(0.0, 0.5)
+    x = torch.rand(1, 3, 128, 3) * 2 - 1
+    formula = torch.tensor([[3, 2, 0]])
+    h = torch.zeros(1, 16, 128)
+    update = layer(h, x, formula)[0].T  # (rows, C)
+    blocks = torch.as_tensor(rep.row_blocks(5))
+    for k in range(5):
+        rows = update[blocks == k]
+        assert torch.allclose(rows, rows[:1].expand_as(rows))
+    assert not torch.allclose(update[blocks == 0][0], update[blocks == 1][0])
+    # moving one atom's rows moves the updates of the others (they attend to its position)
+    moved = x.clone()
+    moved[:, 0, blocks == 4] = (moved[:, 0, blocks == 4] + 0.7).remainder(2.0) - 1.0
+    other = layer(h, moved, formula)[0].T
+    assert not torch.allclose(other[blocks == 0][0], update[blocks == 0][0])
+
+
+def test_atom_attention_needs_the_sequence_layout():
+    with pytest.raises(ValueError, match="atom_attention"):
+        UNetConfig(layout="grid2d", atom_attention=1)
+    with pytest.raises(ValueError, match="atom_attention"):
+        UNetConfig(atom_attention=-1)

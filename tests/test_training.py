@@ -293,6 +293,22 @@ def test_pair_loss_option_trains_and_is_refused_where_it_cannot_apply(tmp_path):
         TrainConfig(pair_loss_weight=0.1, row_layout="fixed")
 
 
+def test_atom_attention_model_trains_and_csp_samples(tmp_path):
+    from pccd.pipeline import PCCDPipeline, Request
+
+    csv = write_csv(tmp_path / "set.csv")
+    tiny = {**TINY, "model_overrides": {**TINY.get("model_overrides", {}), "atom_attention": 1}}
+    config = TrainConfig(**tiny)
+    ckpt = train(csv, tmp_path / "run", config, val_path=csv, max_steps=2, progress=False)
+    pipe = PCCDPipeline.from_pretrained(export_pretrained(ckpt, tmp_path / "model"), device="cpu")
+    assert pipe.model.config.atom_attention == 1
+    request = Request.parse(None, formula="NaCl")
+    first, again = (pipe.generate(request, 2, steps=3, seed=4) for _ in "ab")
+    np.testing.assert_array_equal(first[0].array, again[0].array)
+    with pytest.raises(ValueError, match="spread"):
+        TrainConfig(model_overrides={"atom_attention": 1}, row_layout="fixed")
+
+
 def test_row_layout_option_reaches_the_exported_model(tmp_path):
     csv = write_csv(tmp_path / "set.csv")
     config = TrainConfig(**TINY, row_layout="fixed")

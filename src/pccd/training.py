@@ -129,6 +129,9 @@ class TrainConfig:
             raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
         if self.pair_loss_weight and representation.row_layout is not rep.RowLayout.SPREAD:
             raise ValueError("pair_loss_weight needs the spread row layout (atoms as row blocks)")
+        spread = representation.row_layout is rep.RowLayout.SPREAD
+        if self.model_overrides.get("atom_attention") and not spread:
+            raise ValueError("atom_attention needs the spread row layout (atoms as row blocks)")
 
     def diffusion(self) -> dict[str, object]:
         """The forward process this run trains on (and its exported model samples with)."""

@@ -32,6 +32,10 @@ and a paper-scale model are the same code and can be trained and compared:
   periodic coordinate features (cos/sin of 2π·frac and 4π·frac of the noisy rows, averaged
   over the rows a position summarises), so attention can weigh rows by how far apart their
   atoms sit on the torus — the pairwise geometry a point-cloud network would see directly.
+* ``atom_attention`` — when the formula is given, pool every atom's block of rows into one
+  token and run this many transformer layers among the atoms, with pair biases from their
+  periodic coordinate differences, at full row resolution in the encoder and the decoder
+  (:mod:`pccd.model.atoms`); samples without a formula skip it.
 * ``periodic_features`` — also feed the network cos/sin(2π·frac) of the noisy fractional
   coordinates, so it sees that 0.99 and 0.01 are neighbours (the Euclidean array alone puts
   them 1.96 apart); the diffusion itself is unchanged.
@@ -48,6 +52,7 @@ import torch
 from torch import nn
 
 from pccd.conditioning import CONDITION_NAMES, MAX_SLOTS, Conditions
+from pccd.model.atoms import AtomAttention
 from pccd.model.embeddings import ConditionEncoder, TimeEmbedding
 from pccd.model.layers import Attention, Downsample, ResBlock, Upsample, conv, group_norm
 
@@ -99,6 +104,8 @@ class UNetConfig:
         periodic_features: add cos/sin(2π·frac) of channel 0 as extra input channels.
         self_condition: take the previous clean-array estimate as 3 extra array channels.
         pair_bias: periodic pair biases in every full attention (``seq1d`` only).
+        atom_attention: transformer layers among atom tokens at level 0, encoder and decoder
+            (0 = off, the paper; ``seq1d`` only; used where the formula is given).
     """
 
     layout: str = "seq1d"
@@ -123,6 +130,7 @@ class UNetConfig:
     periodic_features: bool = False
     self_condition: bool = False
     pair_bias: bool = False
+    atom_attention: int = 0
 
     def __post_init__(self) -> None:
         # Normalise JSON lists back to tuples so configs compare equal after a round trip.
@@ -151,6 +159,10 @@ class UNetConfig:
             raise ValueError(f"unknown condition(s) {sorted(unknown)}; use {CONDITION_NAMES}")
         if self.pair_bias and self.layout != "seq1d":
             raise ValueError("pair_bias needs layout='seq1d' (one position per row)")
+        if self.atom_attention and self.layout != "seq1d":
+            raise ValueError("atom_attention needs layout='seq1d' (one position per row)")
+        if self.atom_attention < 0:
+            raise ValueError(f"atom_attention must be ≥ 0 layers, got {self.atom_attention}")
         if self.stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd, got {self.stem_kernel}")
         if min(self.num_res_blocks, self.base_channels, self.mid_blocks) < 1:
@@ -310,6 +322,11 @@ class PCCDUNet(nn.Module):
                 )
             )
 
+        # atom tokens at full resolution: after level 0's encoder blocks and decoder blocks
+        layers = config.atom_attention
+        self.atoms_down = AtomAttention(widths[0], layers, heads, head_dim) if layers else None
+        self.atoms_up = AtomAttention(widths[1], layers, heads, head_dim) if layers else None
+
         mid = widths[-1]
         # Middle: res, then (attention, res) repeated — mid_blocks residual blocks in all.
         self.mid_blocks = nn.ModuleList([res(mid, mid) for _ in range(config.mid_blocks)])
@@ -396,11 +413,13 @@ class PCCDUNet(nn.Module):
         h = self.stem(self._to_layout(x, x_self))
         stem_out = h
         skips: list[torch.Tensor] = []
-        for level in self.down:
+        for i, level in enumerate(self.down):
             for j, block in enumerate(level.blocks):
                 h = block(h, emb)
                 if j == len(level.blocks) - 1:
                     h = _attend(level.attn, h, pos)
+                    if i == 0 and self.atoms_down is not None:
+                        h = self.atoms_down(h, x, cond.formula)
                 skips.append(h)
             h = level.transition(h)
         h = self.mid_blocks[0](h, emb)
@@ -409,7 +428,10 @@ class PCCDUNet(nn.Module):
         for level in self.up:
             for block in level.blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-            h = level.transition(_attend(level.attn, h, pos))
+            h = _attend(level.attn, h, pos)
+            if not skips and self.atoms_up is not None:  # level 0: full row resolution
+                h = self.atoms_up(h, x, cond.formula)
+            h = level.transition(h)
         h = self.final_block(torch.cat([h, stem_out], dim=1), emb)
         h = self.final_conv(nn.functional.silu(self.final_norm(h)))
         return self._from_layout(h)
