@@ -305,6 +305,31 @@ def test_atom_attention_model_trains_and_csp_samples(tmp_path):
     request = Request.parse(None, formula="NaCl")
     first, again = (pipe.generate(request, 2, steps=3, seed=4) for _ in "ab")
     np.testing.assert_array_equal(first[0].array, again[0].array)
+    # without a formula a first chain drafts the atom counts; the sample's chain uses them
+    calls = []
+    denoise = pipe.denoise
+
+    def spy(scheduler, cond, **kwargs):
+        calls.append(cond.formula_missing.tolist())
+        return denoise(scheduler, cond, **kwargs)
+
+    pipe.denoise = spy
+    de_novo = Request.parse(["Na", "Cl"])
+    first = pipe.generate(de_novo, 2, steps=3, seed=4)
+    assert calls[0] == [True, True] and len(calls) == 2
+    np.testing.assert_array_equal(
+        first[1].array, pipe.generate(de_novo, 2, steps=3, seed=4)[1].array
+    )
+    # a draft that decodes to all requested elements gives its counts; one missing one, none
+    crystal = KNOWN["nacl"]()
+    array = torch.from_numpy(rep.encode(crystal)[0])
+    counts = tuple(round(crystal.composition[e]) for e in de_novo.elements)
+    assert pipe._with_drafted_formula(de_novo, array).formula == counts
+    unary = torch.from_numpy(rep.encode(KNOWN["unary"]())[0])  # its rows vote for one slot
+    assert pipe._with_drafted_formula(de_novo, unary).formula is None
+    calls.clear()
+    pipe.generate(request, 2, steps=3, seed=4)
+    assert calls == [[False, False]]  # a formula needs no draft
     with pytest.raises(ValueError, match="spread"):
         TrainConfig(model_overrides={"atom_attention": 1}, row_layout="fixed")
 

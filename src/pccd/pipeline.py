@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +296,8 @@ class PCCDPipeline:
         fraction of their covalent bond length (:func:`pccd.repulsion.repel`); samples made
         with it are guided, not the raw model. ``guide`` names the conditions that
         ``guidance_scale`` amplifies (e.g. ``["band_gap"]``); ``None``: all of them (the paper).
+        Models with ``atom_attention`` draft the atom counts of requests without a formula by
+        a first chain (see :meth:`_with_drafted_formula`), so they sample twice as long.
         """
         if isinstance(requests, Request):
             if n is None:
@@ -314,6 +316,15 @@ class PCCDPipeline:
             gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + lo)
             x_T = torch.randn((len(chunk), *rep.ARRAY_SHAPE), generator=gen)
             cond = Conditions.cat([r.conditions(1) for r in chunk]).to(self.device)
+            if self.model.config.atom_attention and any(r.formula is None for r in chunk):
+                draft = self.denoise(
+                    self.make_scheduler(sampler, steps), cond, x_T=x_T.to(self.device),
+                    generator=gen, guidance_scale=guidance_scale, guide=guide,
+                )  # fmt: skip
+                drafted = zip(chunk, draft, strict=True)
+                chunk = [self._with_drafted_formula(r, a) for r, a in drafted]
+                cond = Conditions.cat([r.conditions(1) for r in chunk]).to(self.device)
+                x_T = torch.randn((len(chunk), *rep.ARRAY_SHAPE), generator=gen)
             x0 = self.denoise(
                 self.make_scheduler(sampler, steps),
                 cond,
@@ -332,6 +343,28 @@ class PCCDPipeline:
                     Sample(lo + k, out if ok else None, None if ok else out, x)  # type: ignore[arg-type]
                 )
             yield batch
+
+    def _with_drafted_formula(self, request: Request, draft: torch.Tensor) -> Request:
+        """The request with the atom counts of a draft sample, for ``atom_attention`` models.
+
+        Why: their atom layer needs the row blocks, i.e. the atom count, which only a formula
+        gives. Without one, a first chain of the same model (its atom layer idle, as in every
+        training sample whose formula was dropped) drafts a crystal, and its decoded counts
+        become the formula of the chain that makes the sample. A draft that does not decode to
+        exactly the requested elements leaves the request as it was (that sample is made
+        without the atom layer).
+        """
+        if request.formula is not None:
+            return request
+        out = rep.decode(draft.detach().cpu().numpy(), list(request.elements), self.rep_config)
+        if not isinstance(out, Structure):
+            return request
+        counts = out.composition.element_composition
+        if {e.symbol for e in counts} != {e.symbol for e in request.elements}:
+            return request
+        if counts.num_atoms > MAX_ATOMS:
+            return request
+        return replace(request, formula=tuple(round(counts[e]) for e in request.elements))
 
     def _repulsion(self, chunk: Sequence[Request], tau: float):
         """The x̂_0 correction of :func:`pccd.repulsion.repel` for one batch of requests."""
