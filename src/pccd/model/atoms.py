@@ -20,6 +20,10 @@ Samples without a formula (missing, or dropped for classifier-free guidance) pas
 The output projection starts at zero, so a new layer is the identity (warm starts keep the
 network they start from).
 
+Measured (BENCHMARKS, memorisation test, 2,500 steps at lr 5e-4): two layers learn faster at
+first but end behind the plain network, and reproduce fewer of their own crystals from their
+formulas (30.9% vs 52.0%); hence off by default (``UNetConfig.atom_attention = 0``).
+
 This module is torch only (the model package does not import the crystal code); the block
 boundaries are computed here exactly as :func:`pccd.representation.row_blocks` computes them,
 which a test checks for every atom count.
