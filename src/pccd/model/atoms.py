@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pccd.model.layers import PERIODIC_FEATURES, periodic_row_features
+
 MAX_ATOMS = 16
 """Atoms per cell the representation holds (the token count)."""
-PAIR_INPUTS = 12 + 6
+PAIR_INPUTS = PERIODIC_FEATURES + 6
 """Per atom pair: cos/sin of Δ and 2Δ per axis (12), and the noisy lattice rows' means (6)."""
 
 
@@ -52,14 +54,6 @@ def spread_labels(n_atoms: torch.Tensor, rows: int) -> torch.Tensor:
     starts = torch.where(k < n, starts, torch.full_like(starts, float("inf")))
     r = torch.arange(rows, device=n_atoms.device, dtype=torch.float64)
     return (r[None, :, None] >= starts[:, None, :]).sum(dim=-1)
-
-
-def _periodic(x: torch.Tensor) -> torch.Tensor:
-    """(B, rows, 12): cos/sin of 2π·frac and 4π·frac of channel 0 (which holds 2·frac − 1)."""
-    angle = torch.pi * (x[:, 0] + 1.0)
-    return torch.cat(
-        [torch.cos(angle), torch.sin(angle), torch.cos(2 * angle), torch.sin(2 * angle)], dim=-1
-    )
 
 
 def _pair_inputs(u: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
@@ -136,7 +130,7 @@ class AtomAttention(nn.Module):
         member = F.one_hot(labels, MAX_ATOMS).to(h.dtype)  # (B, rows, A)
         size = member.sum(dim=1).clamp(min=1.0)[..., None]  # (B, A, 1)
         tokens = torch.matmul(member.transpose(1, 2), h.transpose(1, 2)) / size
-        u = torch.matmul(member.transpose(1, 2), _periodic(x).to(h.dtype)) / size
+        u = torch.matmul(member.transpose(1, 2), periodic_row_features(x).to(h.dtype)) / size
         lattice = torch.stack(
             [x[:, 2, : rows // 2].mean(dim=1), x[:, 2, rows // 2 :].mean(dim=1)], dim=1
         ).reshape(x.shape[0], 6)

@@ -20,6 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PERIODIC_FEATURES = 12
+"""Periodic features per row: cos/sin of 2π·frac and 4π·frac, 3 axes."""
+
+
+def periodic_row_features(x: torch.Tensor) -> torch.Tensor:
+    """(B, rows, 12) cos/sin of 2π·frac and 4π·frac of every row of channel 0 of ``x``
+    (B, 3, rows, 3), which holds 2·frac − 1: what pair biases compare between positions."""
+    angle = torch.pi * (x[:, 0] + 1.0)
+    return torch.cat(
+        [torch.cos(angle), torch.sin(angle), torch.cos(2 * angle), torch.sin(2 * angle)], dim=-1
+    )
+
 
 def conv(spatial_dims: int, c_in: int, c_out: int, kernel: int, bias: bool = True) -> nn.Module:
     """Same-size convolution (odd ``kernel``) in 1-D or 2-D (square kernel)."""

@@ -54,7 +54,16 @@ from torch import nn
 from pccd.conditioning import CONDITION_NAMES, MAX_SLOTS, Conditions
 from pccd.model.atoms import AtomAttention
 from pccd.model.embeddings import ConditionEncoder, TimeEmbedding
-from pccd.model.layers import Attention, Downsample, ResBlock, Upsample, conv, group_norm
+from pccd.model.layers import (
+    PERIODIC_FEATURES,
+    Attention,
+    Downsample,
+    ResBlock,
+    Upsample,
+    conv,
+    group_norm,
+    periodic_row_features,
+)
 
 CHANNELS = 3
 """Channels of the crystal array (coordinates, element one-hot, lattice)."""
@@ -64,8 +73,6 @@ COLUMNS = 3
 """Columns of the crystal array."""
 
 LAYOUTS = ("grid2d", "seq1d")
-PAIR_FEATURES = 12
-"""Periodic features per row for pair biases: cos/sin of 2π·frac and 4π·frac, 3 axes."""
 ATTENTION_KINDS = ("linear", "full", "none")
 UPSAMPLE_MODES = ("nearest", "transpose")
 
@@ -292,7 +299,7 @@ class PCCDUNet(nn.Module):
         def attn(channels: int, kind: str) -> nn.Module:
             if kind == "none":
                 return nn.Identity()
-            pair_dim = PAIR_FEATURES if config.pair_bias and kind == "full" else 0
+            pair_dim = PERIODIC_FEATURES if config.pair_bias and kind == "full" else 0
             return Attention(
                 channels, kind, heads=heads, head_dim=head_dim, groups=groups, pair_dim=pair_dim
             )
@@ -409,7 +416,7 @@ class PCCDUNet(nn.Module):
                 f"batch mismatch: x {x.shape[0]}, t {tuple(t.shape)}, cond {cond.batch_size}"
             )
         emb = self.embed(t, cond)
-        pos = self._pair_positions(x) if self.config.pair_bias else None
+        pos = periodic_row_features(x) if self.config.pair_bias else None
         h = self.stem(self._to_layout(x, x_self))
         stem_out = h
         skips: list[torch.Tensor] = []
@@ -435,15 +442,6 @@ class PCCDUNet(nn.Module):
         h = self.final_block(torch.cat([h, stem_out], dim=1), emb)
         h = self.final_conv(nn.functional.silu(self.final_norm(h)))
         return self._from_layout(h)
-
-    @staticmethod
-    def _pair_positions(x: torch.Tensor) -> torch.Tensor:
-        """(B, 128, 12) periodic features of every row's noisy fractional coordinates."""
-        angle = torch.pi * (x[:, 0] + 1.0)  # (B, rows, 3): 2π·frac
-        return torch.cat(
-            [torch.cos(angle), torch.sin(angle), torch.cos(2 * angle), torch.sin(2 * angle)],
-            dim=-1,
-        )
 
     # ------------------------------------------------------------------ persistence
     @classmethod
