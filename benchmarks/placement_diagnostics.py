@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import covalent_radii
 from layout_ab import _val_table
-from plausible_by_size import IMAGES
+from plausible_by_size import pair_ratios
 from pymatgen.core import Structure
 
 from pccd import representation as rep
@@ -45,17 +44,7 @@ HIST_BINS = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, np.inf]
 
 def nearest_neighbour_ratios(structures: list[Structure]) -> np.ndarray:
     """Each atom's smallest d / (r_i + r_j) to any other atom or periodic image."""
-    out = []
-    for s in structures:
-        frac = np.mod(s.frac_coords, 1.0)
-        radii = covalent_radii[np.asarray(s.atomic_numbers)]
-        delta = frac[None, :, None] - frac[:, None, None] + IMAGES[None, None]
-        ratio = np.linalg.norm(delta @ s.lattice.matrix, axis=-1)
-        ratio /= (radii[:, None] + radii[None])[..., None]
-        n = len(s)
-        ratio[np.arange(n), np.arange(n), 13] = np.inf
-        out.extend(ratio.reshape(n, -1).min(axis=1))
-    return np.asarray(out)
+    return np.concatenate([pair_ratios(s).reshape(len(s), -1).min(axis=1) for s in structures])
 
 
 def histogram(ratios: np.ndarray) -> dict:

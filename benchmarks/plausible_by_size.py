@@ -39,9 +39,9 @@ BINS = ((1, 2), (3, 4), (5, 8), (9, 16))
 IMAGES = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
 
 
-def closest_pair(structure: Structure) -> tuple[float, bool, float]:
-    """(smallest covalent ratio over pairs and the 27 nearest images, whether that pair meets
-    across the cell boundary, smallest ratio over in-cell pairs only — inf for one atom).
+def pair_ratios(structure: Structure) -> np.ndarray:
+    """(n, n, 27) covalent ratio d / (r_i + r_j) from atom i to atom j in each of the 27 nearest
+    images of the cell (index 13 is the cell itself); an atom and itself there is inf.
 
     Fractional coordinates are wrapped to [0, 1) first, as the decoder writes them.
     """
@@ -51,7 +51,14 @@ def closest_pair(structure: Structure) -> tuple[float, bool, float]:
     ratio = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
     ratio /= (radii[:, None] + radii[None, :])[..., None]
     n = len(structure)
-    ratio[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself (image 0, 0, 0)
+    ratio[np.arange(n), np.arange(n), 13] = np.inf
+    return ratio
+
+
+def closest_pair(structure: Structure) -> tuple[float, bool, float]:
+    """(smallest covalent ratio over pairs and the 27 nearest images, whether that pair meets
+    across the cell boundary, smallest ratio over in-cell pairs only — inf for one atom)."""
+    ratio = pair_ratios(structure)
     a, b, image = np.unravel_index(np.argmin(ratio), ratio.shape)
     return float(ratio[a, b, image]), bool(IMAGES[image].any()), float(ratio[..., 13].min())
 
