@@ -124,12 +124,12 @@ class TrainConfig:
             raise ValueError(f"snr_shift must be > 0, got {self.snr_shift}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        representation = self.representation()  # unknown scheme / layout: refused here too
+        # unknown scheme / layout: refused here too
+        spread = self.representation().row_layout is rep.RowLayout.SPREAD
         if self.pair_loss_weight < 0:
             raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
-        if self.pair_loss_weight and representation.row_layout is not rep.RowLayout.SPREAD:
+        if self.pair_loss_weight and not spread:
             raise ValueError("pair_loss_weight needs the spread row layout (atoms as row blocks)")
-        spread = representation.row_layout is rep.RowLayout.SPREAD
         if self.model_overrides.get("atom_attention") and not spread:
             raise ValueError("atom_attention needs the spread row layout (atoms as row blocks)")
 
@@ -266,6 +266,7 @@ class PCCDLightning(L.LightningModule):
             self._warm_start(self.cfg.init_from)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.scheduler = DDPMScheduler(**self.cfg.diffusion())
+        self.rep_config = self.cfg.representation()
         self.train_seconds = 0.0  # cumulative over resumed runs
         self._t_last: float | None = None
         # training rows with a label per optional condition, set by train(); exported so a
@@ -300,7 +301,7 @@ class PCCDLightning(L.LightningModule):
         return loss
 
     def _pair_penalty(self, x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        distances = pair_distance_loss(x0_hat, x0, self.cfg.representation())
+        distances = pair_distance_loss(x0_hat, x0, self.rep_config)
         return self.cfg.pair_loss_weight * distances
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
