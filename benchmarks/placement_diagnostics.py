@@ -13,8 +13,11 @@ plausible share; if it does not, the coordinate denoiser itself is what fails.
 Beside them, the per-atom nearest-neighbour covalent ratio (periodic, 27 images) of the true
 crystals, of the plain model's candidates, and of the same cells and species with uniformly
 random positions: a network that learned the bonding distance would pile its atoms near 1.0
-like the truth, not spread them like the random control. Writes
-``benchmarks/results/placement_diagnostics_<name>.json``.
+like the truth, not spread them like the random control. The same ratio split by the kind of
+neighbour (the nearest atom of the same element, of another element) tells whether each
+element's own sublattice is learned and only their relative offset is not; the control for
+that is the true crystals with every element's sublattice shifted by its own random vector.
+Writes ``benchmarks/results/placement_diagnostics_<name>.json``.
 """
 
 from __future__ import annotations
@@ -47,11 +50,35 @@ def nearest_neighbour_ratios(structures: list[Structure]) -> np.ndarray:
     return np.concatenate([pair_ratios(s).reshape(len(s), -1).min(axis=1) for s in structures])
 
 
+def neighbour_kinds(structures: list[Structure]) -> dict[str, np.ndarray]:
+    """Each atom's smallest ratio to an atom of its own element and to one of another element
+    (crystals of one element only contribute no "other" value; a lone atom of its element no
+    "same" value)."""
+    same, other = [], []
+    for s in structures:
+        ratios = pair_ratios(s).min(axis=2)
+        z = np.array([site.specie.Z for site in s])
+        alike = z[:, None] == z[None, :]
+        for mask, out in ((alike, same), (~alike, other)):
+            nearest = np.where(mask, ratios, np.inf).min(axis=1)
+            out.append(nearest[np.isfinite(nearest)])
+    return {"same_element": np.concatenate(same), "other_element": np.concatenate(other)}
+
+
+def shift_sublattices(s: Structure, rng: np.random.Generator) -> Structure:
+    """``s`` with every element's atoms moved together by one random fractional vector."""
+    frac = s.frac_coords.copy()
+    for element in s.composition.elements:
+        frac[[site.specie == element for site in s]] += rng.random(3)
+    return Structure(s.lattice, s.species, frac % 1.0)
+
+
 def histogram(ratios: np.ndarray) -> dict:
     counts = np.histogram(ratios, HIST_BINS)[0]
     return {
         "atoms": len(ratios),
         "median": float(np.median(ratios)),
+        "below_plausible": float(np.mean(ratios < PLAUSIBLE_RATIO)),
         "share_per_bin": [round(float(c) / len(ratios), 4) for c in counts],
     }
 
@@ -114,12 +141,25 @@ def main() -> None:
     }
     for name, h in neighbours.items():
         print(f"nearest neighbour, {name:16s} median {h['median']:.2f}  {h['share_per_bin']}")
+    kinds = {}
+    for name, group in (
+        ("truth", truth),
+        ("model", candidates),
+        ("random_positions", shuffled),
+        ("truth_sublattices_shifted", [shift_sublattices(s, rng) for s in truth]),
+    ):
+        kinds[name] = {k: histogram(v) for k, v in neighbour_kinds(group).items()}
+        print(f"{name:26s} " + "  ".join(
+            f"{k} median {h['median']:.2f} (< 0.7: {h['below_plausible']:.1%})"
+            for k, h in kinds[name].items()
+        ))  # fmt: skip
     name = args.name or Path(args.model).name
     out = ROOT / "benchmarks" / "results" / f"placement_diagnostics_{name}.json"
     result = {
         "model": args.model,
         "imposed_on_x0": rows,
         "nearest_neighbour_ratio": {"bins": [str(b) for b in HIST_BINS], **neighbours},
+        "nearest_by_neighbour_element": kinds,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
