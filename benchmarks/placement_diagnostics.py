@@ -45,24 +45,21 @@ IMPOSED = {"none": [], "lattice": [2], "elements": [1], "lattice+elements": [1, 
 HIST_BINS = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, np.inf]
 
 
-def nearest_neighbour_ratios(structures: list[Structure]) -> np.ndarray:
-    """Each atom's smallest d / (r_i + r_j) to any other atom or periodic image."""
-    return np.concatenate([pair_ratios(s).reshape(len(s), -1).min(axis=1) for s in structures])
-
-
-def neighbour_kinds(structures: list[Structure]) -> dict[str, np.ndarray]:
-    """Each atom's smallest ratio to an atom of its own element and to one of another element
-    (crystals of one element only contribute no "other" value; a lone atom of its element no
-    "same" value)."""
-    same, other = [], []
+def nearest_ratios(structures: list[Structure]) -> dict[str, np.ndarray]:
+    """Each atom's smallest d / (r_i + r_j) to any other atom or periodic image ("any"), to an
+    atom of its own element and to one of another element, from one pair-ratio tensor per
+    crystal (crystals of one element contribute no "other_element" value, a lone atom of its
+    element no "same_element" value)."""
+    found: dict[str, list[np.ndarray]] = {"any": [], "same_element": [], "other_element": []}
     for s in structures:
-        ratios = pair_ratios(s).min(axis=2)
+        ratios = pair_ratios(s).min(axis=2)  # (n, n): nearest image of every atom pair
         z = np.array([site.specie.Z for site in s])
         alike = z[:, None] == z[None, :]
-        for mask, out in ((alike, same), (~alike, other)):
+        found["any"].append(ratios.min(axis=1))
+        for kind, mask in (("same_element", alike), ("other_element", ~alike)):
             nearest = np.where(mask, ratios, np.inf).min(axis=1)
-            out.append(nearest[np.isfinite(nearest)])
-    return {"same_element": np.concatenate(same), "other_element": np.concatenate(other)}
+            found[kind].append(nearest[np.isfinite(nearest)])
+    return {kind: np.concatenate(values) for kind, values in found.items()}
 
 
 def shift_sublattices(s: Structure, rng: np.random.Generator) -> Structure:
@@ -134,24 +131,24 @@ def main() -> None:
 
     rng = np.random.default_rng(3)
     shuffled = [Structure(s.lattice, s.species, rng.random((len(s), 3))) for s in candidates]
-    neighbours = {
-        "truth": histogram(nearest_neighbour_ratios(truth)),
-        "model": histogram(nearest_neighbour_ratios(candidates)),
-        "random_positions": histogram(nearest_neighbour_ratios(shuffled)),
+    groups = {
+        "truth": truth,
+        "model": candidates,
+        "random_positions": shuffled,
+        "truth_sublattices_shifted": [shift_sublattices(s, rng) for s in truth],
     }
+    nearest = {name: nearest_ratios(group) for name, group in groups.items()}
+    neighbours = {name: histogram(nearest[name]["any"]) for name in list(groups)[:3]}
     for name, h in neighbours.items():
         print(f"nearest neighbour, {name:16s} median {h['median']:.2f}  {h['share_per_bin']}")
-    kinds = {}
-    for name, group in (
-        ("truth", truth),
-        ("model", candidates),
-        ("random_positions", shuffled),
-        ("truth_sublattices_shifted", [shift_sublattices(s, rng) for s in truth]),
-    ):
-        kinds[name] = {k: histogram(v) for k, v in neighbour_kinds(group).items()}
+    kinds = {
+        name: {kind: histogram(r[kind]) for kind in ("same_element", "other_element")}
+        for name, r in nearest.items()
+    }
+    for name, by_kind in kinds.items():
         print(f"{name:26s} " + "  ".join(
             f"{k} median {h['median']:.2f} (< 0.7: {h['below_plausible']:.1%})"
-            for k, h in kinds[name].items()
+            for k, h in by_kind.items()
         ))  # fmt: skip
     name = args.name or Path(args.model).name
     out = ROOT / "benchmarks" / "results" / f"placement_diagnostics_{name}.json"
