@@ -671,3 +671,36 @@ def test_resume_says_which_asked_settings_the_checkpoint_overrides(tmp_path, cap
     with caplog.at_level("WARNING", logger="pccd.training"):
         train(csv, out, max_steps=4, progress=False)  # no config asked: nothing is ignored
     assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+def test_lr_factor_warms_up_holds_and_anneals_to_zero():
+    from pccd.training import lr_factor
+
+    assert [lr_factor(s) for s in (0, 10, 10_000)] == [1.0, 1.0, 1.0]  # the paper: constant
+    assert [lr_factor(s, warmup=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    decay = {"decay_start": 10, "decay_steps": 4}
+    assert lr_factor(9, **decay) == 1.0 and lr_factor(10, **decay) == 1.0
+    assert lr_factor(12, **decay) == pytest.approx(0.5)  # half-way down the half-cosine
+    assert lr_factor(14, **decay) == 0.0 and lr_factor(100, **decay) == 0.0  # no restart
+    assert lr_factor(0, warmup=2, decay_steps=2) == pytest.approx(0.5)  # both at once
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        TrainConfig(lr_decay_steps=-1)
+
+
+def test_lr_schedule_steps_with_the_optimiser_and_survives_resume(tmp_path):
+    """The rate of the next optimiser step is what lr_factor says, across resumes, so a decay
+    phase can be split over working sessions (a scheduler restarted on resume would not)."""
+    from pccd.training import lr_factor
+
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    schedule = {"lr_warmup_steps": 2, "lr_decay_start": 2, "lr_decay_steps": 4}
+    cfg = TrainConfig(**TINY, **schedule)
+    for steps in (1, 3, 5):
+        train(csv, out, cfg, max_steps=steps, progress=False)
+        state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+        assert state["global_step"] == steps
+        next_lr = state["optimizer_states"][0]["param_groups"][0]["lr"]
+        factor = lr_factor(steps, warmup=2, decay_start=2, decay_steps=4)
+        assert next_lr == pytest.approx(1e-3 * factor)
+    assert 0 < factor < 0.5  # the last check was inside the decay, not at a plateau

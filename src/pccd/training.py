@@ -22,6 +22,7 @@ when a run ends, so a killed run loses at most that many minutes and the next ru
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -68,6 +69,13 @@ class TrainConfig:
     :func:`pccd.pair_loss.pair_distance_loss` (x̂_0's neighbour distances against the true ones)
     to the training loss; 0 is the paper's loss, and validation always uses the plain loss.
 
+    The learning rate is constant by default (the paper). ``lr_warmup_steps`` ramps it up
+    linearly from the first step (what a warm-started fine-tune with fresh Adam moments needs,
+    so its first updates do not jolt the weights), and ``lr_decay_steps`` > 0 anneals it by a
+    cosine to zero over that many steps from ``lr_decay_start``: the decay phase of a
+    warmup-stable-decay schedule, which is how a long constant-rate run is turned into a
+    finished model without fixing its length in advance (:func:`lr_factor`).
+
     ``cond_drop`` gives each condition's classifier-free-guidance dropout probability; a
     condition it does not name is never dropped. Configs saved before the ``stability``
     condition existed lack that key and keep meaning exactly what they meant: no extra random
@@ -81,6 +89,9 @@ class TrainConfig:
     row_layout: str = "spread"
     batch_size: int = 128
     lr: float = 1e-4
+    lr_warmup_steps: int = 0
+    lr_decay_start: int = 0
+    lr_decay_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -126,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         # unknown scheme / layout: refused here too
         spread = self.representation().row_layout is rep.RowLayout.SPREAD
+        if min(self.lr_warmup_steps, self.lr_decay_start, self.lr_decay_steps) < 0:
+            raise ValueError("lr_warmup_steps, lr_decay_start and lr_decay_steps must be ≥ 0")
         if self.pair_loss_weight < 0:
             raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
         if self.pair_loss_weight and not spread:
@@ -297,6 +310,7 @@ class PCCDLightning(L.LightningModule):
             x0_penalty=self._pair_penalty if self.cfg.pair_loss_weight else None,
         )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log("samples_seen", float(self.global_step * x.shape[0] * self.trainer.world_size))
         return loss
 
@@ -330,12 +344,22 @@ class PCCDLightning(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(
+        optimiser = torch.optim.Adam(
             self.model.parameters(),
             lr=self.cfg.lr,
             betas=tuple(self.cfg.betas),
             weight_decay=self.cfg.weight_decay,
         )
+        if not (self.cfg.lr_warmup_steps or self.cfg.lr_decay_steps):
+            return optimiser  # constant rate: no scheduler state, as in runs from before it
+        factor = functools.partial(
+            lr_factor,
+            warmup=self.cfg.lr_warmup_steps,
+            decay_start=self.cfg.lr_decay_start,
+            decay_steps=self.cfg.lr_decay_steps,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_seconds"] = self.train_seconds
@@ -344,6 +368,21 @@ class PCCDLightning(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_seconds = float(checkpoint.get("train_seconds", 0.0))
         self.label_counts = checkpoint.get("label_counts", self.label_counts)
+
+
+def lr_factor(step: int, *, warmup: int = 0, decay_start: int = 0, decay_steps: int = 0) -> float:
+    """The multiple of the base learning rate used at optimiser ``step`` (0-based).
+
+    Linear warm-up over the first ``warmup`` steps (step 0 already takes a 1/warmup step, so no
+    update is wasted), constant after it, and with ``decay_steps`` a half-cosine from 1 at
+    ``decay_start`` to 0 at ``decay_start + decay_steps``, then 0: training past the end of
+    the decay changes nothing, rather than silently restarting at the full rate.
+    """
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if decay_steps and step >= decay_start:
+        progress = min(1.0, (step - decay_start) / decay_steps)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
 
 
 class RunTimeLimit(L.Callback):
