@@ -66,12 +66,18 @@ def _val_table() -> data.CrystalTable:
     return data.load(SPLITS / "val.csv.gz").table
 
 
+def fixed_val_dataset(pipe: PCCDPipeline, n: int = 512) -> CrystalDataset:
+    """The n val crystals (draw seed 0) in their file frames, encoded for ``pipe``: the one
+    fixed set behind every fixed-noise loss figure, so those figures compare across scripts."""
+    table = _val_table()
+    idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
+    return CrystalDataset(table.subset(idx), pipe.rep_config, augment=False)
+
+
 def fixed_noise_val_loss(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> float:
     """L1 ε loss of the model on n val crystals with per-batch fixed timesteps and noise, under
     the forward process the model was trained on (its schedule and SNR shift)."""
-    table = _val_table()
-    idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
-    ds = CrystalDataset(table.subset(idx), pipe.rep_config, augment=False)
+    ds = fixed_val_dataset(pipe, n)
     scheduler = pipe.make_scheduler("ddpm", None)
     losses = []
     with torch.no_grad():

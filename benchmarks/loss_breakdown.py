@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from layout_ab import _val_table
+from layout_ab import fixed_val_dataset
 
 from pccd.pipeline import PCCDPipeline
-from pccd.training import CrystalDataset, collate
+from pccd.training import collate
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = tuple(range(50, 1000, 100))
@@ -37,9 +37,7 @@ CHANNELS = ("coordinates", "elements", "lattice")
 def breakdown(model: str, n: int = 512, batch: int = 128) -> dict:
     """Per noise level: mean L1 ε error of each channel, and channel 0's x̂_0 error (fraction)."""
     pipe = PCCDPipeline.from_pretrained(model)
-    table = _val_table()
-    idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
-    ds = CrystalDataset(table.subset(idx), pipe.rep_config, augment=False)
+    ds = fixed_val_dataset(pipe, n)
     scheduler = pipe.make_scheduler("ddpm", None)
     rows = []
     with torch.no_grad():
