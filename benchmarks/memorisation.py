@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/memorisation.py [--steps 2500] [--threads 2] [--work runs/memorisation]
-        [--option KEY=VALUE ...] [--model-option KEY=VALUE ...] [--precision bfloat16]
+        [--option KEY=VALUE ...] [--model-option KEY=VALUE ...] [--precision bfloat16] [--n 256]
 
 A model that generalises poorly can still reproduce what it was trained on; one that cannot even
 do that is limited by what it can learn (capacity, representation, objective), not by data. The
@@ -16,6 +16,8 @@ to ``benchmarks/results/memorisation.jsonl``; ``--score-only RUN`` scores an exi
 A run directory that already holds a checkpoint is resumed, so calling again with a larger
 ``--steps`` extends the same run and adds a row per call: a learning curve of the test itself.
 ``--precision bfloat16`` trains 1.5× faster on CPUs with bf16 units (the rows say which).
+``--n`` sets the size of the set (default 256; a larger set is repeated fewer times per epoch
+and its first 256 crystals are scored), to see how the steps a set needs grow with its size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -41,18 +44,22 @@ from pccd.training import CrystalDataset, collate, export_pretrained
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "mp_pccd" / "train.csv.gz"
 N = 256
+"""Crystals in the set by default, and how many of any set are scored (scoring cost stays fixed)."""
+EPOCH_ROWS = 4096
+"""Training rows per epoch (the set repeated), so validation runs equally rarely for any size."""
 NOISE_STEPS = (100, 300, 500, 700)
 
 
-def make_set(work: Path) -> tuple[Path, Path]:
-    """The 256 crystals, and the same repeated 16 times (the training file)."""
+def make_set(work: Path, n: int = N) -> tuple[Path, Path]:
+    """The n crystals (seed 0), and the same repeated to ~EPOCH_ROWS rows (the training file)."""
     work.mkdir(parents=True, exist_ok=True)
-    one, rep16 = work / "set256.csv", work / "set256x16.csv"
-    if not rep16.exists():
-        df = pd.read_csv(TRAIN).sample(N, random_state=0)
+    times = max(1, EPOCH_ROWS // n)
+    one, repeated = work / f"set{n}.csv", work / f"set{n}x{times}.csv"
+    if not repeated.exists():
+        df = pd.read_csv(TRAIN).sample(n, random_state=0)
         df.to_csv(one, index=False)
-        pd.concat([df] * 16).to_csv(rep16, index=False)
-    return one, rep16
+        pd.concat([df] * times).to_csv(repeated, index=False)
+    return one, repeated
 
 
 def x0_error(pipe: PCCDPipeline, table: data.CrystalTable) -> dict[str, float]:
@@ -72,8 +79,10 @@ def x0_error(pipe: PCCDPipeline, table: data.CrystalTable) -> dict[str, float]:
 
 
 def score(model_dir: Path | str, set_path: Path) -> dict:
+    """CSP and de novo back to themselves for the set's first N crystals (all of the default)."""
     pipe = PCCDPipeline.from_pretrained(model_dir)
     table = data.load(set_path).table
+    table = table.subset(np.arange(min(N, len(table))))
     targets = [table.structure(i) for i in range(len(table))]
     matcher = StructureMatcher(**MATCHER_TOLERANCES)
     row: dict = {"n": len(targets)}
@@ -114,15 +123,17 @@ def main() -> None:
     ap.add_argument("--score-only", default=None, help="score this run or model directory")
     ap.add_argument("--name", default="cpu")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--n", type=int, default=N, help="crystals in the set (the first 256 scored)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memorisation.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    one, rep16 = make_set(work)
+    one, repeated = make_set(work, args.n)
     run = Path(args.score_only) if args.score_only else work / args.name
     if not args.score_only:
-        cmd = [sys.executable, "-m", "pccd.cli", "train", "--data", str(rep16), "--val", str(one),
-               "--out", str(run), "--batch-size", "64", "--max-steps", str(args.steps),
+        cmd = [sys.executable, "-m", "pccd.cli", "train", "--data", str(repeated),
+               "--val", str(one), "--out", str(run), "--batch-size", "64",
+               "--max-steps", str(args.steps),
                "--threads", str(args.threads), "--val-size", "64", "-q",
                "--precision", args.precision,
                "--option", "atom_order=file", "--option", "random_shift=false"]  # fmt: skip
@@ -137,6 +148,7 @@ def main() -> None:
         "name": args.name,
         "run": str(run),
         "steps": int(ckpt["global_step"]),
+        "set_size": args.n,
         "precision": args.precision if not args.score_only else None,
         "config": ckpt["hyper_parameters"]["config"],
         **score(model_dir, one),
