@@ -10,7 +10,9 @@ do that is limited by what it can learn (capacity, representation, objective), n
 rarely; training uses the file origin and atom order (no augmentation) so each crystal is one
 fixed array. Scored on the same 256 crystals: CSP k = 1 with each crystal's own formula (match to
 itself by the peers' ``get_rms_dist``) and de novo with its element list (match to itself), with
-the geometry of both sample sets and the model's x̂_0 error per noise level. The row is appended
+the geometry of both sample sets and the model's x̂_0 error per noise level; beside them CSP on
+256 val formulas (``val_csp``, rows from 2026-12-06 on), so a fitted set shows whether it taught
+the network anything about crystals it has not seen. The row is appended
 to ``benchmarks/results/memorisation.jsonl``; ``--score-only RUN`` scores an existing run.
 
 A run directory that already holds a checkpoint is resumed, so calling again with a larger
@@ -43,6 +45,7 @@ from pccd.training import CrystalDataset, collate, export_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "mp_pccd" / "train.csv.gz"
+VAL = TRAIN.with_name("val.csv.gz")
 N = 256
 """Crystals in the set by default, and how many of any set are scored (scoring cost stays fixed)."""
 EPOCH_ROWS = 4096
@@ -78,37 +81,46 @@ def x0_error(pipe: PCCDPipeline, table: data.CrystalTable) -> dict[str, float]:
     return out
 
 
+def _reproduce(pipe: PCCDPipeline, requests: list[Request], targets: list) -> dict:
+    """One sample per request, matched to its target crystal (the peers' ``get_rms_dist``)."""
+    matcher = StructureMatcher(**MATCHER_TOLERANCES)
+    samples = pipe.generate(requests, seed=0, batch_size=128)
+    hits = plausible_hits = 0
+    for sample, target in zip(samples, targets, strict=True):
+        if sample.structure is None:
+            continue
+        # degenerate candidates can break the lattice search: no match
+        with contextlib.suppress(Exception):
+            if matcher.get_rms_dist(sample.structure, target) is not None:
+                hits += 1
+                plausible_hits += covalent_ratio(sample.structure) >= PLAUSIBLE_RATIO
+    geo = geometry_summary([s.structure for s in samples])
+    # a sample can reproduce its crystal by the matcher's tolerance and still have two atoms
+    # too close: the second share says whether the fitted crystals are also good crystals
+    return {
+        "match_own": hits / len(targets),
+        "match_own_and_plausible": plausible_hits / len(targets),
+        **geo.to_dict(),
+    }
+
+
 def score(model_dir: Path | str, set_path: Path) -> dict:
-    """CSP and de novo back to themselves for the set's first N crystals (all of the default)."""
+    """CSP and de novo back to themselves for the set's first N crystals (all of the default),
+    and CSP on N val formulas the set does not hold: does fitting the set teach the rule?"""
     pipe = PCCDPipeline.from_pretrained(model_dir)
     table = data.load(set_path).table
     table = table.subset(np.arange(min(N, len(table))))
     targets = [table.structure(i) for i in range(len(table))]
-    matcher = StructureMatcher(**MATCHER_TOLERANCES)
     row: dict = {"n": len(targets)}
-    for mode in ("csp", "denovo"):
-        if mode == "csp":
-            requests = [Request.parse(None, formula=cell_formula(s)) for s in targets]
-        else:
-            requests = [Request.parse(sorted({e.symbol for e in s.composition})) for s in targets]
-        samples = pipe.generate(requests, seed=0, batch_size=128)
-        hits = plausible_hits = 0
-        for sample, target in zip(samples, targets, strict=True):
-            if sample.structure is None:
-                continue
-            # degenerate candidates can break the lattice search: no match
-            with contextlib.suppress(Exception):
-                if matcher.get_rms_dist(sample.structure, target) is not None:
-                    hits += 1
-                    plausible_hits += covalent_ratio(sample.structure) >= PLAUSIBLE_RATIO
-        geo = geometry_summary([s.structure for s in samples])
-        # a sample can reproduce its crystal by the matcher's tolerance and still have two atoms
-        # too close: the second share says whether the fitted crystals are also good crystals
-        row[mode] = {
-            "match_own": hits / len(targets),
-            "match_own_and_plausible": plausible_hits / len(targets),
-            **geo.to_dict(),
-        }
+    csp = [Request.parse(None, formula=cell_formula(s)) for s in targets]
+    row["csp"] = _reproduce(pipe, csp, targets)
+    denovo = [Request.parse(sorted({e.symbol for e in s.composition})) for s in targets]
+    row["denovo"] = _reproduce(pipe, denovo, targets)
+    val = data.load(VAL).table
+    val = val.subset(np.sort(np.random.default_rng(0).choice(len(val), N, replace=False)))
+    val_targets = [val.structure(i) for i in range(len(val))]
+    val_csp = [Request.parse(None, formula=cell_formula(s)) for s in val_targets]
+    row["val_csp"] = _reproduce(pipe, val_csp, val_targets)
     row["x0_error_frac"] = x0_error(pipe, table)
     return row
 
