@@ -135,10 +135,10 @@ class TrainConfig:
             raise ValueError(f"snr_shift must be > 0, got {self.snr_shift}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        # unknown scheme / layout: refused here too
-        spread = self.representation().row_layout is rep.RowLayout.SPREAD
         if min(self.lr_warmup_steps, self.lr_decay_start, self.lr_decay_steps) < 0:
             raise ValueError("lr_warmup_steps, lr_decay_start and lr_decay_steps must be ≥ 0")
+        # unknown scheme / layout: refused here too
+        spread = self.representation().row_layout is rep.RowLayout.SPREAD
         if self.pair_loss_weight < 0:
             raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
         if self.pair_loss_weight and not spread:
