@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pccd.conditioning import STABLE_E_ABOVE_HULL
 from pccd.screen.screening import share_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,15 +101,14 @@ def main() -> None:
         )  # fmt: skip
         rows = read_csv(screen / "screen.csv")  # one row per CIF: failed decodes have none
         raw = read_csv(gen / "summary.csv")  # one row per requested crystal
-        hulls = [float(r["e_above_hull"]) for r in rows if r.get("e_above_hull")]
         n = len(raw)
-        below[setting] = below_by_index(rows, n, 0.08)
+        below[setting] = below_by_index(rows, n, STABLE_E_ABOVE_HULL)
         result["settings"][setting] = {
             "crystals": n,
             "decoded": len(rows),
-            "below_0.08": sum(h < 0.08 for h in hulls) / n,
-            "below_0.25": sum(h < 0.25 for h in hulls) / n,
-            "with_e_hull": len(hulls),
+            "below_0.08": float(below[setting].mean()),
+            "below_0.25": float(below_by_index(rows, n, 0.25).mean()),
+            "with_e_hull": sum(bool(r.get("e_above_hull")) for r in rows),
             "failures": share_statistics(rows)["failures"],
             "raw_plausible": sum(r.get("plausible") == "1" for r in raw) / n,
         }
