@@ -704,3 +704,52 @@ def test_lr_schedule_steps_with_the_optimiser_and_survives_resume(tmp_path):
         factor = lr_factor(steps, warmup=2, decay_start=2, decay_steps=4)
         assert next_lr == pytest.approx(1e-3 * factor)
     assert 0 < factor < 0.5  # the last check was inside the decay, not at a plateau
+
+
+def contrast_table() -> data.CrystalTable:
+    """Na–Cl twice (a metal and an insulator: contrast), Na–Cl without a gap, Si alone."""
+    from pymatgen.core import Lattice, Structure
+
+    rocksalt = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cscl = Structure(Lattice.cubic(3.4), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    silicon = Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    records = [
+        data.CrystalRecord("metal", cscl, {"band_gap": 0.0}),
+        data.CrystalRecord("insulator", rocksalt, {"band_gap": 5.0}),
+        data.CrystalRecord("unknown", rocksalt.copy(), {}),
+        data.CrystalRecord("alone", silicon, {"band_gap": 0.6}),
+    ]
+    return data.CrystalTable.from_records(records)
+
+
+def test_band_gap_contrast_rows_are_labelled_rows_of_mixed_element_lists():
+    from pccd.training import band_gap_contrast_rows
+
+    assert band_gap_contrast_rows(contrast_table()).tolist() == [True, True, False, False]
+
+
+def test_contrast_sampler_draws_contrast_rows_by_their_weight():
+    from pccd.training import contrast_sampler
+
+    torch.manual_seed(0)
+    sampler = contrast_sampler(contrast_table(), 4.0)
+    draws = np.array([i for _ in range(2000) for i in sampler])
+    assert len(list(sampler)) == 4  # an epoch stays one table's worth of draws
+    share = np.bincount(draws, minlength=4) / len(draws)
+    # weights 4, 4, 1, 1 → 0.4, 0.4, 0.1, 0.1
+    assert share[:2] == pytest.approx([0.4, 0.4], abs=0.02)
+    assert share[2:] == pytest.approx([0.1, 0.1], abs=0.02)
+    torch.manual_seed(0)
+    again = np.array([i for _ in range(2000) for i in contrast_sampler(contrast_table(), 4.0)])
+    assert (again == draws).all()  # seeded by torch's global RNG
+
+
+def test_band_gap_contrast_weight_trains_and_is_refused_when_not_positive(tmp_path):
+    with pytest.raises(ValueError, match="band_gap_contrast_weight"):
+        TrainConfig(band_gap_contrast_weight=0.0)
+    csv = write_csv(tmp_path / "set.csv")
+    out = tmp_path / "run"
+    train(csv, out, TrainConfig(**TINY, band_gap_contrast_weight=4.0), max_steps=2, progress=False)
+    state = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["hyper_parameters"]["config"]["band_gap_contrast_weight"] == 4.0
+    assert state["label_counts"]["band_gap_contrast"] == 0  # every fixture row has gap 1.0

@@ -59,6 +59,9 @@ STABLE_E_ABOVE_HULL = 0.08
 """A crystal is ``"stable"`` when its energy above the hull is below this (eV/atom): stable
 or slightly metastable. The project's choice for the condition (issue 15); the training
 data's E_hull is approximate anyway (see the module docstring)."""
+METAL_THRESHOLD_EV = 0.1
+"""A PBE band gap below this (eV) is a metal; MP's sub-0.1 eV gaps are numerical, not physical.
+The one metal / non-metal line for the band-gap instrument and for training on the gap."""
 CONDITION_NAMES = ("elements", "band_gap", "magnetic", "formula", "stability")
 """Names accepted by :meth:`Conditions.drop` (and by the model's ``conditions`` option).
 

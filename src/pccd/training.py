@@ -37,11 +37,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pccd import data as data_mod
 from pccd import representation as rep
-from pccd.conditioning import Conditions
+from pccd.conditioning import METAL_THRESHOLD_EV, Conditions
 from pccd.diffusion import LOSSES, PREDICTIONS, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.diffusion.sampling import DEFAULT_PRECISION, check_precision
 from pccd.model import PRESETS, PCCDUNet, UNetConfig
@@ -76,6 +76,13 @@ class TrainConfig:
     warmup-stable-decay schedule, which is how a long constant-rate run is turned into a
     finished model without fixing its length in advance (:func:`lr_factor`).
 
+    ``band_gap_contrast_weight`` > 1 draws the training rows that carry the band gap's
+    information more often (:func:`band_gap_contrast_rows`; sampling with replacement, an
+    "epoch" stays one table's worth of draws). Why: among the labelled MP rows the element
+    list alone explains 88% of the gap's variance, so the only rows from which the network can
+    learn what the gap adds *given the elements* are those whose element list holds both a
+    metal and a non-metal — 3.5% of the split. 1 (the default, the paper) samples uniformly.
+
     ``cond_drop`` gives each condition's classifier-free-guidance dropout probability; a
     condition it does not name is never dropped. Configs saved before the ``stability``
     condition existed lack that key and keep meaning exactly what they meant: no extra random
@@ -104,6 +111,7 @@ class TrainConfig:
     snr_shift: float = 1.0
     prediction: str = "epsilon"
     pair_loss_weight: float = 0.0
+    band_gap_contrast_weight: float = 1.0
     cond_drop: dict = field(
         default_factory=lambda: {
             "elements": 0.1,
@@ -141,6 +149,10 @@ class TrainConfig:
         spread = self.representation().row_layout is rep.RowLayout.SPREAD
         if self.pair_loss_weight < 0:
             raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
+        if not self.band_gap_contrast_weight > 0:
+            raise ValueError(
+                f"band_gap_contrast_weight must be > 0, got {self.band_gap_contrast_weight}"
+            )
         if self.pair_loss_weight and not spread:
             raise ValueError("pair_loss_weight needs the spread row layout (atoms as row blocks)")
         if self.model_overrides.get("atom_attention") and not spread:
@@ -171,6 +183,43 @@ class TrainConfig:
 ATOM_ORDERS = ("by_element", "random", "file")
 #: our precision names (shared with sampling) → Lightning's
 _LIGHTNING_PRECISION = {"float32": "32-true", "bfloat16": "bf16-mixed"}
+
+
+def band_gap_contrast_rows(table: data_mod.CrystalTable) -> np.ndarray:
+    """(n,) bool: rows with a known band gap whose element list, within ``table``, has known
+    gaps on both sides of :data:`~pccd.conditioning.METAL_THRESHOLD_EV`.
+
+    These are the rows where the gap is not already implied by the elements (Ti–O holds
+    metallic Ti3O5 and insulating TiO2): a model conditioned on elements *and* gap can only
+    learn from them what asking for a gap should change. Rows without a gap never qualify.
+    """
+    known = np.isfinite(table.band_gap)
+    metal = known & (table.band_gap < METAL_THRESHOLD_EV)
+    keys = [np.unique(table.sites(i)[1]).tobytes() if known[i] else b"" for i in range(len(table))]
+    sides: dict[bytes, set[bool]] = {}
+    for key, k, m in zip(keys, known, metal, strict=True):
+        if k:
+            sides.setdefault(key, set()).add(bool(m))
+    return np.array([k and len(sides[key]) == 2 for key, k in zip(keys, known, strict=True)])
+
+
+def contrast_sampler(table: data_mod.CrystalTable, weight: float) -> WeightedRandomSampler:
+    """Draws a table's worth of row indices with replacement, the
+    :func:`band_gap_contrast_rows` ``weight`` times as likely as the others.
+
+    Draws come from torch's global RNG, which ``lightning.seed_everything`` seeds, so a run
+    with the same seed sees the same rows.
+    """
+    contrast = band_gap_contrast_rows(table)
+    weights = np.where(contrast, float(weight), 1.0)
+    _log.info(
+        "band-gap contrast rows: %d of %d, drawn %gx as often (%.1f%% of draws)",
+        contrast.sum(),
+        len(table),
+        weight,
+        100 * weights[contrast].sum() / weights.sum(),
+    )
+    return WeightedRandomSampler(weights.tolist(), len(table), replacement=True)
 
 
 class CrystalDataset(Dataset):
@@ -524,6 +573,10 @@ def train(
                 magnetic=int((table.magnetic >= 0).sum()),
                 stability=int((table.stability >= 0).sum()),
             )
+        sampler = None
+        if shuffle and config.band_gap_contrast_weight != 1.0:
+            sampler = contrast_sampler(table, config.band_gap_contrast_weight)
+            label_counts["band_gap_contrast"] = int(band_gap_contrast_rows(table).sum())
         if n:
             table = _val_subset(table, n, config.seed)
         dataset = CrystalDataset(
@@ -537,7 +590,8 @@ def train(
         return DataLoader(
             dataset,
             batch_size=config.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle,
             collate_fn=collate,
             num_workers=config.num_workers,
@@ -848,7 +902,9 @@ __all__ = [
     "PCCDLightning",
     "TrainConfig",
     "UNetConfig",
+    "band_gap_contrast_rows",
     "collate",
+    "contrast_sampler",
     "export_pretrained",
     "fit_conditions_to_weights",
     "pack_checkpoint",

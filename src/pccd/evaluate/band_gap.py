@@ -46,14 +46,13 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
+from pccd.conditioning import METAL_THRESHOLD_EV
 from pccd.evaluate import fingerprints
 
 _log = logging.getLogger(__name__)
 
 FEATURE_OPTIONS = ("composition", "composition+structure")
 """Named feature sets: Magpie alone, or Magpie plus density / volume per atom / packing."""
-METAL_THRESHOLD_EV = 0.1
-"""A PBE gap below this (eV) is a metal; MP's sub-0.1 eV gaps are numerical, not physical."""
 INSULATOR_PROBABILITY = 0.5
 """``p_insulator`` at or above which a crystal counts as a non-metal (and gets a gap)."""
 N_MAGPIE = 132
