@@ -729,10 +729,11 @@ def test_band_gap_contrast_rows_are_labelled_rows_of_mixed_element_lists():
 
 
 def test_contrast_sampler_draws_contrast_rows_by_their_weight():
-    from pccd.training import contrast_sampler
+    from pccd.training import band_gap_contrast_rows, contrast_sampler
 
+    contrast = band_gap_contrast_rows(contrast_table())
     torch.manual_seed(0)
-    sampler = contrast_sampler(contrast_table(), 4.0)
+    sampler = contrast_sampler(contrast, 4.0)
     draws = np.array([i for _ in range(2000) for i in sampler])
     assert len(list(sampler)) == 4  # an epoch stays one table's worth of draws
     share = np.bincount(draws, minlength=4) / len(draws)
@@ -740,7 +741,7 @@ def test_contrast_sampler_draws_contrast_rows_by_their_weight():
     assert share[:2] == pytest.approx([0.4, 0.4], abs=0.02)
     assert share[2:] == pytest.approx([0.1, 0.1], abs=0.02)
     torch.manual_seed(0)
-    again = np.array([i for _ in range(2000) for i in contrast_sampler(contrast_table(), 4.0)])
+    again = np.array([i for _ in range(2000) for i in contrast_sampler(contrast, 4.0)])
     assert (again == draws).all()  # seeded by torch's global RNG
 
 

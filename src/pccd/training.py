@@ -203,23 +203,22 @@ def band_gap_contrast_rows(table: data_mod.CrystalTable) -> np.ndarray:
     return np.array([k and len(sides[key]) == 2 for key, k in zip(keys, known, strict=True)])
 
 
-def contrast_sampler(table: data_mod.CrystalTable, weight: float) -> WeightedRandomSampler:
-    """Draws a table's worth of row indices with replacement, the
-    :func:`band_gap_contrast_rows` ``weight`` times as likely as the others.
+def contrast_sampler(contrast: np.ndarray, weight: float) -> WeightedRandomSampler:
+    """Draws ``len(contrast)`` row indices with replacement, the rows where the bool mask
+    ``contrast`` (:func:`band_gap_contrast_rows`) is True ``weight`` times as likely as the others.
 
     Draws come from torch's global RNG, which ``lightning.seed_everything`` seeds, so a run
     with the same seed sees the same rows.
     """
-    contrast = band_gap_contrast_rows(table)
     weights = np.where(contrast, float(weight), 1.0)
     _log.info(
         "band-gap contrast rows: %d of %d, drawn %gx as often (%.1f%% of draws)",
         contrast.sum(),
-        len(table),
+        len(contrast),
         weight,
         100 * weights[contrast].sum() / weights.sum(),
     )
-    return WeightedRandomSampler(weights.tolist(), len(table), replacement=True)
+    return WeightedRandomSampler(weights.tolist(), len(contrast), replacement=True)
 
 
 class CrystalDataset(Dataset):
@@ -575,8 +574,9 @@ def train(
             )
         sampler = None
         if shuffle and config.band_gap_contrast_weight != 1.0:
-            sampler = contrast_sampler(table, config.band_gap_contrast_weight)
-            label_counts["band_gap_contrast"] = int(band_gap_contrast_rows(table).sum())
+            contrast = band_gap_contrast_rows(table)
+            sampler = contrast_sampler(contrast, config.band_gap_contrast_weight)
+            label_counts["band_gap_contrast"] = int(contrast.sum())
         if n:
             table = _val_subset(table, n, config.seed)
         dataset = CrystalDataset(
