@@ -113,9 +113,10 @@ def main() -> None:
         )
     val = data.load(VAL).table
     train = data.load(TRAIN).table
+    group, lists = train.element_list_groups()
     by_set: dict[tuple[int, ...], list[int]] = {}
-    for i in range(len(train)):
-        by_set.setdefault(tuple(np.unique(train.sites(i)[1]).tolist()), []).append(i)
+    for i, g in enumerate(group.tolist()):
+        by_set.setdefault(lists[g], []).append(i)
 
     rows = []
     for zs in val.draw_element_lists(args.lists, args.seed):

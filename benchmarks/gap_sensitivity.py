@@ -45,6 +45,7 @@ from pccd.training import collate
 ROOT = Path(__file__).resolve().parents[1]
 TIMESTEPS = (100, 300, 500, 700, 900)
 LOW_GAP, HIGH_GAP = 0.0, 4.0
+CHANNELS = ("coords", "elements", "lattice")
 
 
 def _with_gap(cond, gap: float):
@@ -52,9 +53,6 @@ def _with_gap(cond, gap: float):
     out = cond.without(["formula"])
     out.band_gap = torch.full_like(out.band_gap, gap)
     return out
-
-
-CHANNELS = ("coords", "elements", "lattice")
 
 
 def sensitivity(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> dict[str, dict]:
@@ -111,7 +109,6 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models:
         pipe = PCCDPipeline.from_pretrained(name)
-        torch.manual_seed(0)
         row = {
             "model": name,
             "n": args.n,

@@ -349,3 +349,13 @@ def test_damaged_gzip_is_a_value_error_naming_the_file(kind, tmp_path):
     bad.write_bytes(good[: len(good) // 2] if kind == "truncated" else plain.read_bytes())
     with pytest.raises(ValueError, match=bad.name):
         data.load(bad, cache=False)
+
+
+def test_element_list_groups_put_crystals_of_one_element_list_together():
+    structures = [nacl(), silicon(), nacl(), unary_fe()]
+    table = data.CrystalTable.from_records(
+        [data.CrystalRecord(f"c{i}", s, {}) for i, s in enumerate(structures)]
+    )
+    group, lists = table.element_list_groups()
+    assert group.tolist() == [0, 1, 0, 2]
+    assert lists == [(11, 17), (14,), (26,)]  # ascending Z, in order of first appearance

@@ -319,6 +319,21 @@ class CrystalTable:
         """(n,) number of sites of every crystal."""
         return np.diff(self.offsets)
 
+    def element_list_groups(self) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+        """Crystals grouped by element list: ``(group, lists)`` with ``group`` (n,) the index
+        into ``lists`` of each crystal's atomic numbers (ascending, distinct).
+
+        The one grouping behind every per-element-list figure (what the gap adds given the
+        elements, which compositions the split knows for a list), so they agree on what a
+        list is.
+        """
+        index: dict[tuple[int, ...], int] = {}
+        group = np.empty(len(self), dtype=np.int64)
+        for i in range(len(self)):
+            key = tuple(np.unique(self.sites(i)[1]).tolist())
+            group[i] = index.setdefault(key, len(index))
+        return group, list(index)
+
     def draw_element_lists(self, n: int, seed: int = 0) -> list[list[int]]:
         """Element lists (atomic numbers) of ``n`` crystals drawn with replacement, seeded.
 
