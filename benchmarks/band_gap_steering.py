@@ -68,7 +68,8 @@ from pccd.evaluate.geometry import (
     space_group_number,
     summarize_geometry,
 )
-from pccd.pipeline import DEFAULT_DDIM_STEPS, PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import DEFAULT_DDIM_STEPS, PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

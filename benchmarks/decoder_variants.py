@@ -22,7 +22,8 @@ import torch
 from pccd import data
 from pccd import representation as rep
 from pccd.evaluate import request_quality
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT.parent / "shared" / "data" / "mp_pccd" / "val.csv.gz"

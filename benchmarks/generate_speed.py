@@ -65,7 +65,8 @@ def main() -> None:
         f"{', '.join(f'{t:.1f}' for t in times)} s, {n_cif} CIFs"
     )
     if not args.skip_ddpm:
-        from pccd.pipeline import PCCDPipeline, Request
+        from pccd.generator import Request
+        from pccd.pipeline import PCCDPipeline
 
         pipe = PCCDPipeline.from_pretrained(args.model, precision=args.precision)
         t0 = time.perf_counter()

@@ -35,9 +35,10 @@ import torch
 from layout_ab import _checkpoint, _val_table, fixed_noise_val_loss
 
 from pccd.evaluate import request_quality
-from pccd.evaluate.csp import MATCHER_TOLERANCES, cell_formula
 from pccd.evaluate.geometry import geometry_summary
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 from pccd.training import export_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]

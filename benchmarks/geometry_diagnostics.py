@@ -33,7 +33,8 @@ from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.diffusion import reconstruct
 from pccd.evaluate.geometry import geometry_summary
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT.parent / "shared" / "data" / "mp_pccd" / "val.csv.gz"

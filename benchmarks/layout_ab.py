@@ -29,8 +29,9 @@ import torch
 from pccd import data
 from pccd.diffusion import diffusion_loss
 from pccd.evaluate import request_quality
+from pccd.generator import Request
 from pccd.model import forward_flops
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.pipeline import PCCDPipeline
 from pccd.training import CrystalDataset, collate, export_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,9 +38,10 @@ import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from pccd import data
-from pccd.evaluate.csp import MATCHER_TOLERANCES, cell_formula
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio, geometry_summary
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 from pccd.training import CrystalDataset, collate, export_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]

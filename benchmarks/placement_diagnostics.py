@@ -35,9 +35,10 @@ from pymatgen.core import Structure
 
 from pccd import representation as rep
 from pccd.conditioning import Conditions
-from pccd.evaluate.csp import cell_formula
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.evaluate.matching import cell_formula
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 from pccd.training import CrystalDataset, collate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,8 @@ from layout_ab import _val_table
 from pymatgen.core import Structure
 
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 BINS = ((1, 2), (3, 4), (5, 8), (9, 16))

@@ -36,7 +36,8 @@ from pymatgen.core import Lattice, Structure
 from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pccd import data
 from pccd.evaluate import request_quality
 from pccd.evaluate.geometry import geometry_summary
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT.parent / "shared" / "data" / "mp_pccd" / "val.csv.gz"

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 from pccd.screen.references import shipped_table
 from pccd.screen.screening import ScreenSettings, failure_kind, screen_directory
 

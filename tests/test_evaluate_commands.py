@@ -185,7 +185,7 @@ def test_csp_command_runs_and_reports(tiny_model_dir, cif_dir, tmp_path):
 
 @pytest.mark.slow
 def test_diffcsp_matcher_known_answers():
-    from pccd.evaluate.csp import cell_formula, match_candidate
+    from pccd.evaluate.matching import cell_formula, match_candidate
 
     s = wurtzite()
     assert cell_formula(s) == "Zn2O2"  # the cell's counts, not the reduced formula

@@ -171,7 +171,7 @@ def test_float16_wide_weights_fit_the_repository_and_keep_the_output(tmp_path):
 
 def test_shipped_model_loads_unchanged():
     """pccd-cpu predates ``weights_dtype``: its config.json has none and it loads as float32."""
-    from pccd.pipeline import WEIGHTS_DIR
+    from pccd.generator import WEIGHTS_DIR
 
     directory = WEIGHTS_DIR / "pccd-cpu"
     assert "weights_dtype" not in json.loads((directory / "config.json").read_text())

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pccd.cli import main
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.generator import Request
+from pccd.pipeline import PCCDPipeline
 from pccd.runs import generate_to_directory
 from tests.conftest import nacl, silicon, wurtzite
 
@@ -294,7 +295,7 @@ def test_valid_only_counts_every_draw_and_resumes(tiny_model_dir, tmp_path, monk
     # a generator whose every third draw fails to decode and the rest are rock salt: stops as
     # soon as n passed, the acceptance rate is over all draws
     from pccd import representation as rep
-    from pccd.pipeline import Sample
+    from pccd.generator import Sample
 
     def fake_iter_generate(requests, n=None, *, batch_size=100, start=0, **kwargs):
         for lo in range(start, len(requests), batch_size):

@@ -205,7 +205,7 @@ class FixedPipeline:
         pass
 
     def iter_generate(self, requests, *, batch_size=100, start=0, **kwargs):
-        from pccd.pipeline import Sample
+        from pccd.generator import Sample
 
         for lo in range(start, len(requests), batch_size):
             yield [
@@ -215,7 +215,7 @@ class FixedPipeline:
 
 
 def test_generate_to_directory_relaxes_each_batch_after_decoding(tmp_path):
-    from pccd.pipeline import Request
+    from pccd.generator import Request
     from pccd.runs import generate_to_directory
 
     made = [fcc("Cu", 3.9), None, Structure(Lattice.cubic(12.0), ["Cu"], [[0, 0, 0]]),

@@ -140,8 +140,9 @@ def test_export_of_a_checkpoint_from_before_stability(tmp_path):
     without a stability embedding) still exports, to a model without the condition."""
     from dataclasses import asdict
 
+    from pccd.generator import Request
     from pccd.model import PCCDUNet
-    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.pipeline import PCCDPipeline
 
     torch.manual_seed(0)
     old = PCCDUNet.from_preset("tiny", conditions=OLD_CONDITIONS)
@@ -215,7 +216,8 @@ def test_bf16_mixed_precision_trains_fp32_weights_and_a_run_may_switch(tmp_path)
 
 
 def test_stability_labels_train_the_condition_and_the_model_accepts_it(tmp_path):
-    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.generator import Request
+    from pccd.pipeline import PCCDPipeline
 
     hulls = {"nacl": 0.0, "si": 0.0, "hexagonal": 0.02, "triclinic16": 0.4, "unary": 0.1}
     csv = write_csv(tmp_path / "set.csv", e_above_hull=hulls)
@@ -258,7 +260,8 @@ def test_resuming_a_run_from_before_stability(tmp_path):
 def test_forward_process_options_are_trained_on_and_reach_the_exported_model(tmp_path):
     """snr_shift and v-prediction: in the checkpoint, in pccd.json, in every sampler the
     pipeline builds, and a v model samples deterministically."""
-    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.generator import Request
+    from pccd.pipeline import PCCDPipeline
 
     csv = write_csv(tmp_path / "set.csv")
     config = TrainConfig(**TINY, snr_shift=8.0, prediction="v")
@@ -294,7 +297,8 @@ def test_pair_loss_option_trains_and_is_refused_where_it_cannot_apply(tmp_path):
 
 
 def test_atom_attention_model_trains_and_csp_samples(tmp_path):
-    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.generator import Request
+    from pccd.pipeline import PCCDPipeline
 
     csv = write_csv(tmp_path / "set.csv")
     tiny = {**TINY, "model_overrides": {**TINY.get("model_overrides", {}), "atom_attention": 1}}

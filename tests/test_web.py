@@ -80,7 +80,8 @@ def shell_run(runs: Path, name: str = "shell-run") -> Path:
 # ---- life cycle ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_job_life_cycle_writes_the_layout_of_pccd_generate(tmp_path, tiny_model_dir):
-    from pccd.pipeline import PCCDPipeline, Request
+    from pccd.generator import Request
+    from pccd.pipeline import PCCDPipeline
     from pccd.runs import generate_to_directory
 
     runs = tmp_path / "runs"
@@ -215,7 +216,7 @@ def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_d
     lines = (job / "summary.csv").read_text().splitlines(keepends=True)
     (job / "summary.csv").write_text("".join(lines[:3]))
     # a job queued but never started: only its run.json exists
-    from pccd.pipeline import Request
+    from pccd.generator import Request
 
     queued = runs / "queued-job"
     check_run_settings(
@@ -563,7 +564,7 @@ def test_serve_precision_is_recorded_per_job_and_the_worker_follows_it(tmp_path,
     """``pccd serve --precision bfloat16`` records it in the run.json of the jobs the page
     submits; the worker runs a job at its recorded precision, so a bf16 run made in the shell
     is one the page can continue, and float32 jobs keep the run.json they always had."""
-    from pccd.pipeline import Request
+    from pccd.generator import Request
     from pccd.web.app import parse_generate
     from pccd.web.jobs import JobManager, _run_generate
 

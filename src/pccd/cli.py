@@ -179,14 +179,19 @@ def _precision_parent(help_text: str = _SAMPLING_PRECISION_HELP) -> argparse.Arg
 
 
 def _sampling_parent(
-    sampler: str = "ddim", batch_size: int | None = 100, guidance: bool = True
+    sampler: str | None, batch_size: int | None = 100, guidance: bool = True
 ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, parents=[_precision_parent()])
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=sampler)
+    p.add_argument(
+        "--sampler",
+        default=sampler,
+        help="the model's sampler (default: its own; point-cloud models: ddim, ddpm; "
+        "atom models: ode, pc)",
+    )
     p.add_argument(
         "--steps",
         type=POSITIVE_INT,
-        help="sampler steps, 1 to the model's training timesteps (default: ddim 20, ddpm all)",
+        help="sampler steps, 1 to the model's training timesteps (default: the sampler's own)",
     )
     if guidance:
         p.add_argument(
@@ -313,36 +318,31 @@ def _load_pipeline(args: argparse.Namespace):
     a user error."""
     import pickle
 
-    from pccd.pipeline import PCCDPipeline
+    from pccd.generator import load_pretrained
 
     device = _device(args)
     label = args.model or "the shipped model"
     try:
-        return PCCDPipeline.from_pretrained(args.model, device, precision=args.precision)
+        return load_pretrained(args.model, device, precision=args.precision)
     except (ValueError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"model {label}: damaged or foreign model files ({exc!r})") from exc
     except RuntimeError as exc:  # torch.load / load_state_dict on a foreign or damaged file
         raise ValueError(f"model {label}: cannot load the weights ({exc})") from exc
 
 
-def _check_steps(pipeline, steps: int | None) -> None:
-    """--steps must not exceed the model's training timesteps (checked before run.json)."""
-    total = pipeline.num_train_timesteps
-    if steps is not None and not 1 <= steps <= total:
-        raise ValueError(
-            f"--steps {steps}: this model was trained with {total} timesteps; use 1–{total}"
-        )
+def _check_run(pipeline, requests, args: argparse.Namespace) -> None:
+    """Refuse requests and sampling options the model cannot serve before anything is
+    written (the model's own checks: each family knows its samplers and conditions)."""
+    from pccd.generator import Request
 
-
-def _check_requests(pipeline, requests) -> None:
-    """Refuse requests the model cannot serve before anything is written."""
-    from pccd.pipeline import Request
-
-    check = getattr(pipeline, "check_request", None)
-    if check is None:
-        return
     for request in {requests} if isinstance(requests, Request) else set(requests):
-        check(request)
+        pipeline.check_request(request)
+    pipeline.check_options(sampler=_sampler(pipeline, args), steps=args.steps)
+
+
+def _sampler(pipeline, args: argparse.Namespace) -> str:
+    """``--sampler``, or the model's default sampler when not given."""
+    return args.sampler if args.sampler is not None else pipeline.samplers[0]
 
 
 def _check_mlip(name: str) -> None:
@@ -581,7 +581,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import csv
     import time
 
-    from pccd.pipeline import Request
+    from pccd.generator import Request
     from pccd.runs import generate_to_directory
 
     t0 = time.perf_counter()
@@ -617,8 +617,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )  # validated before loading anything heavy
     _set_threads(args.threads)
     pipeline = _load_pipeline(args)
-    _check_steps(pipeline, args.steps)
-    _check_requests(pipeline, requests)
+    args.sampler = _sampler(pipeline, args)
+    _check_run(pipeline, requests, args)
     out = Path(args.out)
     extra = [f for f in args.format if f != "cif"]
     if args.valid_only:
@@ -771,7 +771,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     _require_path(args.path, "split")
     _set_threads(args.threads)
     pipeline = _load_pipeline(args)
-    _check_steps(pipeline, args.steps)
+    pipeline.check_options(sampler=args.sampler, steps=args.steps)
     total = pipeline.num_train_timesteps
     bad = [t for t in timesteps if not 1 <= t <= total]
     if bad:
@@ -857,6 +857,11 @@ def _cmd_csp(args: argparse.Namespace) -> int:
     """The DiffCSP crystal-structure-prediction benchmark on a split."""
     from pccd.evaluate.csp import CSPSettings, run_csp
 
+    _require_path(args.path, "split")
+    _set_threads(args.threads)
+    pipeline = _load_pipeline(args)
+    args.sampler = _sampler(pipeline, args)
+    pipeline.check_options(sampler=args.sampler, steps=args.steps, repulsion=args.repulsion)
     settings = CSPSettings(
         n=args.n,
         k=args.k,
@@ -868,10 +873,6 @@ def _cmd_csp(args: argparse.Namespace) -> int:
         formula_decoding=args.formula_decoding,
         repulsion=args.repulsion,
     )
-    _require_path(args.path, "split")
-    _set_threads(args.threads)
-    pipeline = _load_pipeline(args)
-    _check_steps(pipeline, args.steps)
     table = data.load(args.path, _filter_options(args), cache=not args.no_cache).table
     if len(table) == 0:
         raise ValueError(f"{args.path}: no crystal passed the filter")
@@ -987,7 +988,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     _check_dask(args)
     _set_threads(args.threads)
     pipeline = _load_pipeline(args)
-    _check_steps(pipeline, args.steps)
+    args.sampler = _sampler(pipeline, args)
+    pipeline.check_options(sampler=args.sampler, steps=args.steps)
     stats = run_batch(
         pipeline,
         args.out,
@@ -1146,7 +1148,7 @@ def build_parser() -> argparse.ArgumentParser:
             _model_parent(),
             _device_parent(),
             _seed_parent(),
-            _sampling_parent("ddim", 100),
+            _sampling_parent(None, 100),
             _relax_engine_parent(),
         ],
     )
@@ -1366,7 +1368,7 @@ def build_parser() -> argparse.ArgumentParser:
             _model_parent(),
             _device_parent(),
             _seed_parent(),
-            _sampling_parent("ddim", 100),
+            _sampling_parent(None, 100),
             _filter_parent(),
         ],
     )
@@ -1415,7 +1417,7 @@ def build_parser() -> argparse.ArgumentParser:
             _model_parent(),
             _device_parent(),
             _seed_parent(),
-            _sampling_parent("ddim", None, guidance=False),
+            _sampling_parent(None, None, guidance=False),
             _screen_parent(),
             _relax_pool_parent(),
         ],

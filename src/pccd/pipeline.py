@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from pymatgen.core import Composition, Structure
-from pymatgen.core.periodic_table import Element
+from pymatgen.core import Structure
 
 from pccd import representation as rep
-from pccd.conditioning import MAGNETIC_ORDERINGS, MAX_ATOMS, STABILITY_LABELS, Conditions
+from pccd.conditioning import CONDITION_NAMES, MAX_ATOMS, Conditions
 from pccd.diffusion import (
     DEFAULT_PRECISION,
     DDIMScheduler,
@@ -30,10 +29,17 @@ from pccd.diffusion import (
     denoise,
     network_precision,
 )
+from pccd.generator import (
+    GeneratorBase,
+    ModelInfo,
+    Request,
+    Sample,
+    learned_conditions,
+    model_directory,
+    read_meta,
+)
 from pccd.model import PCCDUNet
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "pccd-cpu"
 SAMPLERS = ("ddim", "ddpm")
 # DDIM default step count. Fewer deterministic steps leave more atom blocks distinct: on 600
 # train-split element lists the atom-count Wasserstein distance is 0.46 at 20 steps vs 0.94 at
@@ -42,101 +48,12 @@ SAMPLERS = ("ddim", "ddpm")
 DEFAULT_DDIM_STEPS = 20
 
 
-@dataclass(frozen=True)
-class Request:
-    """A validated generation request: elements in slot order and optional conditions."""
-
-    elements: tuple[Element, ...]
-    formula: tuple[int, ...] | None = None
-    band_gap: float | None = None
-    magnetic: str | None = None
-    stability: str | None = None
-
-    @classmethod
-    def parse(
-        cls,
-        elements: Sequence[str | int | Element] | None = None,
-        *,
-        formula: str | None = None,
-        band_gap: float | None = None,
-        magnetic: str | None = None,
-        stability: str | None = None,
-    ) -> Request:
-        """Validate a request; raise ``ValueError`` with a clear message if it cannot be met.
-
-        ``formula`` (e.g. ``"Mg2MnO4"``) fixes the atom count per element (CSP mode); the cell
-        holds exactly that many atoms, so it must have ≤16. ``elements`` may be omitted when a
-        formula is given. ``stability`` is ``"stable"`` (energy above the hull below
-        :data:`~pccd.conditioning.STABLE_E_ABOVE_HULL`) or ``"unstable"``, case-insensitive.
-        """
-        comp = None
-        if formula is not None:
-            try:
-                comp = Composition(formula)
-            except (ValueError, KeyError) as exc:
-                raise ValueError(f"cannot parse formula {formula!r}: {exc}") from exc
-            if any(not float(v).is_integer() for v in comp.values()):
-                raise ValueError(f"formula {formula!r} must have whole atom counts")
-            if comp.num_atoms > MAX_ATOMS:
-                raise ValueError(f"formula {formula} has {comp.num_atoms:g} atoms > {MAX_ATOMS}")
-        if elements is None or len(elements) == 0:
-            if comp is None:
-                raise ValueError("give the elements (e.g. Mg,Mn,O) or a formula")
-            elements = [str(e) for e in comp.elements]
-        els = tuple(rep.as_elements(elements))
-        counts = None
-        if comp is not None:
-            if {e.symbol for e in comp.elements} != {e.symbol for e in els}:
-                raise ValueError(
-                    f"formula {formula} has elements {sorted(str(e) for e in comp.elements)}, "
-                    f"not the requested {[e.symbol for e in els]}"
-                )
-            counts = tuple(int(comp[e]) for e in els)
-        if band_gap is not None and not (np.isfinite(band_gap) and band_gap >= 0):
-            raise ValueError(f"band gap must be a non-negative number of eV, not {band_gap}")
-        if magnetic is not None and magnetic not in MAGNETIC_ORDERINGS:
-            raise ValueError(f"magnetic ordering must be one of {MAGNETIC_ORDERINGS}")
-        if stability is not None:
-            if not isinstance(stability, str) or stability.strip().lower() not in STABILITY_LABELS:
-                raise ValueError(f"stability must be one of {STABILITY_LABELS}, not {stability!r}")
-            stability = stability.strip().lower()
-        return cls(els, counts, band_gap, magnetic, stability)
-
-    def conditions(self, n: int) -> Conditions:
-        """The request repeated ``n`` times as a :class:`Conditions` batch."""
-        zs = [e.Z for e in self.elements]
-        return Conditions.from_lists(
-            [zs] * n,
-            band_gap=None if self.band_gap is None else [self.band_gap] * n,
-            magnetic=None if self.magnetic is None else [self.magnetic] * n,
-            formula=None if self.formula is None else [list(self.formula)] * n,
-            stability=None if self.stability is None else [self.stability] * n,
-        )
-
-
-def learned_conditions(meta: dict, embedded: Sequence[str]) -> tuple[str, ...]:
-    """The conditions a model learned: those ``pccd.json`` (``meta``) lists as trained, or
-    every condition its network embeds when it lists none, and never one the network has no
-    input for (see :attr:`PCCDPipeline.trained_conditions`)."""
-    return tuple(c for c in meta.get("trained_conditions", embedded) if c in embedded)
-
-
-@dataclass
-class Sample:
-    """One generated crystal: its index in the run, the structure or the decoding failure."""
-
-    index: int
-    structure: Structure | None
-    failure: rep.DecodeFailure | None
-    array: np.ndarray
-
-
 def default_device() -> torch.device:
     """CUDA when present, else CPU: the package is designed for a laptop CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class PCCDPipeline:
+class PCCDPipeline(GeneratorBase):
     """Model + representation settings + sampler: ``pipeline.sample(...) -> list[Structure]``.
 
     ``precision`` is how the network computes while sampling, one of
@@ -165,6 +82,9 @@ class PCCDPipeline:
         self.diffusion = {"num_train_timesteps": 1000, "schedule": "cosine", **(diffusion or {})}
         self.meta = meta or {}
 
+    family = "points"
+    samplers = SAMPLERS
+
     @property
     def num_train_timesteps(self) -> int:
         """T of the forward process the network was trained on."""
@@ -179,22 +99,8 @@ class PCCDPipeline:
         precision: str = DEFAULT_PRECISION,
     ) -> PCCDPipeline:
         """Load a model directory, or by name from the weights shipped in the package."""
-        check_precision(precision)  # before the weights are read
-        directory = Path(path) if path is not None else WEIGHTS_DIR / DEFAULT_MODEL
-        if not directory.exists() and (WEIGHTS_DIR / str(path)).exists():
-            directory = WEIGHTS_DIR / str(path)
-        if not (directory / "config.json").exists():
-            raise FileNotFoundError(f"no pretrained model at {directory} (config.json missing)")
-        meta = json.loads((directory / "pccd.json").read_text())
-        model = PCCDUNet.from_pretrained(directory, map_location="cpu")
-        return cls(
-            model,
-            rep.RepresentationConfig.from_dict(meta["representation"]),
-            meta["diffusion"],
-            meta,
-            device,
-            precision,
-        )
+        directory = model_directory(path)
+        return load(directory, read_meta(directory), device, precision)
 
     @property
     def trained_conditions(self) -> tuple[str, ...]:
@@ -241,6 +147,12 @@ class PCCDPipeline:
         **_: object,
     ) -> None:
         """Validate sampling options before any work or file is written (raises ValueError)."""
+        total = self.num_train_timesteps
+        if steps is not None and not 1 <= steps <= total:
+            raise ValueError(
+                f"--steps {steps}: num_inference_steps must be 1–{total}, the timesteps "
+                "this model was trained with"
+            )
         self.make_scheduler(sampler, steps)
         if guide is not None:
             unknown = set(guide) - set(self.trained_conditions)
@@ -384,38 +296,25 @@ class PCCDPipeline:
 
         return correct
 
-    def generate(
-        self, requests: Request | Sequence[Request], n: int | None = None, **kwargs
-    ) -> list[Sample]:
-        """All samples of a run, failures included (see :meth:`iter_generate` for options)."""
-        return [s for batch in self.iter_generate(requests, n, **kwargs) for s in batch]
 
-    def sample(
-        self,
-        elements: Sequence[str | int | Element] | None = None,
-        n: int = 1,
-        *,
-        formula: str | None = None,
-        band_gap: float | None = None,
-        magnetic: str | None = None,
-        stability: str | None = None,
-        **kwargs,
-    ) -> list[Structure]:
-        """Generate ``n`` crystals and return those that decoded, as pymatgen Structures.
-
-        Example: ``load_pretrained().sample(["Mg", "Mn", "O"], n=10, seed=1)``.
-        """
-        request = Request.parse(
-            elements, formula=formula, band_gap=band_gap, magnetic=magnetic, stability=stability
-        )
-        return [s.structure for s in self.generate(request, n, **kwargs) if s.structure]
-
-
-def load_pretrained(
-    name_or_path: str | Path | None = None,
-    device: torch.device | str | None = None,
-    *,
-    precision: str = DEFAULT_PRECISION,
+def load(
+    directory: Path, meta: dict, device: torch.device | str | None, precision: str
 ) -> PCCDPipeline:
-    """One-line load of the shipped model (or a named / given model directory)."""
-    return PCCDPipeline.from_pretrained(name_or_path, device, precision=precision)
+    """The point-cloud family's loader (see :data:`pccd.generator.FAMILIES`)."""
+    check_precision(precision)  # before the weights are read
+    model = PCCDUNet.from_pretrained(directory, map_location="cpu")
+    rep_config = rep.RepresentationConfig.from_dict(meta["representation"])
+    return PCCDPipeline(model, rep_config, meta["diffusion"], meta, device, precision)
+
+
+def describe(directory: Path, meta: dict) -> ModelInfo:
+    """The point-cloud family's :class:`~pccd.generator.ModelInfo` (no weights loaded)."""
+    config = json.loads((directory / "config.json").read_text())
+    return ModelInfo(
+        directory=directory.resolve(),
+        name=str(meta.get("name", "")),
+        family="points",
+        trained_conditions=learned_conditions(meta, config.get("conditions", CONDITION_NAMES)),
+        samplers=SAMPLERS,
+        timesteps=int(meta["diffusion"]["num_train_timesteps"]),
+    )

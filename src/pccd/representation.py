@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
 from pccd.conditioning import MAX_SLOTS
+from pccd.generator import DecodeFailure, DecodeReason, as_elements
 
 N_ROWS = 128
 N_CHANNELS = 3
@@ -139,27 +140,6 @@ class RepresentationConfig:
         return cls(**d)  # type: ignore[arg-type]
 
 
-class DecodeReason(StrEnum):
-    """Why an array did not decode into a crystal."""
-
-    NON_FINITE = "non_finite"
-    DEGENERATE_LATTICE = "degenerate_lattice"
-    NO_CLUSTERS = "no_clusters"
-    TOO_MANY_ATOMS = "too_many_atoms"
-    ATOMS_TOO_CLOSE = "atoms_too_close"
-
-
-@dataclass(frozen=True)
-class DecodeFailure:
-    """A typed decoding failure: the reason and a human-readable detail."""
-
-    reason: DecodeReason
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.reason.value}: {self.detail}"
-
-
 # --------------------------------------------------------------------------------------------
 # Element slots
 # --------------------------------------------------------------------------------------------
@@ -168,22 +148,6 @@ class DecodeFailure:
 def slot_elements(structure: Structure) -> list[Element]:
     """The structure's elements in canonical slot order (ascending atomic number)."""
     return sorted({Element(sp.symbol) for sp in structure.species}, key=lambda e: e.Z)
-
-
-def as_elements(elements: Sequence[str | int | Element]) -> list[Element]:
-    """Normalise symbols / atomic numbers to ``Element`` objects in slot order, validated."""
-    out: list[Element] = []
-    for e in elements:
-        try:
-            el = Element.from_Z(e) if isinstance(e, int) else Element(str(e))
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"unknown element {e!r}") from exc
-        out.append(el)
-    if len(set(out)) != len(out):
-        raise ValueError(f"repeated element in {[str(e) for e in elements]}")
-    if not 1 <= len(out) <= MAX_SLOTS:
-        raise ValueError(f"need 1 to {MAX_SLOTS} elements, got {len(out)}")
-    return sorted(out, key=lambda el: el.Z)
 
 
 # --------------------------------------------------------------------------------------------

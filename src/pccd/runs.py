@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pccd.diffusion import DEFAULT_PRECISION
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, describe_structure
+from pccd.generator import Request
 from pccd.outputs import ResultTable, check_run_settings
-from pccd.pipeline import PCCDPipeline, Request
+from pccd.pipeline import PCCDPipeline
 
 SUMMARY_COLUMNS = (
     "id",

@@ -880,6 +880,7 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, dtype: str = "
     labels = ckpt.get("label_counts") or {}
     meta = {
         "name": out.name,
+        "family": "points",
         "representation": cfg.representation().to_dict(),
         "diffusion": cfg.diffusion(),
         "trained_conditions": trained_conditions(model.config.conditions, labels),

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from pymatgen.core import Structure
 
 from pccd import data as data_mod
 from pccd import progress
@@ -37,6 +36,7 @@ from pccd.diffusion import DEFAULT_PRECISION
 from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
 from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
+from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula, match_candidate
 from pccd.evaluate.reconstruction import select_indices
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
@@ -44,9 +44,6 @@ from pccd.pipeline import DEFAULT_DDIM_STEPS
 from pccd.runs import precision_settings
 
 _log = logging.getLogger(__name__)
-
-MATCHER_TOLERANCES = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
-"""DiffCSP's StructureMatcher tolerances (CDVAE's reconstruction protocol)."""
 
 PUBLISHED_MP20 = {
     "DiffCSP": {1: 0.5149, 20: 0.7793},
@@ -104,24 +101,6 @@ class CSPSettings:
         return asdict(self)
 
 
-def cell_formula(structure: Structure) -> str:
-    """The cell's formula with its actual atom counts (e.g. ``Na4Cl4``), what CSP is given."""
-    return structure.composition.formula.replace(" ", "")
-
-
-def match_candidate(pred: Structure, true: Structure, matcher=None) -> float | None:
-    """Normalised RMS distance of a match under DiffCSP's tolerances, or ``None``."""
-    if matcher is None:
-        from pymatgen.analysis.structure_matcher import StructureMatcher
-
-        matcher = StructureMatcher(**MATCHER_TOLERANCES)
-    try:
-        out = matcher.get_rms_dist(pred, true)
-    except Exception:  # degenerate candidates can break the matcher's lattice search
-        return None
-    return None if out is None else float(out[0])
-
-
 def run_csp(
     pipeline,
     table: data_mod.CrystalTable,
@@ -139,7 +118,7 @@ def run_csp(
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from pccd.pipeline import Request
+    from pccd.generator import Request
 
     if settings.k < 1:
         raise ValueError(f"k must be ≥ 1, got {settings.k}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 
@@ -210,3 +211,23 @@ def plain_rate(values: np.ndarray, tolerance: float) -> float:
     if len(v) == 0:
         return float("nan")
     return float(np.mean(np.abs(v) <= tolerance))
+
+
+MATCHER_TOLERANCES = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
+"""DiffCSP's StructureMatcher tolerances (CDVAE's reconstruction protocol)."""
+
+
+def cell_formula(structure: Structure) -> str:
+    """The cell's formula with its actual atom counts (e.g. ``Na4Cl4``), what CSP is given."""
+    return structure.composition.formula.replace(" ", "")
+
+
+def match_candidate(pred: Structure, true: Structure, matcher=None) -> float | None:
+    """Normalised RMS distance of a match under DiffCSP's tolerances, or ``None``."""
+    if matcher is None:
+        matcher = StructureMatcher(**MATCHER_TOLERANCES)
+    try:
+        out = matcher.get_rms_dist(pred, true)
+    except Exception:  # degenerate candidates can break the matcher's lattice search
+        return None
+    return None if out is None else float(out[0])

@@ -191,8 +191,8 @@ def run_batch(
     :func:`~pccd.screen.screening.screen_directory`.
     """
     from pccd import progress
+    from pccd.generator import Request
     from pccd.outputs import check_run_settings
-    from pccd.pipeline import Request
     from pccd.runs import generate_to_directory, precision_settings
     from pccd.screen.screening import screen_directory
 

@@ -118,7 +118,7 @@ def _unknown(data: dict, allowed: set[str]) -> None:
 
 def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, str]:
     """Validate a POST /api/jobs body → (run.json settings, label for the job id)."""
-    from pccd.pipeline import SAMPLERS, Request
+    from pccd.generator import Request
 
     _unknown(data, GENERATE_FIELDS)
     elements = data.get("elements")
@@ -149,10 +149,11 @@ def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, s
     except ValueError as exc:
         raise JobError(400, str(exc)) from None
     n = _int(data, "n", 10, 1, max_n)
-    sampler = data.get("sampler", "ddim")
-    if sampler not in SAMPLERS:
-        raise JobError(400, f"sampler must be one of {list(SAMPLERS)}, not {sampler!r}")
-    max_steps = int(manager.model_meta["diffusion"]["num_train_timesteps"])
+    samplers = manager.model_info.samplers
+    sampler = data.get("sampler", samplers[0])
+    if sampler not in samplers:
+        raise JobError(400, f"sampler must be one of {list(samplers)}, not {sampler!r}")
+    max_steps = manager.model_info.timesteps
     steps = _int(data, "steps", None, 1, max_steps)
     if "guidance" in data and "guidance_scale" in data:
         raise JobError(400, "give guidance or guidance_scale, not both")

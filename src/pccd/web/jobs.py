@@ -137,17 +137,17 @@ def _pipeline(model: str | None, precision: str | None = None):
     """The worker's pipeline of ``model`` at ``precision``, loaded once; None is the default
     (what a run.json without ``precision`` means, see :func:`pccd.runs.precision_settings`)."""
     from pccd.diffusion import DEFAULT_PRECISION
-    from pccd.pipeline import PCCDPipeline
+    from pccd.generator import load_pretrained
 
     precision = precision or DEFAULT_PRECISION
     key = (str(model), precision)
     if key not in _PIPELINES:
-        _PIPELINES[key] = PCCDPipeline.from_pretrained(model, precision=precision)
+        _PIPELINES[key] = load_pretrained(model, precision=precision)
     return _PIPELINES[key]
 
 
 def _run_generate(task: Mapping) -> None:
-    from pccd.pipeline import Request
+    from pccd.generator import Request
     from pccd.runs import generate_to_directory
 
     directory = Path(task["dir"])
@@ -309,25 +309,17 @@ class JobManager:
         max_queue: int = 50,
         precision: str = "float32",
     ):
-        from pccd.conditioning import CONDITION_NAMES
         from pccd.diffusion import check_precision
-        from pccd.pipeline import DEFAULT_MODEL, WEIGHTS_DIR, learned_conditions
+        from pccd.generator import describe_model
 
         self.runs = Path(runs).resolve()
         self.runs.mkdir(parents=True, exist_ok=True)
-        directory = Path(model) if model is not None else WEIGHTS_DIR / DEFAULT_MODEL
-        if model is not None and not directory.exists() and (WEIGHTS_DIR / str(model)).exists():
-            directory = WEIGHTS_DIR / str(model)
-        if not (directory / "config.json").exists():
-            raise FileNotFoundError(f"no pretrained model at {directory} (config.json missing)")
-        self.model = str(directory.resolve())
-        self.model_meta = json.loads((directory / "pccd.json").read_text())
-        self.model_name = str(self.model_meta.get("name", ""))
-        config = json.loads((directory / "config.json").read_text())
+        #: the model's own account of itself: name, family, samplers, timesteps
+        self.model_info = describe_model(model)
+        self.model = str(self.model_info.directory)
+        self.model_name = self.model_info.name
         #: conditions a request may use with this model (the form shows only these)
-        self.trained_conditions = learned_conditions(
-            self.model_meta, config.get("conditions", CONDITION_NAMES)
-        )
+        self.trained_conditions = self.model_info.trained_conditions
         self.threads = threads
         self.reference = reference
         self.max_queue = max_queue

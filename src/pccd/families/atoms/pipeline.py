@@ -1,0 +1,222 @@
+"""The atom family's generator: requests → atom-level diffusion → ``Structure`` samples.
+
+:class:`AtomsPipeline` implements :class:`pccd.generator.Generator`, so ``pccd generate``,
+``pccd csp``, ``pccd batch``, run directories and the web page use it as they use the
+point-cloud pipeline. A request with a formula is crystal-structure prediction (the atoms and
+their elements are fixed; positions and lattice are drawn); a request with only elements is de
+novo: the atom count is drawn from the training split's p(N | number of elements)
+(:class:`~pccd.families.atoms.counts.AtomCountPrior`) and each atom's element by the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+from pccd.conditioning import MAX_SLOTS, STABILITY_LABELS
+from pccd.diffusion import check_precision, network_precision
+from pccd.families.atoms.counts import AtomCountPrior
+from pccd.families.atoms.diffusion import AtomDiffusion, AtomModelConfig
+from pccd.families.atoms.sampling import DEFAULT_STEPS, GUIDABLE, SAMPLERS, SampleSpec, sample
+from pccd.families.atoms.structures import to_structures
+from pccd.generator import GeneratorBase, ModelInfo, Request, Sample
+
+CONDITIONS = ("elements", "formula", "band_gap", "stability")
+"""Every condition the atom network has an input for (no magnetic ordering: no labels)."""
+SUB_BATCH = 32
+"""Cells per network batch inside one run batch, sorted by size: the pair cost grows with
+N², so sampling cells of similar size together pads less."""
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class AtomsPipeline(GeneratorBase):
+    """An atom-level model, its count prior and its sampling precision."""
+
+    family = "atoms"
+    samplers = SAMPLERS
+
+    def __init__(
+        self,
+        model: AtomDiffusion,
+        prior: AtomCountPrior,
+        meta: dict | None = None,
+        device: torch.device | str | None = None,
+        precision: str = "float32",
+    ) -> None:
+        self.precision = check_precision(precision)
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model = model.to(self.device).eval()
+        self.prior = prior
+        self.meta = meta or {}
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.model.timesteps
+
+    @property
+    def trained_conditions(self) -> tuple[str, ...]:
+        """``pccd.json``'s trained conditions among those the network has inputs for."""
+        return tuple(c for c in self.meta.get("trained_conditions", CONDITIONS) if c in CONDITIONS)
+
+    def check_request(self, request: Request) -> None:
+        asked = {
+            "band gap": ("band_gap", request.band_gap is not None),
+            "magnetic ordering": ("magnetic", request.magnetic is not None),
+            "stability": ("stability", request.stability is not None),
+        }
+        for label, (name, used) in asked.items():
+            if used and name not in self.trained_conditions:
+                why = (
+                    "its training data had no labels for it"
+                    if name in CONDITIONS
+                    else "its network has no input for it"
+                )
+                raise ValueError(
+                    f"model {self.meta.get('name', '?')} was not trained on {label} ({why}), "
+                    "so it cannot be conditioned on it; trained conditions: "
+                    f"{', '.join(self.trained_conditions)}"
+                )
+
+    def check_options(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        repulsion: float | None = None,
+        guide: Sequence[str] | None = None,
+        **_: object,
+    ) -> None:
+        """Refuse sampling options this model does not take (raises ``ValueError``)."""
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(
+                f"sampler must be one of {', '.join(SAMPLERS)} for atom models, not {sampler!r}"
+            )
+        total = self.num_train_timesteps
+        if steps is not None and not 1 <= steps <= total:
+            raise ValueError(
+                f"--steps {steps}: num_inference_steps must be 1–{total}, the timesteps "
+                "this model was trained with"
+            )
+        if repulsion is not None:
+            raise ValueError(
+                "repulsion is an option of point-cloud models; an atom model places its "
+                "atoms itself (use --valid-only to keep only plausible crystals)"
+            )
+        if guide is not None:
+            unknown = set(guide) - (set(self.trained_conditions) & set(GUIDABLE))
+            if unknown or not guide:
+                can = [c for c in GUIDABLE if c in self.trained_conditions]
+                raise ValueError(
+                    f"guide: {', '.join(sorted(unknown)) or 'nothing'} is not a condition this "
+                    f"model can guide ({', '.join(can) or 'none'})"
+                )
+
+    def iter_generate(
+        self,
+        requests: Request | Sequence[Request],
+        n: int | None = None,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 100,
+        start: int = 0,
+        progress: bool = False,
+        repulsion: float | None = None,
+        guide: Sequence[str] | None = None,
+    ) -> Iterator[list[Sample]]:
+        """Yield samples batch by batch (see :meth:`pccd.generator.Generator.iter_generate`)."""
+        del progress  # a run shows progress per batch; the chain itself is short
+        if isinstance(requests, Request):
+            if n is None:
+                raise ValueError("give n with a single request")
+            requests = [requests] * n
+        for request in set(requests):
+            self.check_request(request)
+        self.check_options(sampler, steps, repulsion, guide)
+        sampler = sampler or SAMPLERS[0]
+        steps = DEFAULT_STEPS[sampler] if steps is None else steps
+        if batch_size < 1:
+            raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+        if start % batch_size:
+            raise ValueError("start must be a multiple of batch_size")
+        volume = self.model.config.denoiser.volume_per_atom
+        for lo in range(start, len(requests), batch_size):
+            chunk = requests[lo : lo + batch_size]
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + lo)
+            spec = self._spec(chunk, gen)
+            order = torch.argsort(spec.num_atoms, stable=True)
+            results: list = [None] * len(chunk)
+            with network_precision(self.precision, self.device):
+                for part in torch.split(order, SUB_BATCH):
+                    sub = SampleSpec(
+                        spec.slots[part], spec.num_atoms[part],
+                        None if spec.types is None else spec.types[part],
+                        spec.band_gap[part], spec.stability[part],
+                    )  # fmt: skip
+                    made = sample(self.model, sub, sampler=sampler, steps=steps,
+                                  guidance=guidance_scale, guide=None if guide is None else
+                                  tuple(guide), generator=gen, device=self.device)  # fmt: skip
+                    for k, out in zip(part.tolist(), to_structures(made, volume), strict=True):
+                        results[k] = out
+            batch = []
+            for k, out in enumerate(results):
+                ok = isinstance(out, Structure)
+                batch.append(Sample(lo + k, out if ok else None, None if ok else out))
+            yield batch
+
+    def _spec(self, chunk: Sequence[Request], gen: torch.Generator) -> SampleSpec:
+        """The chunk's requests as tensors; atom counts of de novo requests drawn here."""
+        b = len(chunk)
+        slots = torch.zeros((b, MAX_SLOTS), dtype=torch.long)
+        for i, r in enumerate(chunk):
+            slots[i, : len(r.elements)] = torch.tensor([e.Z for e in r.elements])
+        drawn = self.prior.draw((slots > 0).sum(1), gen)
+        counts = [sum(r.formula) if r.formula else int(drawn[i]) for i, r in enumerate(chunk)]
+        num_atoms = torch.tensor(counts)
+        # known types for CSP requests; de novo rows stay at the mask token (0)
+        types = torch.zeros((b, int(num_atoms.max())), dtype=torch.long)
+        for i, r in enumerate(chunk):
+            if r.formula:
+                zs = np.repeat([e.Z for e in r.elements], r.formula)
+                types[i, : len(zs)] = torch.from_numpy(zs)
+        gap = torch.tensor([np.nan if r.band_gap is None else r.band_gap for r in chunk])
+        stability = torch.tensor(
+            [-1 if r.stability is None else STABILITY_LABELS.index(r.stability) for r in chunk]
+        )
+        return SampleSpec(slots, num_atoms, types, gap.float(), stability)
+
+
+def load(
+    directory: Path, meta: dict, device: torch.device | str | None, precision: str
+) -> AtomsPipeline:
+    """The atom family's loader (see :data:`pccd.generator.FAMILIES`)."""
+    check_precision(precision)  # before the weights are read
+    config = AtomModelConfig.from_dict(json.loads((directory / "config.json").read_text()))
+    model = AtomDiffusion(config)
+    state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    prior = AtomCountPrior(np.asarray(meta["atom_counts"]))
+    return AtomsPipeline(model, prior, meta, device, precision)
+
+
+def describe(directory: Path, meta: dict) -> ModelInfo:
+    """The atom family's :class:`~pccd.generator.ModelInfo` (no weights loaded)."""
+    config = AtomModelConfig.from_dict(json.loads((directory / "config.json").read_text()))
+    trained = meta.get("trained_conditions", CONDITIONS)
+    return ModelInfo(
+        directory=directory.resolve(),
+        name=str(meta.get("name", "")),
+        family="atoms",
+        trained_conditions=tuple(c for c in trained if c in CONDITIONS),
+        samplers=SAMPLERS,
+        timesteps=config.diffusion.timesteps,
+    )

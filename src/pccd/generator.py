@@ -1,0 +1,320 @@
+"""The seam between model families and everything that uses a model.
+
+Everything above the families — run directories (:mod:`pccd.runs`), the experiment drivers,
+the web page and the CLI — talks to a model only through what this module defines:
+
+* :class:`Request` — what to make (elements, optional formula and conditions), validated;
+* :class:`Sample` — what came out: a ``Structure`` or a typed :class:`DecodeFailure`;
+* :class:`Generator` — the protocol a loaded model satisfies (check a request and sampling
+  options before any work, generate samples batch by batch, say what it was trained on);
+* :func:`load_pretrained` — reads a model directory's ``pccd.json``, whose ``family`` names the
+  implementation in :data:`FAMILIES`, and returns that family's generator.
+
+A family is a module under ``pccd.families`` with ``load(directory, meta, device, precision)``;
+adding one is adding a row to :data:`FAMILIES`, never a branch in a command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+from pymatgen.core.periodic_table import Element
+
+from pccd.conditioning import (
+    MAGNETIC_ORDERINGS,
+    MAX_ATOMS,
+    MAX_SLOTS,
+    STABILITY_LABELS,
+    Conditions,
+)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+"""Model directories shipped inside the package (``pccd.json`` + weights + model card)."""
+DEFAULT_MODEL = "pccd-cpu"
+"""The model every generating command uses when none is named."""
+FAMILIES = {"points": "pccd.pipeline", "atoms": "pccd.families.atoms.pipeline"}
+"""Model family → the module whose ``load(directory, meta, device, precision)`` builds it."""
+LEGACY_FAMILY = "points"
+"""The family of a model directory written before ``pccd.json`` named one (all of them were
+point-cloud models)."""
+
+
+def as_elements(elements: Sequence[str | int | Element]) -> list[Element]:
+    """Normalise symbols / atomic numbers to ``Element`` objects in slot order, validated."""
+    out: list[Element] = []
+    for e in elements:
+        try:
+            el = Element.from_Z(e) if isinstance(e, int) else Element(str(e))
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"unknown element {e!r}") from exc
+        out.append(el)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated element in {[str(e) for e in elements]}")
+    if not 1 <= len(out) <= MAX_SLOTS:
+        raise ValueError(f"need 1 to {MAX_SLOTS} elements, got {len(out)}")
+    return sorted(out, key=lambda el: el.Z)
+
+
+class DecodeReason(StrEnum):
+    """Why an array did not decode into a crystal."""
+
+    NON_FINITE = "non_finite"
+    DEGENERATE_LATTICE = "degenerate_lattice"
+    NO_CLUSTERS = "no_clusters"
+    TOO_MANY_ATOMS = "too_many_atoms"
+    ATOMS_TOO_CLOSE = "atoms_too_close"
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """A typed decoding failure: the reason and a human-readable detail."""
+
+    reason: DecodeReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated generation request: elements in slot order and optional conditions."""
+
+    elements: tuple[Element, ...]
+    formula: tuple[int, ...] | None = None
+    band_gap: float | None = None
+    magnetic: str | None = None
+    stability: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        elements: Sequence[str | int | Element] | None = None,
+        *,
+        formula: str | None = None,
+        band_gap: float | None = None,
+        magnetic: str | None = None,
+        stability: str | None = None,
+    ) -> Request:
+        """Validate a request; raise ``ValueError`` with a clear message if it cannot be met.
+
+        ``formula`` (e.g. ``"Mg2MnO4"``) fixes the atom count per element (CSP mode); the cell
+        holds exactly that many atoms, so it must have ≤16. ``elements`` may be omitted when a
+        formula is given. ``stability`` is ``"stable"`` (energy above the hull below
+        :data:`~pccd.conditioning.STABLE_E_ABOVE_HULL`) or ``"unstable"``, case-insensitive.
+        """
+        comp = None
+        if formula is not None:
+            try:
+                comp = Composition(formula)
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"cannot parse formula {formula!r}: {exc}") from exc
+            if any(not float(v).is_integer() for v in comp.values()):
+                raise ValueError(f"formula {formula!r} must have whole atom counts")
+            if comp.num_atoms > MAX_ATOMS:
+                raise ValueError(f"formula {formula} has {comp.num_atoms:g} atoms > {MAX_ATOMS}")
+        if elements is None or len(elements) == 0:
+            if comp is None:
+                raise ValueError("give the elements (e.g. Mg,Mn,O) or a formula")
+            elements = [str(e) for e in comp.elements]
+        els = tuple(as_elements(elements))
+        counts = None
+        if comp is not None:
+            if {e.symbol for e in comp.elements} != {e.symbol for e in els}:
+                raise ValueError(
+                    f"formula {formula} has elements {sorted(str(e) for e in comp.elements)}, "
+                    f"not the requested {[e.symbol for e in els]}"
+                )
+            counts = tuple(int(comp[e]) for e in els)
+        if band_gap is not None and not (np.isfinite(band_gap) and band_gap >= 0):
+            raise ValueError(f"band gap must be a non-negative number of eV, not {band_gap}")
+        if magnetic is not None and magnetic not in MAGNETIC_ORDERINGS:
+            raise ValueError(f"magnetic ordering must be one of {MAGNETIC_ORDERINGS}")
+        if stability is not None:
+            if not isinstance(stability, str) or stability.strip().lower() not in STABILITY_LABELS:
+                raise ValueError(f"stability must be one of {STABILITY_LABELS}, not {stability!r}")
+            stability = stability.strip().lower()
+        return cls(els, counts, band_gap, magnetic, stability)
+
+    def conditions(self, n: int) -> Conditions:
+        """The request repeated ``n`` times as a :class:`Conditions` batch."""
+        zs = [e.Z for e in self.elements]
+        return Conditions.from_lists(
+            [zs] * n,
+            band_gap=None if self.band_gap is None else [self.band_gap] * n,
+            magnetic=None if self.magnetic is None else [self.magnetic] * n,
+            formula=None if self.formula is None else [list(self.formula)] * n,
+            stability=None if self.stability is None else [self.stability] * n,
+        )
+
+
+@dataclass
+class Sample:
+    """One generated crystal: its index in the run, the structure or the decoding failure."""
+
+    index: int
+    structure: Structure | None
+    failure: DecodeFailure | None
+    array: np.ndarray | None = None
+    """The family's raw output for this sample (the point-cloud array), if it has one."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What a loaded model offers the layers above the families.
+
+    Attributes:
+        family: the family name (a key of :data:`FAMILIES`).
+        meta: the model directory's ``pccd.json`` (name, trained conditions, training record).
+        precision: how the network computes while sampling (recorded by runs).
+        samplers: sampler names this model accepts; the first is its default.
+    """
+
+    family: str
+    meta: dict
+    precision: str
+    samplers: tuple[str, ...]
+
+    @property
+    def trained_conditions(self) -> tuple[str, ...]:
+        """Conditions the weights learned from labelled data; others are refused."""
+        ...
+
+    def check_request(self, request: Request) -> None:
+        """Raise ``ValueError`` if the model cannot serve ``request`` (before any work)."""
+        ...
+
+    def check_options(self, **options: Any) -> None:
+        """Raise ``ValueError`` for sampling options this model does not take (before any
+        file is written); ``options`` are those of :meth:`iter_generate`."""
+        ...
+
+    def iter_generate(
+        self, requests: Request | Sequence[Request], n: int | None = None, **options: Any
+    ) -> Iterator[list[Sample]]:
+        """Yield samples batch by batch. Options every family takes: ``sampler``, ``steps``,
+        ``guidance_scale``, ``seed``, ``batch_size``, ``start`` (resume: a multiple of
+        ``batch_size``), ``progress``, ``guide``. Sample ``k`` depends only on (seed, k,
+        batch_size), so a resumed run makes the same crystals."""
+        ...
+
+    def generate(
+        self, requests: Request | Sequence[Request], n: int | None = None, **options: Any
+    ) -> list[Sample]:
+        """All samples of :meth:`iter_generate`, failures included."""
+        ...
+
+
+class GeneratorBase:
+    """The conveniences every family's generator gets from its :meth:`iter_generate`."""
+
+    def generate(
+        self, requests: Request | Sequence[Request], n: int | None = None, **options: Any
+    ) -> list[Sample]:
+        """All samples of a run, failures included (options of ``iter_generate``)."""
+        return [s for batch in self.iter_generate(requests, n, **options) for s in batch]
+
+    def sample(
+        self,
+        elements: Sequence[str | int | Element] | None = None,
+        n: int = 1,
+        *,
+        formula: str | None = None,
+        band_gap: float | None = None,
+        magnetic: str | None = None,
+        stability: str | None = None,
+        **options: Any,
+    ) -> list[Structure]:
+        """Generate ``n`` crystals and return those that decoded, as pymatgen Structures.
+
+        Example: ``load_pretrained().sample(["Mg", "Mn", "O"], n=10, seed=1)``.
+        """
+        request = Request.parse(
+            elements, formula=formula, band_gap=band_gap, magnetic=magnetic, stability=stability
+        )
+        return [s.structure for s in self.generate(request, n, **options) if s.structure]
+
+    def iter_generate(self, requests, n=None, **options) -> Iterator[list[Sample]]:
+        raise NotImplementedError
+
+
+def learned_conditions(meta: dict, embedded: Sequence[str]) -> tuple[str, ...]:
+    """The conditions a model learned: those ``pccd.json`` (``meta``) lists as trained, or
+    every condition its network embeds when it lists none, and never one the network has no
+    input for."""
+    return tuple(c for c in meta.get("trained_conditions", embedded) if c in embedded)
+
+
+def model_directory(name_or_path: str | Path | None = None) -> Path:
+    """The directory of a shipped model name or a given path (default: :data:`DEFAULT_MODEL`).
+
+    Raises:
+        FileNotFoundError: no model directory (``pccd.json``) there.
+    """
+    directory = Path(name_or_path) if name_or_path is not None else WEIGHTS_DIR / DEFAULT_MODEL
+    if not directory.exists() and (WEIGHTS_DIR / str(name_or_path)).exists():
+        directory = WEIGHTS_DIR / str(name_or_path)
+    if not (directory / "pccd.json").exists() or not (directory / "config.json").exists():
+        raise FileNotFoundError(f"no pretrained model at {directory} (pccd.json missing)")
+    return directory
+
+
+def read_meta(directory: Path) -> dict:
+    """A model directory's ``pccd.json`` with its ``family`` filled in (the one migration of
+    model directories written before families existed)."""
+    meta = json.loads((directory / "pccd.json").read_text())
+    meta.setdefault("family", LEGACY_FAMILY)
+    if meta["family"] not in FAMILIES:
+        raise ValueError(
+            f"model {directory}: unknown family {meta['family']!r} (known: {', '.join(FAMILIES)})"
+        )
+    return meta
+
+
+def family_module(family: str):
+    """The module implementing ``family`` (imported on first use: a family's network code is
+    only loaded when a model of it is)."""
+    return importlib.import_module(FAMILIES[family])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model directory says about itself, read without loading its weights (the web
+    page builds its form from this)."""
+
+    directory: Path
+    name: str
+    family: str
+    trained_conditions: tuple[str, ...]
+    samplers: tuple[str, ...]
+    timesteps: int
+
+
+def describe_model(name_or_path: str | Path | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` of a shipped model name or a model directory."""
+    directory = model_directory(name_or_path)
+    meta = read_meta(directory)
+    return family_module(meta["family"]).describe(directory, meta)
+
+
+def load_pretrained(
+    name_or_path: str | Path | None = None,
+    device: Any = None,
+    *,
+    precision: str = "float32",
+) -> Generator:
+    """One-line load of a shipped model (by name) or a model directory, whatever its family.
+
+    Example: ``load_pretrained().sample(["Mg", "Mn", "O"], n=10, seed=1)``.
+    """
+    directory = model_directory(name_or_path)
+    meta = read_meta(directory)
+    return family_module(meta["family"]).load(directory, meta, device, precision)

@@ -1,0 +1,290 @@
+"""The atom family: processes, denoiser symmetries, training resume, sampling, the seam."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Structure
+
+from pccd.data import CrystalRecord, CrystalTable
+from pccd.families.atoms.batch import AtomArrays, size_buckets
+from pccd.families.atoms.counts import AtomCountPrior
+from pccd.families.atoms.denoiser import AtomDenoiser, AtomDenoiserConfig
+from pccd.families.atoms.diffusion import AtomModelConfig
+from pccd.families.atoms.export import export_pretrained
+from pccd.families.atoms.processes import TorusScore, cosine_alpha_bar, wrapped_normal_score
+from pccd.families.atoms.sampling import SampleSpec, sample, timestep_grid
+from pccd.families.atoms.structures import cell_failure, to_structures
+from pccd.families.atoms.training import OptimConfig, TrainRun, _State, train
+from pccd.generator import Generator, Request, describe_model, load_pretrained
+from tests.conftest import nacl, silicon, wurtzite
+
+TINY = AtomModelConfig(denoiser=AtomDenoiserConfig(hidden=16, layers=2, fourier=2, rbf=4))
+
+
+def tiny_arrays() -> AtomArrays:
+    """Three small crystals, each several times, as padded arrays."""
+    records = [
+        CrystalRecord(f"c{i}", s, {"band_gap": 1.0} if i % 2 else {})
+        for i, s in enumerate([nacl(), silicon(), wurtzite()] * 4)
+    ]
+    return AtomArrays.from_table(CrystalTable.from_records(records), 19.0)
+
+
+def test_wrapped_normal_score_is_the_gradient_of_the_log_density():
+    sigma = torch.tensor(0.3, dtype=torch.float64)
+    d = torch.linspace(-0.49, 0.49, 11, dtype=torch.float64)
+    k = torch.arange(-10, 11, dtype=torch.float64)
+
+    def logp(x):
+        return torch.logsumexp(-((x[:, None] + k) ** 2) / (2 * sigma**2), dim=1)
+
+    h = 1e-5
+    numeric = (logp(d + h) - logp(d - h)) / (2 * h)
+    assert torch.allclose(wrapped_normal_score(d, sigma.expand_as(d)), numeric, atol=1e-5)
+    # periodic: one full turn changes nothing
+    assert torch.allclose(
+        wrapped_normal_score(d + 1, sigma.expand_as(d)), wrapped_normal_score(d, sigma.expand_as(d))
+    )
+
+
+def test_normalised_score_target_has_unit_size():
+    torus = TorusScore(timesteps=50)
+    x0 = torch.rand(64, 16, 3)
+    for t in (1, 25, 50):
+        _, target = torus.noise(x0, torch.full((64,), t), torch.Generator().manual_seed(t))
+        assert target.pow(2).mean().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_cosine_schedule_runs_from_one_towards_zero():
+    abar = cosine_alpha_bar(1000)
+    assert abar[0] == 1 and abar[-1] < 1e-3 and bool((abar[1:] <= abar[:-1]).all())
+
+
+def _inputs(b=2, n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    types = torch.randint(1, 90, (b, n), generator=g)
+    frac = torch.rand(b, n, 3, generator=g)
+    lattice = torch.eye(3).repeat(b, 1, 1) + 0.2 * torch.randn(b, 3, 3, generator=g)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    slots = torch.tensor([[8, 12, 0]] * b)
+    return types, frac, lattice, mask, torch.tensor([10, 500][:b]), slots
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return AtomDenoiser(TINY.denoiser).double().eval()
+
+
+def _run(net, types, frac, lattice, mask, t, slots):
+    with torch.no_grad():
+        return net(types, frac.double(), lattice.double(), mask, t, slots)
+
+
+def test_denoiser_is_permutation_equivariant(net):
+    types, frac, lat, mask, t, slots = _inputs()
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    a = _run(net, types, frac, lat, mask, t, slots)
+    b = _run(net, types[:, perm], frac[:, perm], lat, mask, t, slots)
+    assert torch.allclose(a[0][:, perm], b[0], atol=1e-9)  # coordinate scores follow atoms
+    assert torch.allclose(a[1], b[1], atol=1e-9)  # lattice output unchanged
+    assert torch.allclose(a[2][:, perm], b[2], atol=1e-9)
+
+
+def test_denoiser_is_periodic_and_translation_invariant(net):
+    types, frac, lat, mask, t, slots = _inputs()
+    a = _run(net, types, frac, lat, mask, t, slots)
+    shifted = (frac + torch.tensor([0.3, -0.7, 2.0])) % 1.0
+    b = _run(net, types, shifted, lat, mask, t, slots)
+    for x, y in zip(a, b, strict=True):
+        assert torch.allclose(x, y, atol=1e-8)
+
+
+def test_denoiser_turns_its_lattice_output_with_the_cell(net):
+    types, frac, lat, mask, t, slots = _inputs()
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))
+    q = q.double()
+    a = _run(net, types, frac, lat, mask, t, slots)
+    b = _run(net, types, frac, lat.double() @ q, mask, t, slots)
+    assert torch.allclose(a[0], b[0], atol=1e-8)  # fractional scores do not rotate
+    assert torch.allclose(a[1] @ q, b[1], atol=1e-8)
+
+
+def test_padding_does_not_change_real_atoms(net):
+    types, frac, lat, mask, t, slots = _inputs(n=4)
+    pad = lambda x, v: torch.cat([x, torch.full_like(x[:, :2], v)], dim=1)  # noqa: E731
+    a = _run(net, types, frac, lat, mask, t, slots)
+    b = _run(net, pad(types, 0), pad(frac, 0.5), lat, pad(mask, False), t, slots)
+    assert torch.allclose(a[0], b[0][:, :4], atol=1e-9)
+    assert torch.allclose(a[1], b[1], atol=1e-9)
+
+
+def test_arrays_round_trip_to_the_same_structures():
+    arrays = tiny_arrays()
+    out = to_structures(arrays.batch(np.arange(3)), 19.0)
+    for s, want in zip(out, [nacl(), silicon(), wurtzite()], strict=True):
+        assert isinstance(s, Structure)
+        assert s.matches(want)
+
+
+def test_size_buckets_cover_every_crystal_once():
+    sizes = np.array([1, 8, 2, 8, 16, 4, 4, 2, 1, 3])
+    batches = size_buckets(sizes, 3, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+
+
+def test_flat_or_huge_cells_are_failures_not_structures():
+    flat = np.array([[5.0, 0, 0], [0, 5.0, 0], [5.0, 5.0, 0.01]])
+    assert cell_failure(flat, 4).reason.value == "degenerate_lattice"
+    assert cell_failure(np.eye(3) * 500, 4) is not None
+    assert cell_failure(np.full((3, 3), np.nan), 4).reason.value == "non_finite"
+    assert cell_failure(np.eye(3) * 4, 4) is None
+
+
+def _tiny_run(tmp_path, minutes=0.05):
+    run = TrainRun(model=TINY, optim=OptimConfig(batch_size=4, warmup_steps=2), log_every=2)
+    return run, train(tmp_path, tiny_arrays(), run, minutes=minutes)
+
+
+def test_training_resumes_where_it_stopped(tmp_path):
+    _tiny_run(tmp_path / "a")
+    state = torch.load(tmp_path / "a" / "live.pt", weights_only=False)
+    assert state["step"] > 0
+    assert (tmp_path / "a" / "curve.csv").read_text().startswith("step,")
+    train(tmp_path / "a", tiny_arrays(), minutes=0.02)
+    again = torch.load(tmp_path / "a" / "live.pt", weights_only=False)
+    assert again["step"] > state["step"] and again["samples"] > state["samples"]
+    with pytest.raises(ValueError, match="other settings"):
+        train(tmp_path / "a", tiny_arrays(), TrainRun(model=TINY, seed=5), minutes=0.01)
+
+
+def test_training_batches_are_the_same_whether_resumed_or_not(tmp_path):
+    """Same settings, same steps → same weights, with or without a stop in between."""
+    from pccd.families.atoms import training as tr
+
+    arrays = tiny_arrays()
+    run = TrainRun(model=TINY, optim=OptimConfig(batch_size=4, warmup_steps=2), log_every=1000)
+    straight, resumed = _State(run, "cpu"), _State(run, "cpu")
+
+    def steps(state, k):
+        for _ in range(k):
+            batches = tr._epoch(arrays, run, state.epoch)
+            batch = arrays.batch(batches[state.batch_in_epoch])
+            loss, _ = state.model.loss(batch, state.generator)
+            state.opt.zero_grad()
+            loss.backward()
+            state.opt.step()
+            state.batch_in_epoch += 1
+            if state.batch_in_epoch >= len(batches):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    steps(straight, 6)
+    steps(resumed, 2)
+    copy = _State(run, "cpu")
+    copy.load_state_dict(resumed.state_dict())
+    steps(copy, 4)
+    for a, b in zip(straight.model.parameters(), copy.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sampling_is_seeded_and_keeps_given_types():
+    torch.manual_seed(0)
+    from pccd.families.atoms.diffusion import AtomDiffusion
+
+    model = AtomDiffusion(TINY)
+    batch = tiny_arrays().batch(np.arange(3))
+    spec = SampleSpec(batch.slots, batch.mask.sum(1), batch.types)
+    runs = [
+        sample(model, spec, steps=5, generator=torch.Generator().manual_seed(3)) for _ in range(2)
+    ]
+    assert torch.equal(runs[0].frac, runs[1].frac) and torch.equal(runs[0].lattice, runs[1].lattice)
+    assert torch.equal(runs[0].types, batch.types)
+    assert float(runs[0].frac.min()) >= 0 and float(runs[0].frac.max()) < 1
+    pc = sample(model, spec, sampler="pc", steps=3, generator=torch.Generator().manual_seed(3))
+    assert pc.frac.shape == runs[0].frac.shape
+
+
+def test_de_novo_cells_hold_exactly_the_requested_elements():
+    torch.manual_seed(0)
+    from pccd.families.atoms.diffusion import AtomDiffusion
+
+    model = AtomDiffusion(TINY)
+    slots = torch.tensor([[8, 12, 25]] * 6 + [[11, 17, 0]] * 2)
+    counts = torch.tensor([3, 4, 7, 12, 16, 5, 2, 8])
+    out = sample(model, SampleSpec(slots, counts), steps=4, generator=torch.Generator())
+    for i in range(len(counts)):
+        got = set(out.types[i][out.mask[i]].tolist())
+        assert got == {int(z) for z in slots[i] if z}
+
+
+def test_timestep_grid_descends_to_zero():
+    assert timestep_grid(1000, None)[:2] == [1000, 999] and timestep_grid(1000, None)[-1] == 0
+    grid = timestep_grid(1000, 10)
+    assert len(grid) == 11 and grid[0] == 1000 and grid[-2] == 1 and grid[-1] == 0
+
+
+def test_count_prior_draws_at_least_one_atom_per_element():
+    prior = AtomCountPrior.from_arrays(np.array([2, 4, 4, 8]), np.array([[8, 12, 0]] * 4))
+    drawn = prior.draw(torch.tensor([3] * 50 + [2] * 50), torch.Generator().manual_seed(0))
+    assert int(drawn[:50].min()) >= 3  # no data for ternaries: any count ≥ 3
+    assert set(drawn[50:].tolist()) <= {2, 4, 8}
+    assert math.isclose(prior.counts[2, 4], 2)
+
+
+@pytest.fixture(scope="module")
+def atoms_model_dir(tmp_path_factory):
+    """A tiny atom model trained for a few seconds and exported like a shipped one."""
+    run_dir = tmp_path_factory.mktemp("atoms-run")
+    _tiny_run(run_dir)
+    return export_pretrained(run_dir, tmp_path_factory.mktemp("atoms-model"), name="atoms-tiny")
+
+
+def test_exported_atom_model_loads_through_the_seam(atoms_model_dir):
+    info = describe_model(atoms_model_dir)
+    assert (info.family, info.name, info.samplers[0]) == ("atoms", "atoms-tiny", "ode")
+    assert json.loads((atoms_model_dir / "pccd.json").read_text())["family"] == "atoms"
+    pipe = load_pretrained(atoms_model_dir, "cpu")
+    assert isinstance(pipe, Generator)
+    samples = pipe.generate(Request.parse(["Mg", "O"]), 5, steps=4, seed=1, batch_size=3)
+    assert [s.index for s in samples] == list(range(5))
+    again = pipe.generate(Request.parse(["Mg", "O"]), 5, steps=4, seed=1, batch_size=3)
+    for a, b in zip(samples, again, strict=True):
+        assert (a.structure is None) == (b.structure is None)
+        if a.structure is not None:
+            assert np.array_equal(a.structure.frac_coords, b.structure.frac_coords)
+    csp = pipe.generate(Request.parse(formula="Mg2O2"), 2, steps=3)
+    for s in csp:
+        if s.structure is not None:
+            assert s.structure.composition.formula.replace(" ", "") == "Mg2O2"
+
+
+def test_atom_model_refuses_what_it_cannot_do(atoms_model_dir):
+    pipe = load_pretrained(atoms_model_dir, "cpu")
+    with pytest.raises(ValueError, match="magnetic ordering"):
+        pipe.check_request(Request.parse(["Fe", "O"], magnetic="FM"))
+    with pytest.raises(ValueError, match="sampler must be one of ode, pc"):
+        pipe.check_options(sampler="ddim")
+    with pytest.raises(ValueError, match="repulsion"):
+        pipe.check_options(repulsion=0.8)
+    with pytest.raises(ValueError, match="1–1000"):
+        pipe.check_options(steps=5000)
+
+
+def test_quality_probe_counts_every_crystal():
+    """The probe runs on an untrained model and reports shares over all of its crystals."""
+    from pccd.families.atoms.diffusion import AtomDiffusion
+    from pccd.families.atoms.probe import QualityProbe
+
+    torch.manual_seed(0)
+    arrays = tiny_arrays()
+    prior = AtomCountPrior.from_arrays(arrays.num_atoms, arrays.slots)
+    probe = QualityProbe(arrays, prior, 19.0, n=5, samplers=(("ode", 4),), chunk=2, denovo_steps=4)
+    got = probe(AtomDiffusion(TINY))
+    for key in ("csp_ode_plausible", "csp_ode_match", "denovo_ode_plausible"):
+        assert 0.0 <= got[key] <= 1.0
+        assert got[key] * 5 == pytest.approx(round(got[key] * 5))
