@@ -197,6 +197,16 @@ class Generator(Protocol):
         file is written); ``options`` are those of :meth:`iter_generate`."""
         ...
 
+    def default_steps(self, sampler: str) -> int:
+        """The steps ``sampler`` takes when ``steps`` is not given (runs report it)."""
+        ...
+
+    def with_formula_decoding(self, mode: str) -> Generator:
+        """This generator with CSP's formula decoding ``mode`` (``"blocks"``: candidates keep
+        the given formula; ``"cluster"``: a point-cloud decoder that ignores it); raises
+        ``ValueError`` for a mode the family has no use for."""
+        ...
+
     def iter_generate(
         self, requests: Request | Sequence[Request], n: int | None = None, **options: Any
     ) -> Iterator[list[Sample]]:
@@ -241,6 +251,18 @@ class GeneratorBase:
             elements, formula=formula, band_gap=band_gap, magnetic=magnetic, stability=stability
         )
         return [s.structure for s in self.generate(request, n, **options) if s.structure]
+
+    family = ""
+
+    def with_formula_decoding(self, mode: str) -> Generator:
+        """Families that place the given atoms themselves keep a formula by construction:
+        ``"blocks"`` is what they do; other modes are refused."""
+        if mode != "blocks":
+            raise ValueError(
+                f"formula decoding {mode!r} is an option of point-cloud models; {self.family} "
+                "models keep the given formula by construction ('blocks')"
+            )
+        return self  # type: ignore[return-value]
 
     def iter_generate(self, requests, n=None, **options) -> Iterator[list[Sample]]:
         raise NotImplementedError

@@ -9,6 +9,7 @@ network work so a bad element list fails in milliseconds. Writing runs to disk (
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -164,14 +165,25 @@ class PCCDPipeline(GeneratorBase):
         if repulsion is not None and not 0 < repulsion <= 1.5:
             raise ValueError(f"repulsion must be a fraction of a bond in (0, 1.5], got {repulsion}")
 
+    def default_steps(self, sampler: str) -> int:
+        """DDIM's default step count, or every timestep for the ancestral DDPM chain."""
+        return DEFAULT_DDIM_STEPS if sampler == "ddim" else self.num_train_timesteps
+
+    def with_formula_decoding(self, mode: str) -> PCCDPipeline:
+        """A copy whose decoder treats a given formula as ``mode`` says
+        (:class:`pccd.representation.FormulaDecoding`); this pipeline keeps its own."""
+        other = copy.copy(self)
+        other.rep_config = replace(self.rep_config, formula_decoding=rep.FormulaDecoding(mode))
+        return other
+
     def make_scheduler(self, sampler: str, steps: int | None):
         """A fresh scheduler for ``sampler`` ('ddim' fast / 'ddpm' ancestral) with ``steps``."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
         kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
         scheduler = kind(**self.diffusion)
-        default = DEFAULT_DDIM_STEPS if sampler == "ddim" else self.num_train_timesteps
-        scheduler.set_timesteps(default if steps is None else steps)  # 0 is an error, not "default"
+        # 0 is an error, not "default"
+        scheduler.set_timesteps(self.default_steps(sampler) if steps is None else steps)
         return scheduler
 
     def denoise(self, scheduler: NoiseScheduler, cond: Conditions, **kwargs) -> torch.Tensor:

@@ -18,20 +18,18 @@ same settings resumes after the last complete batch.
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pccd import data as data_mod
 from pccd import progress
-from pccd import representation as rep
 from pccd.diffusion import DEFAULT_PRECISION
 from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
@@ -40,7 +38,6 @@ from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula, match_candi
 from pccd.evaluate.reconstruction import select_indices
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
-from pccd.pipeline import DEFAULT_DDIM_STEPS
 from pccd.runs import precision_settings
 
 _log = logging.getLogger(__name__)
@@ -125,10 +122,7 @@ def run_csp(
     if settings.batch_size < 1:
         raise ValueError(f"batch size must be ≥ 1, got {settings.batch_size}")
     pipeline.check_options(settings.sampler, settings.steps, settings.repulsion)  # before any work
-    pipeline = copy.copy(pipeline)  # the caller's pipeline keeps its own decoder options
-    pipeline.rep_config = replace(
-        pipeline.rep_config, formula_decoding=rep.FormulaDecoding(settings.formula_decoding)
-    )
+    pipeline = pipeline.with_formula_decoding(settings.formula_decoding)
     out = Path(out_dir)
     check_run_settings(
         out,
@@ -218,6 +212,7 @@ def run_csp(
         **pipeline.meta,
         "name": model_label or pipeline.meta.get("name"),
         "precision": pipeline.precision,
+        "default_steps": pipeline.default_steps(settings.sampler),
     }
     metrics = summarize(out, settings, source=source, model=meta)
     metrics["timing_this_invocation"] = {"seconds": seconds, "candidates": generated}
@@ -317,6 +312,8 @@ def summarize(
             "name": (model or {}).get("name"),
             "training_steps": (model or {}).get("training", {}).get("steps"),
             "precision": (model or {}).get("precision", DEFAULT_PRECISION),
+            "family": (model or {}).get("family", "points"),
+            "default_steps": (model or {}).get("default_steps"),
         },
         "settings": settings.to_dict(),
         "matcher": MATCHER_TOLERANCES,
@@ -425,7 +422,7 @@ def _write_report(out: Path, metrics: dict, settings: CSPSettings) -> None:
             ["candidates per formula", s["k"]],
             [
                 "sampler",
-                f"{s['sampler']} ({s['steps'] or _default_steps(s['sampler'])} steps)",
+                f"{s['sampler']} ({s['steps'] or metrics['model']['default_steps']} steps)",
             ],
             ["conditions", "elements + exact cell formula"],
             ["guidance scale", s["guidance_scale"]],
@@ -452,7 +449,3 @@ def _write_report(out: Path, metrics: dict, settings: CSPSettings) -> None:
         ],
         [out / f for f in metrics["figures"]],
     )
-
-
-def _default_steps(sampler: str) -> int:
-    return DEFAULT_DDIM_STEPS if sampler == "ddim" else 1000

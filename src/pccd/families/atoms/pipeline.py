@@ -118,6 +118,10 @@ class AtomsPipeline(GeneratorBase):
                     f"model can guide ({', '.join(can) or 'none'})"
                 )
 
+    def default_steps(self, sampler: str) -> int:
+        """200 ODE steps (the fast default); the predictor–corrector walks every timestep."""
+        return DEFAULT_STEPS[sampler] or self.num_train_timesteps
+
     def iter_generate(
         self,
         requests: Request | Sequence[Request],
@@ -143,7 +147,7 @@ class AtomsPipeline(GeneratorBase):
             self.check_request(request)
         self.check_options(sampler, steps, repulsion, guide)
         sampler = sampler or SAMPLERS[0]
-        steps = DEFAULT_STEPS[sampler] if steps is None else steps
+        steps = self.default_steps(sampler) if steps is None else steps
         if batch_size < 1:
             raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
         if start % batch_size:
