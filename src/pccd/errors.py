@@ -1,0 +1,14 @@
+"""The project's own error type for bad input.
+
+Why a type of its own: the CLI turns exactly these into one ``error: ...`` line and exit code
+2, and lets every other exception keep its traceback, so a bug in the library never looks like
+a user's mistake. It subclasses ``ValueError`` so library callers that already catch
+``ValueError`` for bad arguments keep working.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A request, option, file or data set the user gave cannot be used; the message names
+    the item and the reason."""
