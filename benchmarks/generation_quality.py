@@ -9,7 +9,9 @@ as a miss): the share that decode to a crystal with exactly the requested elemen
 structurally valid (all distances ≥ 0.5 Å, 5–60 Å³ per atom); and the Wasserstein distance of
 the atom-count distribution of the decoded crystals to the val split's; and the geometry of the
 raw samples (pccd.evaluate.geometry): the share whose smallest covalent ratio is ≥ 0.7, the
-median ratio and the share with a space group above P-1 (symprec 0.1 Å), all over n.
+median ratio and the share with a space group above P-1 (symprec 0.1 Å), all over n; and the
+SMACT-valid share of compositions (CDVAE's rule), over n. Any model family (``--model``
+pccd-cpu or pccd-atoms), with the model's own default sampler unless ``--sampler`` is given.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ from pathlib import Path
 import torch
 
 from pccd import data
-from pccd.evaluate import request_quality
+from pccd.evaluate import is_compositionally_valid, request_quality
 from pccd.evaluate.geometry import geometry_summary
-from pccd.generator import Request
-from pccd.pipeline import PCCDPipeline
+from pccd.generator import Request, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT.parent / "shared" / "data" / "mp_pccd" / "val.csv.gz"
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model directory (default: shipped model)")
     ap.add_argument("--data", default=str(VAL))
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--sampler", default=None, help="default: the model's own")
     ap.add_argument("--steps", type=int, default=None, help="default: the pipeline default")
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--repulsion", type=float, default=None, help="sampling-time repulsion")
@@ -52,7 +53,8 @@ def main() -> None:
 
     table = data.load(args.data).table
     requests = [Request.parse(els) for els in table.draw_element_lists(args.n, args.seed)]
-    pipe = PCCDPipeline.from_pretrained(args.model)
+    pipe = load_pretrained(args.model)
+    args.sampler = args.sampler or pipe.samplers[0]
     t0 = time.perf_counter()
     samples = pipe.generate(
         requests,
@@ -67,14 +69,17 @@ def main() -> None:
     counts = [len(s.structure) for s in samples if s.structure is not None]
     structures = [s.structure for s in samples]
     quality = request_quality(structures, [r.elements for r in requests], table.num_sites())
+    smact = [s is not None and is_compositionally_valid(s.composition) for s in structures]
     failures = Counter(s.failure.reason.value for s in samples if s.failure is not None)
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": str(args.model or "shipped"),
+        "family": pipe.family,
         "settings": vars(args),
         "n": args.n,
         "decoded": len(counts) / args.n,
         **quality,
+        "smact_valid": sum(smact) / args.n,
         "geometry": geometry_summary(structures).to_dict(),
         "atom_count_hist": dict(sorted(Counter(counts).items())),
         "failures": dict(failures),

@@ -48,6 +48,9 @@ def test_summary_counts_failed_samples_in_every_share():
     assert empty.plausible_share == 0 and math.isnan(empty.median_ratio)
     with pytest.raises(ValueError, match="ratios"):
         summarize_geometry([1.0], [])
+    # P-1 is symmetry above P1 but not "symmetric" (above P-1); None counts as neither
+    groups = summarize_geometry([1.0, 1.0, 1.0, None], [1, 2, 225, None])
+    assert (groups.above_p1_share, groups.symmetric_share) == (2 / 4, 1 / 4)
 
 
 def test_describe_structure_reports_the_verdict():

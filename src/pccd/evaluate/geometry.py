@@ -68,6 +68,8 @@ class GeometrySummary:
         plausible_share: samples with ratio ≥ 0.7, over ``n``.
         median_ratio: median smallest covalent ratio over the decoded samples (NaN if none).
         symmetric_share: samples with a space group above P1 and P-1, over ``n``.
+        above_p1_share: samples with any symmetry beyond P1 (P-1 included), over ``n``: the
+            atom model's issue states its symmetry target this way.
     """
 
     n: int
@@ -75,6 +77,7 @@ class GeometrySummary:
     plausible_share: float
     median_ratio: float
     symmetric_share: float
+    above_p1_share: float
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -95,12 +98,14 @@ def summarize_geometry(
     decoded = [r for r in ratios if r is not None]
     plausible = sum(1 for r in decoded if r >= PLAUSIBLE_RATIO)
     symmetric = sum(1 for g in space_groups if g is not None and is_symmetric(g))
+    above_p1 = sum(1 for g in space_groups if g is not None and g > 1)
     return GeometrySummary(
         n=n,
         decoded=len(decoded),
         plausible_share=plausible / n if n else math.nan,
         median_ratio=float(np.median(decoded)) if decoded else math.nan,
         symmetric_share=symmetric / n if n else math.nan,
+        above_p1_share=above_p1 / n if n else math.nan,
     )
 
 
