@@ -19,8 +19,8 @@ import torch
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio, space_group_number
-from pccd.evaluate.matching import MATCHER_TOLERANCES
+from pccd.evaluate.geometry import geometry_summary
+from pccd.evaluate.matching import MATCHER_TOLERANCES, match_candidate
 from pccd.families.atoms.batch import AtomArrays
 from pccd.families.atoms.counts import AtomCountPrior
 from pccd.families.atoms.diffusion import AtomDiffusion
@@ -30,14 +30,11 @@ from pccd.families.atoms.structures import to_structures
 
 def geometry_shares(structures) -> dict[str, float]:
     """Plausible and symmetric shares over all items (non-structures count as failures)."""
-    n = len(structures)
-    ok = [s for s in structures if isinstance(s, Structure)]
-    ratios = [covalent_ratio(s) for s in ok]
-    groups = [space_group_number(s) for s in ok]
+    summary = geometry_summary([s if isinstance(s, Structure) else None for s in structures])
     return {
-        "plausible": sum(r >= PLAUSIBLE_RATIO for r in ratios) / n,
-        "median_ratio": float(np.median(ratios + [0.0] * (n - len(ok)))),
-        "symmetric": sum(g > 1 for g in groups) / n,
+        "plausible": summary.plausible_share,
+        "median_ratio": summary.median_ratio,
+        "symmetric": summary.above_p1_share,
     }
 
 
@@ -98,15 +95,10 @@ class QualityProbe:
     def _match(self, structures) -> dict[str, float]:
         rms, strict = [], 0
         for pred, true in zip(structures, self.truth, strict=True):
-            if not isinstance(pred, Structure):
-                continue
-            try:
-                got = self.matcher.get_rms_dist(pred, true)
-                if got is not None:
-                    rms.append(float(got[0]))
-                    strict += bool(self.matcher.fit(pred, true))
-            except Exception:  # degenerate candidates can break the matcher's lattice search
-                continue
+            got = match_candidate(pred, true, self.matcher) if isinstance(pred, Structure) else None
+            if got is not None:
+                rms.append(got)
+                strict += bool(self.matcher.fit(pred, true))
         return {
             "match": len(rms) / self.n,
             "strict": strict / self.n,
