@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -288,3 +289,38 @@ def test_quality_probe_counts_every_crystal():
     for key in ("csp_ode_plausible", "csp_ode_match", "denovo_ode_plausible"):
         assert 0.0 <= got[key] <= 1.0
         assert got[key] * 5 == pytest.approx(round(got[key] * 5))
+
+
+def test_generate_and_csp_commands_take_an_atom_model(atoms_model_dir, tmp_path, capsys):
+    """The commands a user runs are the same for an atom model: generate (de novo and
+    formula), resume, csp; and a point-cloud-only option is refused in one line."""
+    from pccd.cli import main
+    from tests.test_cli import assert_user_error, write_split
+
+    model = str(atoms_model_dir)
+    out = tmp_path / "gen"
+    args = ["generate", "--model", model, "--elements", "Mg,O", "-n", "3", "--steps", "3"]
+    assert main([*args, "--out", str(out), "--batch-size", "2"]) == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["id"] for r in rows] == ["0", "1", "2"]
+    assert json.loads((out / "run.json").read_text())["sampler"] == "ode"
+    before = (out / "summary.csv").read_bytes()
+    assert main([*args, "--out", str(out), "--batch-size", "2"]) == 0  # resumes: nothing to do
+    assert (out / "summary.csv").read_bytes() == before
+    capsys.readouterr()
+    assert main([*args, "--sampler", "ddim", "--out", str(tmp_path / "x")]) == 2
+    assert_user_error(2, capsys.readouterr().err, "ode, pc")
+    assert not (tmp_path / "x").exists()
+    split = write_split(tmp_path / "val.csv", {"a": nacl(), "b": silicon()})
+    csp = tmp_path / "csp"
+    code = main(["csp", str(split), "--model", model, "-n", "2", "-k", "2", "--steps", "3",
+                 "--out", str(csp)])  # fmt: skip
+    assert code == 0
+    candidates = list(csv.DictReader((csp / "candidates.csv").open()))
+    assert len(candidates) == 4
+    metrics = json.loads((csp / "metrics.json").read_text())
+    assert metrics["model"]["family"] == "atoms" and metrics["settings"]["sampler"] == "ode"
+    capsys.readouterr()
+    bad = ["csp", str(split), "--model", model, "--formula-decoding", "cluster", "--out"]
+    assert main([*bad, str(tmp_path / "y")]) == 2
+    assert_user_error(2, capsys.readouterr().err, "point-cloud")
