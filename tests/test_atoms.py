@@ -324,3 +324,16 @@ def test_generate_and_csp_commands_take_an_atom_model(atoms_model_dir, tmp_path,
     bad = ["csp", str(split), "--model", model, "--formula-decoding", "cluster", "--out"]
     assert main([*bad, str(tmp_path / "y")]) == 2
     assert_user_error(2, capsys.readouterr().err, "point-cloud")
+
+
+def test_export_goes_through_the_family_registry(tmp_path):
+    from pccd.errors import InputError
+    from pccd.generator import export_model
+
+    _tiny_run(tmp_path / "run")
+    out = export_model("atoms", tmp_path / "run", tmp_path / "my-model")
+    assert describe_model(out).name == "my-model"
+    with pytest.raises(InputError, match="no train.json"):
+        export_model("atoms", tmp_path, tmp_path / "other")
+    with pytest.raises(InputError, match="unknown model family 'crystals'"):
+        export_model("crystals", tmp_path / "run", tmp_path / "other")

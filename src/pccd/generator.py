@@ -10,8 +10,9 @@ the web page and the CLI — talks to a model only through what this module defi
 * :func:`load_pretrained` — reads a model directory's ``pccd.json``, whose ``family`` names the
   implementation in :data:`FAMILIES`, and returns that family's generator.
 
-A family is a module under ``pccd.families`` with ``load(directory, meta, device, precision)``;
-adding one is adding a row to :data:`FAMILIES`, never a branch in a command.
+A family is a module under ``pccd.families`` with ``load(directory, meta, device, precision)``,
+``describe(directory, meta)`` and ``export(source, out, **options)`` (training output → model
+directory); adding one is adding a row to :data:`FAMILIES`, never a branch in a command.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from pccd.conditioning import (
     STABILITY_LABELS,
     Conditions,
 )
+from pccd.errors import InputError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Model directories shipped inside the package (``pccd.json`` + weights + model card)."""
 DEFAULT_MODEL = "pccd-cpu"
 """The model every generating command uses when none is named."""
-FAMILIES = {"points": "pccd.pipeline", "atoms": "pccd.families.atoms.pipeline"}
-"""Model family → the module whose ``load(directory, meta, device, precision)`` builds it."""
+FAMILIES = {"points": "pccd.families.points", "atoms": "pccd.families.atoms.family"}
+"""Model family → its module (``load``, ``describe``, ``export``; see the module docstring)."""
 LEGACY_FAMILY = "points"
 """The family of a model directory written before ``pccd.json`` named one (all of them were
 point-cloud models)."""
@@ -325,6 +327,17 @@ def describe_model(name_or_path: str | Path | None = None) -> ModelInfo:
     directory = model_directory(name_or_path)
     meta = read_meta(directory)
     return family_module(meta["family"]).describe(directory, meta)
+
+
+def export_model(family: str, source: str | Path, out: str | Path, **options: Any) -> Path:
+    """Write a model directory from a family's training output (``pccd export``).
+
+    Raises:
+        InputError: an unknown family, or a source that is not that family's training output.
+    """
+    if family not in FAMILIES:
+        raise InputError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    return family_module(family).export(Path(source), Path(out), **options)
 
 
 def load_pretrained(
