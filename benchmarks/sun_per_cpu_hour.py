@@ -11,6 +11,9 @@ timed by wall clock and by the CPU seconds of the child process (user + system, 
 ``getrusage``), so the figure does not depend on what else shares the machine as much as wall
 time does. Every generated crystal is in the denominator; failures are counted with reasons.
 
+``--model`` picks the model (any family; default ``pccd-cpu``); compare models by running
+each into its own ``--out`` and ``--work`` back to back on the same quiet machine.
+
 Arms: ``ase`` is the screen as it was before issue 14 (per-crystal ASE FIRE), ``batched`` the
 default since (lockstep FIRE, one MLIP call per step for many crystals). Both draw the same
 element lists and crystals (same seed), so they differ only in how the relaxations run.
@@ -51,6 +54,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         pccd, "batch", "--pool", str(args.pool), "--lists", str(args.lists),
         "--per-list", str(args.per_list), "--out", str(out), "--reference", str(REFERENCE),
         "--workers", "1", "--threads", str(args.threads), "--seed", "0", "--quiet", *ARMS[arm],
+        "--model", args.model,
     ]  # fmt: skip
     cpu0, t0 = child_cpu_seconds(), time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -83,6 +87,7 @@ def main() -> None:
     ap.add_argument("--lists", type=int, default=50)
     ap.add_argument("--per-list", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="pccd-cpu", help="shipped model name or directory")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--note", default="", help="what else ran on the machine")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "sun_per_cpu_hour")
