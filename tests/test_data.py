@@ -180,20 +180,110 @@ def test_filters_are_configurable(tmp_path):
     )
 
 
-def test_directory_of_cif_and_poscar(tmp_path):
-    nacl().to(filename=str(tmp_path / "nacl.cif"))
-    silicon().to(filename=str(tmp_path / "POSCAR"))
-    wurtzite().to(filename=str(tmp_path / "zno.vasp"), fmt="poscar")
-    (tmp_path / "broken.cif").write_text("data_broken\n_cell_length_a 3\nloop_\n_atom_site_label\n")
-    (tmp_path / "partial.cif").write_text(cif(occ=0.5))
-    (tmp_path / "notes.txt").write_text("ignored: not a structure file")
+def write_mixed_directory(d: Path) -> None:
+    """One file of every kind the loader reads, a good and a bad one where it matters."""
+    nacl().to(filename=str(d / "nacl.cif"))
+    silicon().to(filename=str(d / "POSCAR"))
+    wurtzite().to(filename=str(d / "zno.vasp"), fmt="poscar")
+    (d / "broken.cif").write_text("data_broken\n_cell_length_a 3\nloop_\n_atom_site_label\n")
+    (d / "partial.cif").write_text(cif(occ=0.5))
+    (d / "notes.txt").write_text("not a structure file")
+    atoms = [AseAtomsAdaptor.get_atoms(s) for s in (nacl(), silicon(), quaternary())]
+    write(d / "set.extxyz", atoms)
+    write(d / "si.xyz", atoms[1])  # ASE writes extended XYZ: the cell is kept
+    (d / "molecule.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.74\n")  # plain XYZ: no cell
+    (d / "garbled.extxyz").write_text("3\nnot a header\n")
+    connect(d / "set.db").write(atoms[0], material_id="mp-nacl")
+    (d / "empty.db").write_bytes(b"")
+    (d / "subdir").mkdir()
+
+
+#: what each file of :func:`write_mixed_directory` gives: (format, loaded, rejections by reason)
+MIXED_FATES = {
+    "POSCAR": ("poscar", 1, {}),
+    "broken.cif": ("cif", 0, {"unparsable": 1}),
+    "empty.db": ("ase", 0, {"empty": 1}),
+    "garbled.extxyz": ("ase", 0, {"unparsable": 1}),
+    "molecule.xyz": ("ase", 0, {"unparsable": 1}),
+    "nacl.cif": ("cif", 1, {}),
+    "notes.txt": ("", 0, {"unsupported_format": 1}),
+    "partial.cif": ("cif", 0, {"partial_occupancy": 1}),
+    "set.db": ("ase", 1, {}),
+    "set.extxyz": ("ase", 2, {"too_many_elements": 1}),
+    "si.xyz": ("ase", 1, {}),
+    "subdir": ("", 0, {"unsupported_format": 1}),
+    "zno.vasp": ("poscar", 1, {}),
+}
+
+
+def test_every_file_of_a_mixed_directory_is_answered(tmp_path):
+    write_mixed_directory(tmp_path)
     result = data.load(tmp_path)
-    assert sorted(r.id for r in result.records) == ["POSCAR", "nacl", "zno"]
-    reasons = {r.id: r.reason for r in result.rejected}
+    fates = {f.name: (f.format, f.loaded, f.rejected) for f in result.files}
+    assert fates == MIXED_FATES
+    assert sorted(r.id for r in result.records) == sorted(
+        ["POSCAR", "nacl", "zno", "set.extxyz:0", "set.extxyz:1", "si.xyz:0", "mp-nacl"]
+    )
+    reasons = {r.id: r.reason.value for r in result.rejected}
     assert reasons == {
-        "broken": data.RejectReason.UNPARSABLE,
-        "partial": data.RejectReason.PARTIAL_OCCUPANCY,
+        "broken": "unparsable",
+        "partial": "partial_occupancy",
+        "notes.txt": "unsupported_format",
+        "subdir": "unsupported_format",
+        "set.extxyz:2": "too_many_elements",
+        "molecule.xyz:0": "unparsable",
+        "garbled.extxyz": "unparsable",
+        "empty.db": "empty",
     }
+    assert all(r.detail for r in result.rejected)
+    assert (tmp_path / "empty.db").stat().st_size == 0  # ASE would have written its tables
+    # the cache keeps every file's fate; any new entry, even an unsupported one, invalidates it
+    again = data.load(tmp_path)
+    assert again.from_cache and again.files == result.files
+    (tmp_path / "more.txt").write_text("x")
+    third = data.load(tmp_path)
+    assert not third.from_cache and len(third.files) == len(MIXED_FATES) + 1
+
+
+def test_a_directory_reads_csv_files_and_an_unreadable_one_is_a_rejection(tmp_path):
+    d = tmp_path / "set"
+    d.mkdir()
+    write_csv(d / "set.csv")
+    (d / "other.csv").write_text("a,b\n1,2\n")  # no cif column: the whole file
+    (d / "foreign.db").write_bytes(sqlite_file(tmp_path / "x.sqlite"))
+    result = data.load(d)
+    fates = {f.name: (f.loaded, f.rejected) for f in result.files}
+    assert fates["set.csv"][0] == 3 and sum(fates["set.csv"][1].values()) == len(BAD_ROWS)
+    assert fates["other.csv"] == (0, {"unparsable": 1})
+    assert fates["foreign.db"] == (0, {"unparsable": 1})
+    assert "no 'cif' column" in next(r.detail for r in result.rejected if r.id == "other.csv")
+    assert "not an ASE database" in next(r.detail for r in result.rejected if r.id == "foreign.db")
+
+
+def sqlite_file(path: Path) -> bytes:
+    """The bytes of an SQLite database that is not an ASE one."""
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (x)")
+    return path.read_bytes()
+
+
+def test_inspect_lists_every_file_of_a_directory(tmp_path, capsys):
+    write_mixed_directory(tmp_path)
+    assert main(["data", "inspect", str(tmp_path), "--show", "20"]) == 0
+    out = capsys.readouterr().out
+    assert f"7 loaded, 8 rejected\nfiles: {len(MIXED_FATES)}\n" in out
+    assert "  notes.txt (not read): unsupported_format 1\n" in out
+    assert "  set.extxyz (ase): 2 loaded, too_many_elements 1\n" in out
+    assert "  nacl.cif (cif): 1 loaded\n" in out
+    assert all(f"  {name} (" in out for name in MIXED_FATES)
+    assert "unsupported_format   2" in out  # the counts per reason
+    assert main(["data", "inspect", str(tmp_path), "--show", "3"]) == 0
+    assert f"... {len(MIXED_FATES) - 3} more (--show {len(MIXED_FATES)})" in capsys.readouterr().out
+    assert main(["data", "inspect", str(tmp_path), "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert {f["name"]: (f["format"], f["loaded"], f["rejected"]) for f in files} == MIXED_FATES
 
 
 def test_extxyz_and_ase_db(tmp_path):

@@ -383,6 +383,11 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['source']}: {summary['loaded']} loaded, {summary['rejected']} rejected")
+    if result.files is not None:  # a directory: what each file gave, so none goes unnoticed
+        print(f"files: {len(result.files)}")
+        print("\n".join(f"  {f.describe()}" for f in result.files[: args.show]))
+        if len(result.files) > args.show:
+            print(f"  ... {len(result.files) - args.show} more (--show {len(result.files)})")
     if summary["reasons"]:
         print("rejections by reason:")
         for reason, n in summary["reasons"].items():  # type: ignore[union-attr]
@@ -1118,9 +1123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="counts, rejection reasons, element and size histograms",
         parents=[verbosity, _filter_parent()],
     )
-    p_inspect.add_argument("path", help="CSV(.gz), directory of CIF/POSCAR, or ASE-readable file")
+    p_inspect.add_argument("path", help="CSV(.gz), CIF, POSCAR, ASE-readable file, or a directory")
     p_inspect.add_argument(
-        "--show", type=NON_NEGATIVE_INT, default=10, help="rejections listed (default 10)"
+        "--show",
+        type=NON_NEGATIVE_INT,
+        default=10,
+        help="rejections (and, for a directory, files) listed (default 10)",
     )
     p_inspect.add_argument(
         "--top", type=NON_NEGATIVE_INT, default=20, help="elements listed (default 20)"

@@ -3,8 +3,10 @@
 Sources understood by :func:`load`:
 
 * the CDVAE / DiffCSP "MP-20" CSV format (``.csv`` or ``.csv.gz``) with a ``cif`` column,
-* a directory of CIF / POSCAR files,
-* any file ASE can read (extxyz, trajectory, ASE database ``.db``).
+* CIF and POSCAR / CONTCAR (``*.vasp``, ``*.poscar``) files,
+* any file ASE can read (extxyz / xyz, trajectory, ASE database ``.db``),
+* a directory of any of these: every entry is answered (:class:`FileFate`), a file of an unknown
+  kind or one that cannot be read at all becoming a rejection like any bad crystal.
 
 Why a table and not just a list of ``Structure``: the training set has 41k crystals and building
 41k pymatgen objects costs seconds every run. Parsed crystals are kept as flat numpy arrays
@@ -23,10 +25,12 @@ import json
 import math
 import os
 import re
+import sqlite3
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -41,6 +45,9 @@ CACHE_VERSION = 3  # 2: non-physical cells rejected; 3: e_above_hull kept (stabi
 CIF_SUFFIXES = (".cif",)
 POSCAR_NAMES = ("POSCAR", "CONTCAR")
 POSCAR_SUFFIXES = (".vasp", ".poscar")
+#: read through ASE when found in a directory; a single file of any other kind goes to ASE too
+ASE_SUFFIXES = (".extxyz", ".xyz", ".traj", ".db")
+CSV_SUFFIXES = (".csv", ".csv.gz")
 MAGNETIC_COLUMNS = ("magnetic_ordering", "ordering")
 
 
@@ -58,6 +65,8 @@ class RejectReason(StrEnum):
     #: cell lengths, angles or volume per atom outside what any crystal has (e.g. a 10⁶ Å or a
     #: negative cell length in the CIF text, an impossible angle triple, 0.2 Å³ per atom)
     NONPHYSICAL_CELL = "nonphysical_cell"
+    #: a directory entry that is no crystal file the loader knows (a ``.txt``, a subdirectory)
+    UNSUPPORTED_FORMAT = "unsupported_format"
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,29 @@ class Rejection:
     id: str
     reason: RejectReason
     detail: str
+
+
+@dataclass(frozen=True)
+class FileFate:
+    """What became of one entry of a loaded directory, so that no file goes unaccounted for.
+
+    Attributes:
+        name: the entry's file name.
+        format: how it was read (``cif``, ``poscar``, ``ase``, ``csv``), ``""`` when it was not.
+        loaded: crystals it gave.
+        rejected: rejections per reason (a file that cannot be read at all is one rejection).
+    """
+
+    name: str
+    format: str
+    loaded: int
+    rejected: dict[str, int]
+
+    def describe(self) -> str:
+        """One line for ``pccd data inspect``: the name, then what the file gave."""
+        parts = [f"{self.loaded} loaded"] if self.format else []
+        parts += [f"{reason} {n}" for reason, n in self.rejected.items()]
+        return f"{self.name} ({self.format or 'not read'}): {', '.join(parts)}"
 
 
 @dataclass
@@ -388,12 +420,16 @@ class CrystalTable:
 
 @dataclass
 class LoadResult:
-    """What :func:`load` returns: the crystals that passed and the rejections with reasons."""
+    """What :func:`load` returns: the crystals that passed and the rejections with reasons.
+
+    ``files`` (directories only) says what every entry of the directory gave.
+    """
 
     source: str
     table: CrystalTable
     rejected: list[Rejection]
     from_cache: bool = False
+    files: list[FileFate] | None = None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -538,19 +574,26 @@ def read_table(path: str | os.PathLike[str], **kwargs):
         raise ValueError(f"{path}: not a readable CSV file ({exc})") from exc
 
 
-def _is_structure_file(p: Path) -> bool:
-    name = p.name
-    return (
-        p.suffix.lower() in CIF_SUFFIXES
-        or p.suffix.lower() in POSCAR_SUFFIXES
-        or any(name.startswith(n) for n in POSCAR_NAMES)
-    )
+def _file_format(p: Path) -> str | None:
+    """How a file is read, by its name (None: no format the loader knows)."""
+    name = p.name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    if name.endswith(CIF_SUFFIXES):
+        return "cif"
+    if name.endswith(POSCAR_SUFFIXES) or p.name.startswith(POSCAR_NAMES):
+        return "poscar"
+    if name.endswith(ASE_SUFFIXES):
+        return "ase"
+    return None
 
 
 def _read_structure_file(
-    f: Path, options: FilterOptions, records: list[CrystalRecord], rejected: list[Rejection]
-) -> None:
+    f: Path, options: FilterOptions
+) -> tuple[list[CrystalRecord], list[Rejection]]:
     """One CIF (possibly several data blocks) or POSCAR file; ids are the file stem."""
+    records: list[CrystalRecord] = []
+    rejected: list[Rejection] = []
     try:
         if f.suffix.lower() in CIF_SUFFIXES:
             structures = _structures_from_cif(f.read_text(errors="replace"), options)
@@ -559,29 +602,55 @@ def _read_structure_file(
                 warnings.simplefilter("ignore")
                 structures = [Structure.from_file(f)]
     except InvalidCrystal as err:
-        rejected.append(Rejection(f.stem, err.reason, f"{f.name}: {err.detail}"))
-        return
+        return records, [Rejection(f.stem, err.reason, f"{f.name}: {err.detail}")]
     except Exception as exc:
         err = _classify_parse_error(exc)
-        rejected.append(Rejection(f.stem, err.reason, f"{f.name}: {err.detail}"))
-        return
+        return records, [Rejection(f.stem, err.reason, f"{f.name}: {err.detail}")]
     for k, s in enumerate(structures):
         item_id = f.stem if len(structures) == 1 else f"{f.stem}:{k}"
         _accept(item_id, s, {}, options, records, rejected)
-
-
-def _read_files(
-    files: Iterable[Path], options: FilterOptions
-) -> tuple[list[CrystalRecord], list[Rejection]]:
-    records: list[CrystalRecord] = []
-    rejected: list[Rejection] = []
-    for f in files:
-        _read_structure_file(f, options, records, rejected)
     return records, rejected
 
 
-def _structure_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and _is_structure_file(p))
+def _read_directory(
+    directory: Path, options: FilterOptions
+) -> tuple[list[CrystalRecord], list[Rejection], list[FileFate]]:
+    """Every entry of ``directory``, each answered: crystals, rejections, or both.
+
+    A file that cannot be read as a whole (a CSV without a ``cif`` column, an extxyz that ASE
+    cannot parse) is one rejection named by its file name, and the other files still load, as
+    rows of a CSV do. Subdirectories are not descended into (they are rejected, so nothing is
+    read that the user did not point at, and nothing is dropped without a word).
+    """
+    records: list[CrystalRecord] = []
+    rejected: list[Rejection] = []
+    fates: list[FileFate] = []
+    for entry in sorted(directory.iterdir()):
+        fmt = _file_format(entry) if entry.is_file() else None
+        if fmt is None:
+            kind = (
+                "a directory (not descended into; load it on its own)"
+                if entry.is_dir()
+                else "not a regular file"
+                if not entry.is_file()
+                else "not a crystal file (read: .cif, POSCAR/CONTCAR, .vasp, .poscar, "
+                + ", ".join(ASE_SUFFIXES + CSV_SUFFIXES)
+                + ")"
+            )
+            got = [], [Rejection(entry.name, RejectReason.UNSUPPORTED_FORMAT, kind)]
+        else:
+            try:
+                got = _READERS[fmt](entry, options)
+            except ValueError as exc:  # the readers' whole-file errors, which name the file
+                got = [], [Rejection(entry.name, RejectReason.UNPARSABLE, str(exc))]
+            except Exception as exc:  # one unreadable file must not stop the directory
+                err = _classify_parse_error(exc)
+                got = [], [Rejection(entry.name, err.reason, f"{entry.name}: {err.detail}")]
+        records += got[0]
+        rejected += got[1]
+        reasons = Counter(r.reason.value for r in got[1])
+        fates.append(FileFate(entry.name, fmt or "", len(got[0]), dict(sorted(reasons.items()))))
+    return records, rejected, fates
 
 
 def _atoms_props(info: dict) -> dict[str, float | str]:
@@ -604,9 +673,10 @@ def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
     rejected: list[Rejection] = []
     items: list[tuple[str, object, dict]] = []
     try:
-        if path.suffix == ".db":
+        if path.suffix.lower() == ".db":
             from ase.db import connect
 
+            _check_ase_db(path)
             for row in connect(path).select():
                 info = dict(row.key_value_pairs)
                 item_id = str(info.get("material_id", f"{path.name}:{row.id}"))
@@ -616,6 +686,8 @@ def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
                 info = dict(atoms.info)
                 item_id = str(info.get("material_id", info.get("id", f"{path.name}:{k}")))
                 items.append((item_id, atoms, info))
+    except InvalidCrystal as err:
+        return records, [Rejection(path.name, err.reason, f"{path.name}: {err.detail}")]
     except Exception as exc:
         raise ValueError(f"{path}: ASE cannot read this file ({exc})") from exc
     for item_id, atoms, info in items:
@@ -634,14 +706,38 @@ def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
     return records, rejected
 
 
-def _read_any(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
+def _check_ase_db(path: Path) -> None:
+    """Refuse a ``.db`` that is not an ASE database before ASE opens it.
+
+    ASE's ``connect`` creates its tables in any SQLite file it is given, an empty file
+    included, so loading would write into the user's file; this look is read-only.
+    """
+    if path.stat().st_size == 0:
+        raise InvalidCrystal(RejectReason.EMPTY, "empty file (no ASE database)")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+    if "systems" not in tables:
+        raise InvalidCrystal(
+            RejectReason.UNPARSABLE, "an SQLite file but not an ASE database (no systems table)"
+        )
+
+
+_READERS: dict[str, Callable[[Path, FilterOptions], tuple[list[CrystalRecord], list[Rejection]]]]
+_READERS = {
+    "csv": _read_csv,
+    "cif": _read_structure_file,
+    "poscar": _read_structure_file,
+    "ase": _read_ase,
+}
+
+
+def _read_any(
+    path: Path, options: FilterOptions
+) -> tuple[list[CrystalRecord], list[Rejection], list[FileFate] | None]:
     if path.is_dir():
-        return _read_files(_structure_files(path), options)
-    if path.name.lower().endswith((".csv", ".csv.gz")):
-        return _read_csv(path, options)
-    if _is_structure_file(path):
-        return _read_files([path], options)
-    return _read_ase(path, options)
+        return _read_directory(path, options)
+    return (*_READERS[_file_format(path) or "ase"](path, options), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -655,14 +751,19 @@ def cache_dir() -> Path:
 
 
 def _source_digest(path: Path) -> str:
-    """Content hash of a file, or of every structure file (name + bytes) in a directory."""
+    """Content hash of a file, or of every entry (name + bytes) of a directory."""
     h = hashlib.sha256()
-    files = _structure_files(path) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    entries = sorted(path.iterdir()) if path.is_dir() else [path]
+    for f in entries:
+        h.update(f.name.encode() + b"\0")
+        if not f.is_file():
+            continue
+        try:
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:  # unreadable: the load rejects it; the key still changes with it
+            h.update(repr(exc).encode())
     return h.hexdigest()
 
 
@@ -674,7 +775,9 @@ def _cache_key(path: Path, options: FilterOptions) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _save_cache(file: Path, table: CrystalTable, rejected: list[Rejection]) -> None:
+def _save_cache(
+    file: Path, table: CrystalTable, rejected: list[Rejection], files: list[FileFate] | None
+) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".tmp{os.getpid()}.npz")
     np.savez(
@@ -690,11 +793,12 @@ def _save_cache(file: Path, table: CrystalTable, rejected: list[Rejection]) -> N
         rej_ids=np.array([r.id for r in rejected], dtype=str),
         rej_reasons=np.array([r.reason.value for r in rejected], dtype=str),
         rej_details=np.array([r.detail for r in rejected], dtype=str),
+        **({} if files is None else {"files": np.array(json.dumps([asdict(f) for f in files]))}),
     )
     os.replace(tmp, file)  # atomic: an interrupted write never leaves a corrupt cache
 
 
-def _load_cache(file: Path) -> tuple[CrystalTable, list[Rejection]]:
+def _load_cache(file: Path) -> tuple[CrystalTable, list[Rejection], list[FileFate] | None]:
     with np.load(file, allow_pickle=False) as z:
         table = CrystalTable(
             ids=z["ids"].astype(object),
@@ -710,7 +814,8 @@ def _load_cache(file: Path) -> tuple[CrystalTable, list[Rejection]]:
             Rejection(str(i), RejectReason(r), str(d))
             for i, r, d in zip(z["rej_ids"], z["rej_reasons"], z["rej_details"], strict=True)
         ]
-    return table, rejected
+        files = [FileFate(**f) for f in json.loads(str(z["files"]))] if "files" in z else None
+    return table, rejected, files
 
 
 def load(
@@ -719,7 +824,7 @@ def load(
     *,
     cache: bool = True,
 ) -> LoadResult:
-    """Load crystals from a CSV, a directory of CIF/POSCAR files, or an ASE-readable file.
+    """Load crystals from a CSV, CIF, POSCAR or ASE-readable file, or a directory of them.
 
     Args:
         path: the source.
@@ -729,7 +834,8 @@ def load(
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file as a whole cannot be read (individual bad items are only rejected).
+        ValueError: the file as a whole cannot be read (individual bad items are only rejected;
+            in a directory, so is a whole file).
     """
     src = Path(path)
     if not src.exists():
@@ -737,18 +843,20 @@ def load(
     cache_file = cache_dir() / f"{src.name}-{_cache_key(src, options)}.npz" if cache else None
     if cache_file is not None and cache_file.exists():
         try:
-            table, rejected = _load_cache(cache_file)
-            return LoadResult(str(src), table, rejected, from_cache=True)
-        except (OSError, ValueError, KeyError):
+            table, rejected, files = _load_cache(cache_file)
+            if src.is_dir() and files is None:
+                raise KeyError("files")  # written before directories kept every file's fate
+            return LoadResult(str(src), table, rejected, from_cache=True, files=files)
+        except (OSError, ValueError, KeyError, TypeError):
             cache_file.unlink(missing_ok=True)  # unreadable cache: rebuild below
-    records, rejected = _read_any(src, options)
+    records, rejected, files = _read_any(src, options)
     table = CrystalTable.from_records(records)
     if cache_file is not None:
         try:
-            _save_cache(cache_file, table, rejected)
+            _save_cache(cache_file, table, rejected, files)
         except OSError as exc:
             warnings.warn(f"could not write cache {cache_file}: {exc}", stacklevel=2)
-    return LoadResult(str(src), table, rejected)
+    return LoadResult(str(src), table, rejected, files=files)
 
 
 def load_structures(
@@ -775,6 +883,7 @@ def summarize(result: LoadResult) -> dict[str, object]:
         zs = np.unique(table.sites(i)[1])
         n_elements[len(zs)] += 1
         element_counts.update(Element.from_Z(int(z)).symbol for z in zs)
+    files = {} if result.files is None else {"files": [asdict(f) for f in result.files]}
     return {
         "source": result.source,
         "loaded": len(table),
@@ -787,4 +896,5 @@ def summarize(result: LoadResult) -> dict[str, object]:
         "with_magnetic": int(np.sum(table.magnetic >= 0)),
         "with_stability": int(np.sum(table.stability >= 0)),
         "stable": int(np.sum(table.stability == 1)),
+        **files,
     }
