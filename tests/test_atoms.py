@@ -333,7 +333,21 @@ def test_export_goes_through_the_family_registry(tmp_path):
     _tiny_run(tmp_path / "run")
     out = export_model("atoms", tmp_path / "run", tmp_path / "my-model")
     assert describe_model(out).name == "my-model"
-    with pytest.raises(InputError, match="no train.json"):
+    with pytest.raises(InputError, match=r"no train\.json"):
         export_model("atoms", tmp_path, tmp_path / "other")
     with pytest.raises(InputError, match="unknown model family 'crystals'"):
         export_model("crystals", tmp_path / "run", tmp_path / "other")
+
+
+def test_anneal_forks_a_run_and_decays_its_learning_rate(tmp_path):
+    from pccd.families.atoms.training import anneal
+
+    _tiny_run(tmp_path / "long")
+    before = (tmp_path / "long" / "live.pt").read_bytes()
+    anneal(tmp_path / "long", tmp_path / "fork", tiny_arrays(), minutes=0.03, min_lr=1e-5)
+    assert (tmp_path / "long" / "live.pt").read_bytes() == before  # the long run is untouched
+    saved = json.loads((tmp_path / "fork" / "train.json").read_text())
+    assert saved["forked_from"]["run"] == str(tmp_path / "long")
+    rows = list(csv.DictReader((tmp_path / "fork" / "curve.csv").open()))
+    lrs = [float(r["lr"]) for r in rows if int(r["step"]) > saved["forked_from"]["step"]]
+    assert lrs and lrs[-1] < 1e-3 and lrs == sorted(lrs, reverse=True)

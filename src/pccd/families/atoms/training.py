@@ -12,6 +12,10 @@ stopped, and can be started again on the same directory any number of times:
 
 Batches are drawn by :func:`~pccd.families.atoms.batch.size_buckets` from a generator seeded by
 (seed, epoch), so a resumed run continues the same sequence of batches.
+
+:func:`anneal` forks a run into a new directory whose learning rate decays (cosine) over a
+few more minutes: the long run keeps its constant rate and can go on for days, while each
+milestone ships from an annealed fork, as published models end their training.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import csv
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +74,8 @@ class TrainRun:
     checkpoint_minutes: float = 10.0
     probe_minutes: float = 30.0
     log_every: int = 100
+    forked_from: dict | None = None
+    """For an annealed fork: the run directory and step it continued from."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,6 +236,40 @@ def train(
             state.batch_in_epoch = 0
     _atomic_save(state.state_dict(), out / LIVE)
     return row
+
+
+def anneal(
+    source: str | Path,
+    out: str | Path,
+    arrays: AtomArrays,
+    *,
+    minutes: float,
+    min_lr: float = 1e-4,
+    probe: Callable[[AtomDiffusion], dict] | None = None,
+) -> dict:
+    """Fork the run in ``source`` into ``out`` and train it ``minutes`` more while its lr
+    decays to ``min_lr`` (cosine); ``source`` is left as it was. Run again on ``out`` to
+    resume the fork (settings from its ``train.json``)."""
+    source, out = Path(source), Path(out)
+    if not (out / "train.json").exists():
+        run = TrainRun.from_dict(json.loads((source / "train.json").read_text()))
+        state = torch.load(source / LIVE, map_location="cpu", weights_only=False)
+        start = state["train_seconds"] / 60
+        optim = replace(run.optim, decay_after_minutes=start, decay_minutes=minutes, min_lr=min_lr)
+        forked = {"run": str(source), "step": state["step"], "train_minutes": round(start, 2)}
+        run = replace(run, optim=optim, forked_from=forked)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (LIVE, ATOM_COUNTS, "curve.csv", "quality.csv"):
+            if (source / name).exists():
+                shutil.copy2(source / name, out / name)
+        (out / "train.json").write_text(json.dumps(run.to_dict(), indent=2))
+        budget = minutes
+    else:
+        run = TrainRun.from_dict(json.loads((out / "train.json").read_text()))
+        state = torch.load(out / LIVE, map_location="cpu", weights_only=False)
+        end = run.optim.decay_after_minutes + run.optim.decay_minutes  # type: ignore[operator]
+        budget = max(0.0, end - state["train_seconds"] / 60)
+    return train(out, arrays, minutes=budget, probe=probe)
 
 
 def _epoch(arrays: AtomArrays, run: TrainRun, epoch: int) -> list[np.ndarray]:
