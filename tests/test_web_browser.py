@@ -24,7 +24,7 @@ if not Path(CHROMIUM).exists():
         "Playwright's own browser download does not work here",
         allow_module_level=True,
     )
-pytest.importorskip("starlette")
+pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 

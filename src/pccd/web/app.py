@@ -2,8 +2,10 @@
 
 Every path a request names (a job id, a structure id) is checked against a strict pattern and
 resolved inside ``--runs`` before anything is read; request bodies are size-capped and every
-field is validated (unknown fields, types, ranges) before a job is created. Answers to bad
-requests are ``{"error": message}`` with a 4xx status.
+field is validated (unknown fields, types, ranges) against the models of
+:mod:`pccd.web.schema` before a job is created. Answers to bad requests are
+``{"error": message}`` with a 4xx status; ``/openapi.json`` documents every route, body and
+answer.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from pccd.web.auth import TokenGate
 from pccd.web.jobs import (
     SCREEN_DIR,
     SCREEN_MLIPS,
@@ -31,6 +36,19 @@ from pccd.web.jobs import (
     JobError,
     JobManager,
     generation_settings,
+)
+from pccd.web.schema import (
+    Created,
+    ErrorBody,
+    GenerateBase,
+    Info,
+    JobDetail,
+    JobList,
+    ScreenAccepted,
+    ScreenRequest,
+    StructureDetail,
+    generate_request_model,
+    validation_message,
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,22 +59,6 @@ FORMATS = {
     "extxyz": "text/plain; charset=utf-8",
     "vasp": "text/plain; charset=utf-8",
 }
-GENERATE_FIELDS = {
-    "name",
-    "elements",
-    "formula",
-    "n",
-    "seed",
-    "band_gap",
-    "magnetic",
-    "stability",
-    "guidance",
-    "guidance_scale",
-    "sampler",
-    "steps",
-    "batch_size",
-}
-SCREEN_FIELDS = {"mlip", "fmax", "max_steps"}
 
 
 # ---- request parsing -----------------------------------------------------------------------
@@ -88,85 +90,70 @@ async def _json_body(request: Request) -> dict:
     return data
 
 
-def _int(data: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(400, f"{key} must be a whole number, not {value!r}")
-    if not lo <= value <= hi:
-        raise JobError(400, f"{key} must be between {lo} and {hi}, not {value}")
-    return value
+def _validate(schema: type[BaseModel], data: dict):
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise JobError(400, validation_message(schema, exc)) from None
 
 
-def _float(data: dict, key: str, default: float | None, lo: float, hi: float) -> float | None:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise JobError(400, f"{key} must be a number, not {value!r}")
-    if not lo <= value <= hi:
-        raise JobError(400, f"{key} must be between {lo:g} and {hi:g}, not {value}")
-    return float(value)
+def parse_generate(
+    data: dict, manager: JobManager, max_n: int, schema: type[GenerateBase] | None = None
+) -> tuple[dict, str]:
+    """Validate a POST /api/jobs body → (run.json settings, label for the job id).
 
-
-def _unknown(data: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise JobError(400, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, str]:
-    """Validate a POST /api/jobs body → (run.json settings, label for the job id)."""
+    ``schema`` is the server's request model (:func:`generate_request_model`; made here when
+    not given); what only the chosen model can say — its samplers, steps and trained
+    conditions — is checked after it, so a job the worker would refuse is never queued.
+    """
     from pccd.generator import Request
 
-    _unknown(data, GENERATE_FIELDS)
-    elements = data.get("elements")
+    if schema is None:
+        schema = generate_request_model(max_n, list(manager.models.values()), manager.model_name)
+    body = _validate(schema, data)
+    info = manager.model_for(body.model)
+    elements = body.elements
     if isinstance(elements, str):
         elements = [e.strip() for e in elements.split(",") if e.strip()]
-    if elements is not None and (
-        not isinstance(elements, list)
-        or len(elements) > 8
-        or not all(isinstance(e, str) and 0 < len(e) <= 3 for e in elements)
-    ):
-        raise JobError(400, 'elements must be a list of element symbols, e.g. ["Na", "Cl"]')
-    formula = data.get("formula")
-    if formula is not None and (not isinstance(formula, str) or not 0 < len(formula) <= 40):
-        raise JobError(400, "formula must be a short string, e.g. Mg2MnO4")
-    if formula is not None and not formula.strip():
-        formula = None
-    magnetic = data.get("magnetic")
-    if magnetic is not None and not isinstance(magnetic, str):
-        raise JobError(400, "magnetic must be one of NM, FM, AFM, FiM")
-    stability = data.get("stability")
-    if stability is not None and not isinstance(stability, str):
-        raise JobError(400, "stability must be stable or unstable")
-    band_gap = _float(data, "band_gap", None, 0.0, 20.0)
+    formula = body.formula if body.formula and body.formula.strip() else None
     try:
         request = Request.parse(
-            elements, formula=formula, band_gap=band_gap, magnetic=magnetic, stability=stability
+            elements,
+            formula=formula,
+            band_gap=body.band_gap,
+            magnetic=body.magnetic,
+            stability=body.stability,
         )
     except ValueError as exc:
         raise JobError(400, str(exc)) from None
-    n = _int(data, "n", 10, 1, max_n)
-    samplers = manager.model_info.samplers
-    sampler = data.get("sampler", samplers[0])
-    if sampler not in samplers:
-        raise JobError(400, f"sampler must be one of {list(samplers)}, not {sampler!r}")
-    max_steps = manager.model_info.timesteps
-    steps = _int(data, "steps", None, 1, max_steps)
-    if "guidance" in data and "guidance_scale" in data:
-        raise JobError(400, "give guidance or guidance_scale, not both")
-    guidance = _float(data, "guidance" if "guidance" in data else "guidance_scale", 1.0, 0.0, 20.0)
+    asked = {
+        "formula": request.formula,
+        "band_gap": request.band_gap,
+        "magnetic": request.magnetic,
+        "stability": request.stability,
+    }
+    untrained = [c for c, v in asked.items() if v is not None and c not in info.trained_conditions]
+    if untrained:
+        raise JobError(
+            400,
+            f"model {info.name} was not trained on {', '.join(untrained)}; its trained "
+            f"conditions: {', '.join(info.trained_conditions)}",
+        )
+    sampler = body.sampler or info.samplers[0]
+    if sampler not in info.samplers:
+        raise JobError(400, f"sampler of {info.name} must be one of {list(info.samplers)}")
+    if body.steps is not None and body.steps > info.timesteps:
+        raise JobError(400, f"steps of {info.name} must be between 1 and {info.timesteps}")
+    guidance = body.guidance if body.guidance is not None else body.guidance_scale
     settings = generation_settings(
         request,
-        n=n,
-        batch_size=_int(data, "batch_size", 100, 1, 100),
-        model=manager.model_name,
+        n=body.n,
+        batch_size=body.batch_size,
+        model=info.name,
         sampler=sampler,
-        steps=steps,
-        guidance_scale=guidance,
-        seed=_int(data, "seed", 0, 0, 2**31 - 1),
+        steps=body.steps,
+        guidance_scale=1.0 if guidance is None else guidance,
+        seed=body.seed,
         precision=manager.precision,
     )
     if request.formula:
@@ -177,16 +164,9 @@ def parse_generate(data: dict, manager: JobManager, max_n: int) -> tuple[dict, s
 
 
 def parse_screen(data: dict, reference: str | None) -> dict:
-    _unknown(data, SCREEN_FIELDS)
-    mlip = data.get("mlip", "chgnet")
-    if mlip not in SCREEN_MLIPS:
-        raise JobError(400, f"mlip must be one of {list(SCREEN_MLIPS)}, not {mlip!r}")
-    return {
-        "mlip": mlip,
-        "fmax": _float(data, "fmax", 0.05, 0.001, 1.0),
-        "max_steps": _int(data, "max_steps", 500, 1, 2000),
-        "reference": reference,
-    }
+    """Validate a POST /api/jobs/<id>/screen body → the screen's run.json settings."""
+    body = _validate(ScreenRequest, data)
+    return {**body.model_dump(), "reference": reference}
 
 
 def cell_formula(elements: list[str], counts: list[int]) -> str:
@@ -267,6 +247,7 @@ def job_summary(manager: JobManager, job_id: str, disk: dict) -> dict[str, objec
         "seconds": gen.to_dict()["seconds"] if gen is not None else None,
         "elements": elements,
         "formula": formula,
+        "model": settings.get("model"),
         "settings": settings,
         "created": created,
         "screen": screen_info,
@@ -395,6 +376,35 @@ def convert(structure, fmt: str) -> str:
 
 
 # ---- the app ---------------------------------------------------------------------------------
+#: answers every API route may give besides its own, all in the documented error shape
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "the request is malformed or asks for something out of range"),
+        (401, "this server needs its token (pccd serve printed it)"),
+        (403, "a cross-site request"),
+        (404, "no such job, structure or route"),
+        (405, "method not allowed"),
+    )
+}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
+    415: {"model": ErrorBody, "description": "body not sent as application/json"},
+}
+
+
+def _json_request_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a route that reads its body itself (size cap and content
+    type first, see :func:`_json_body`) and then validates it with ``schema``."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema()}},
+        }
+    }
+
+
 def create_app(
     runs: str | Path = "runs",
     model: str | None = None,
@@ -405,33 +415,104 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     warm: bool = False,
     precision: str = "float32",
-) -> Starlette:
-    """The Starlette app; jobs start when the app's lifespan starts (uvicorn or TestClient)."""
-    manager = JobManager(runs, model, threads=threads, reference=reference, precision=precision)
+    token: str | None = None,
+    max_queue: int = 50,
+    models_dir: str | Path | None = None,
+) -> FastAPI:
+    """The app; jobs start when the app's lifespan starts (uvicorn or TestClient).
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    ``token``: every request must carry it (see :class:`pccd.web.auth.TokenGate`); None
+    leaves the server open, which only a loopback address should be. ``models_dir``: where the
+    offered models are (default: the shipped ones); ``model`` is the default among them.
+    """
+    from pccd import __version__
 
-    async def index(request: Request) -> Response:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    manager = JobManager(
+        runs,
+        model,
+        threads=threads,
+        reference=reference,
+        precision=precision,
+        max_queue=max_queue,
+        models_dir=models_dir,
+    )
+    offered = list(manager.models.values())
+    generate_schema = generate_request_model(max_n, offered, manager.model_name)
 
-    def info(request: Request) -> JSONResponse:
-        from pccd import __version__
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        manager.start(warm=warm)
+        try:
+            yield
+        finally:
+            manager.stop()
 
+    hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else allowed_hosts
+    app = FastAPI(
+        title="pccd serve",
+        version=__version__,
+        description=__doc__,
+        docs_url=None,  # the interactive docs load their scripts from a CDN; the page loads none
+        redoc_url=None,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+            Middleware(TokenGate, token=token),
+        ],
+    )
+    app.state.manager = manager
+
+    @app.exception_handler(JobError)
+    async def job_error(request: Request, exc: JobError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
-            {
-                "pccd": __version__,
-                "model": manager.model_name,
-                "precision": manager.precision,
-                "conditions": list(manager.trained_conditions),
-                "runs": str(manager.runs),
-                "max_n": max_n,
-                "screen_mlips": list(SCREEN_MLIPS),
-                "reference": bool(reference),
-            }
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    def list_jobs(request: Request) -> JSONResponse:
+    @app.exception_handler(RequestValidationError)
+    async def query_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=400)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/api/info", response_model=Info, responses=ERRORS)
+    def info() -> dict[str, object]:
+        """The server: its models (default first) and what a job may ask for."""
+        return {
+            "pccd": __version__,
+            "model": manager.model_name,
+            "precision": manager.precision,
+            "conditions": list(manager.trained_conditions),
+            "models": [
+                {
+                    "name": name,
+                    "family": m.family,
+                    "conditions": list(m.trained_conditions),
+                    "samplers": list(m.samplers),
+                    "timesteps": m.timesteps,
+                }
+                for name, m in manager.models.items()
+            ],
+            "runs": str(manager.runs),
+            "max_n": max_n,
+            "screen_mlips": list(SCREEN_MLIPS),
+            "reference": bool(reference),
+        }
+
+    @app.get("/api/jobs", response_model=JobList, responses=ERRORS)
+    def list_jobs() -> dict[str, object]:
+        """Every job under --runs, the page's and the shell's, newest first."""
         jobs = []
         for path in manager.runs.iterdir():
             if not path.is_dir():
@@ -444,37 +525,71 @@ def create_app(
             if disk is not None:
                 jobs.append(job_summary(manager, path.name, disk))
         jobs.sort(key=lambda j: j["created"], reverse=True)
-        return JSONResponse({"jobs": jobs})
+        return {"jobs": jobs}
 
-    async def create_job(request: Request) -> JSONResponse:
+    @app.post(
+        "/api/jobs",
+        status_code=201,
+        response_model=Created,
+        responses={
+            **BODY_ERRORS,
+            409: {"model": ErrorBody, "description": "a job of that name exists"},
+            429: {
+                "model": ErrorBody,
+                "description": "the queue is full",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            },
+        },
+        openapi_extra=_json_request_body(generate_schema),
+    )
+    async def create_job(request: Request) -> dict[str, object]:
+        """Queue a generation job; its directory and run.json exist when this answers."""
         data = await _json_body(request)
-        settings, label = parse_generate(data, manager, max_n)
-        name = data.get("name")
-        if name is not None and not isinstance(name, str):
-            raise JobError(400, "name must be a string")
-        job_id = name or manager.new_job_id(label)
+        settings, label = parse_generate(data, manager, max_n, generate_schema)
+        job_id = data.get("name") or manager.new_job_id(label)
         manager.submit_generate(job_id, settings)
-        return JSONResponse({"id": job_id, "status": "queued"}, status_code=201)
+        return {"id": job_id, "status": "queued"}
 
-    def get_job(request: Request) -> JSONResponse:
-        job_id = request.path_params["job"]
-        directory = manager.job_dir(job_id)
+    @app.get(
+        "/api/jobs/{job}",
+        response_model=JobDetail,
+        response_model_exclude_unset=True,
+        responses=ERRORS,
+    )
+    def get_job(job: str, cif: bool = True) -> dict[str, object]:
+        """A job's status, progress, settings and crystals (with their CIFs unless cif=false)."""
+        directory = manager.job_dir(job)
         disk = manager.disk_state(directory)
         if disk is None:
-            raise JobError(404, f"no job {job_id!r}")
-        with_cif = request.query_params.get("cif", "1") not in ("0", "false", "no")
-        body = job_summary(manager, job_id, disk)
-        body["structures"] = structure_rows(manager, job_id, disk, with_cif)
-        return JSONResponse(body)
+            raise JobError(404, f"no job {job!r}")
+        body = job_summary(manager, job, disk)
+        body["structures"] = structure_rows(manager, job, disk, cif)
+        return body
 
-    def get_structure(request: Request) -> Response:
-        job_id, name = request.path_params["job"], request.path_params["name"]
-        relaxed = request.query_params.get("relaxed", "0") in ("1", "true", "yes")
+    @app.get(
+        "/api/jobs/{job}/structures/{name}",
+        response_class=Response,
+        responses={
+            **ERRORS,
+            200: {
+                "description": "``<id>``: the structure as JSON; ``<id>.cif``, ``<id>.extxyz``, "
+                "``<id>.vasp``: the file (relaxed=true: after the screen's relaxation)",
+                "content": {
+                    "application/json": {"schema": StructureDetail.model_json_schema()},
+                    FORMATS["cif"]: {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            },
+            422: {"model": ErrorBody, "description": "the structure's file cannot be read"},
+        },
+    )
+    def get_structure(job: str, name: str, relaxed: bool = False) -> Response:
+        """One crystal of a job, as JSON for the viewer or as a file to download."""
         sid, dot, fmt = name.rpartition(".")
         if not dot or fmt not in FORMATS:
             sid, fmt = name, "json"
-        path = _structure_file(manager, job_id, sid, relaxed)
-        stem = f"{job_id}_{path.stem}{'_relaxed' if relaxed else ''}"
+        path = _structure_file(manager, job, sid, relaxed)
+        stem = f"{job}_{path.stem}{'_relaxed' if relaxed else ''}"
         headers = {"Content-Disposition": f'attachment; filename="{stem}.{fmt}"'}
         if fmt == "cif":
             return Response(path.read_bytes(), media_type=FORMATS["cif"], headers=headers)
@@ -484,53 +599,31 @@ def create_app(
             raise JobError(422, f"cannot read {path.name}: {exc}") from None
         if fmt == "json":
             body = structure_detail(structure)
-            body.update(id=sid, job=job_id, relaxed=relaxed, cif=path.read_text())
-            return JSONResponse(body)
+            body.update(id=sid, job=job, relaxed=relaxed, cif=path.read_text())
+            return JSONResponse(StructureDetail.model_validate(body).model_dump(mode="json"))
         return Response(convert(structure, fmt), media_type=FORMATS[fmt], headers=headers)
 
-    async def screen_job(request: Request) -> JSONResponse:
-        job_id = request.path_params["job"]
-        manager.job_dir(job_id)
-        settings = parse_screen(await _json_body(request), reference)
-        state = manager.submit_screen(job_id, settings)
-        return JSONResponse({"id": job_id, "screen": state.to_dict()}, status_code=202)
-
-    async def job_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, JobError)
-        return error(exc.status, exc.message)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return error(exc.status_code, str(exc.detail))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        manager.start(warm=warm)
-        try:
-            yield
-        finally:
-            manager.stop()
-
-    async def favicon(request: Request) -> Response:
-        return Response(status_code=204)
-
-    routes = [
-        Route("/", index),
-        Route("/favicon.ico", favicon),
-        Route("/api/info", info),
-        Route("/api/jobs", list_jobs, methods=["GET"]),
-        Route("/api/jobs", create_job, methods=["POST"]),
-        Route("/api/jobs/{job}", get_job, methods=["GET"]),
-        Route("/api/jobs/{job}/structures/{name}", get_structure, methods=["GET"]),
-        Route("/api/jobs/{job}/screen", screen_job, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-    ]
-    hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else allowed_hosts
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
-        exception_handlers={JobError: job_error, HTTPException: http_error},
-        lifespan=lifespan,
+    @app.post(
+        "/api/jobs/{job}/screen",
+        status_code=202,
+        response_model=ScreenAccepted,
+        responses={
+            **BODY_ERRORS,
+            409: {"model": ErrorBody, "description": "not finished, or screening already"},
+            429: {
+                "model": ErrorBody,
+                "description": "the queue is full",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            },
+        },
+        openapi_extra=_json_request_body(ScreenRequest),
     )
-    app.state.manager = manager
+    async def screen_job(job: str, request: Request) -> dict[str, object]:
+        """Queue the screen of a finished job (pccd screen into <job>/screen)."""
+        manager.job_dir(job)
+        settings = parse_screen(await _json_body(request), reference)
+        state = manager.submit_screen(job, settings)
+        return {"id": job, "screen": state.to_dict()}
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -10,8 +10,13 @@ running or failed is known only to the running server, and a restarted server qu
 partial run it can continue.
 
 Generation and screening run one task at a time in one worker process (``spawn``), which keeps
-the model loaded between jobs. A crash of that process marks its task failed; the next task
-starts a fresh worker.
+the models loaded between jobs. A crash of that process marks its task failed; the next task
+starts a fresh worker. A worker whose server is killed (SIGKILL leaves no time to stop it)
+exits by itself, so the restarted server's worker is the only one writing into a job.
+
+A job records the model it was made with (``run.json``: ``model``); the server offers every
+shipped model (each directory with a ``pccd.json`` under ``models_dir``) and its ``--model``
+as the default, and runs each job with its own.
 """
 
 from __future__ import annotations
@@ -37,13 +42,21 @@ SCREEN_DIR = "screen"
 SCREEN_MLIPS = ("chgnet", "7net-0")
 
 
-class JobError(Exception):
-    """A request that cannot be met; ``status`` is the HTTP status to answer with."""
+#: seconds a client told "the queue is full" (429) is asked to wait before trying again
+RETRY_AFTER_S = 5
+#: how often a worker checks that the server that started it is still there
+PARENT_CHECK_S = 0.2
 
-    def __init__(self, status: int, message: str):
+
+class JobError(Exception):
+    """A request that cannot be met; ``status`` is the HTTP status to answer with, ``headers``
+    any the answer needs (``Retry-After`` of a full queue)."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 # ---- the directory layout ------------------------------------------------------------------
@@ -192,10 +205,24 @@ def _run_screen(task: Mapping) -> None:
     )
 
 
-def _worker_main(conn, model: str | None, threads: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this process as soon as its parent is gone (it is then re-parented).
+
+    A server killed with SIGKILL cannot stop its worker, which would go on writing into the
+    job that the restarted server resumes with a worker of its own: two writers, duplicated
+    rows. Polled in a daemon thread, because the worker's main thread is busy sampling.
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)  # no cleanup: the rows written so far are flushed, the batch under way is lost
+
+
+def _worker_main(conn, model: str | None, threads: int, parent: int | None = None) -> None:
     """Loop of the worker process: run one task at a time, answer ("ok"|"error", message)."""
     import warnings
 
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     warnings.simplefilter("ignore")
     if threads:
         import torch
@@ -233,7 +260,10 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_worker_main, args=(child, model, threads), daemon=True, name="pccd-web-worker"
+            target=_worker_main,
+            args=(child, model, threads, os.getpid()),
+            daemon=True,
+            name="pccd-web-worker",
         )
         self.process.start()
         child.close()
@@ -277,6 +307,32 @@ class Worker:
             self.process.join(5)
 
 
+# ---- the models ----------------------------------------------------------------------------
+def offered_models(default: str | None = None, models_dir: str | Path | None = None) -> dict:
+    """Name → :class:`~pccd.generator.ModelInfo` of the models the page offers: ``default`` (a
+    shipped name or a directory; None is :data:`~pccd.generator.DEFAULT_MODEL`) first, then
+    every model directory under ``models_dir`` (the shipped ones by default).
+
+    A broken default is an error the user must see; a broken other model is left out with a
+    warning, so one bad directory does not take the page down.
+    """
+    import logging
+
+    from pccd.generator import WEIGHTS_DIR, describe_model
+
+    first = describe_model(default)
+    models = {first.name or first.directory.name: first}
+    root = Path(models_dir) if models_dir is not None else WEIGHTS_DIR
+    for directory in sorted(p for p in root.glob("*/") if (p / "pccd.json").exists()):
+        try:
+            info = describe_model(directory)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            logging.getLogger("pccd").warning("pccd serve: leaving out %s: %s", directory, exc)
+            continue
+        models.setdefault(info.name or directory.name, info)
+    return models
+
+
 # ---- the manager ----------------------------------------------------------------------------
 @dataclass
 class TaskState:
@@ -308,17 +364,19 @@ class JobManager:
         reference: str | None = None,
         max_queue: int = 50,
         precision: str = "float32",
+        models_dir: str | Path | None = None,
     ):
         from pccd.diffusion import check_precision
-        from pccd.generator import describe_model
 
         self.runs = Path(runs).resolve()
         self.runs.mkdir(parents=True, exist_ok=True)
-        #: the model's own account of itself: name, family, samplers, timesteps
-        self.model_info = describe_model(model)
+        #: every model the page offers, by name, the default (``model``) first
+        self.models = offered_models(model, models_dir)
+        #: the default model's own account of itself: name, family, samplers, timesteps
+        self.model_info = next(iter(self.models.values()))
         self.model = str(self.model_info.directory)
         self.model_name = self.model_info.name
-        #: conditions a request may use with this model (the form shows only these)
+        #: conditions a request may use with the default model (the form shows only these)
         self.trained_conditions = self.model_info.trained_conditions
         self.threads = threads
         self.reference = reference
@@ -332,6 +390,14 @@ class JobManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.worker: Worker | None = None
+
+    def model_for(self, name: str | None):
+        """The :class:`~pccd.generator.ModelInfo` of a model the page offers (None: default)."""
+        if name is None:
+            return self.model_info
+        if not isinstance(name, str) or name not in self.models:
+            raise JobError(400, f"model must be one of {list(self.models)}, not {name!r}")
+        return self.models[name]
 
     # -- life cycle --
     def start(self, warm: bool = False) -> None:
@@ -413,10 +479,10 @@ class JobManager:
                 reason = "made with one element list per crystal; continue it from the shell"
             elif options:
                 reason = f"made with {', '.join(options)}; continue it from the shell"
-            elif settings.get("model") != self.model_name:
+            elif settings.get("model") not in self.models:
                 reason = (
                     f"made with model {settings.get('model')!r}, this server has "
-                    f"{self.model_name!r}; continue it from the shell"
+                    f"{', '.join(map(repr, self.models))}; continue it from the shell"
                 )
         return {
             "settings": settings,
@@ -446,7 +512,11 @@ class JobManager:
     def _enqueue(self, job_id: str, kind: str, force: bool = False, **extra) -> TaskState:
         with self._lock:
             if not force and self._pending >= self.max_queue:
-                raise JobError(503, f"the queue is full ({self.max_queue} tasks); try later")
+                raise JobError(
+                    429,
+                    f"the queue is full ({self.max_queue} tasks); try again in {RETRY_AFTER_S} s",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
             state = TaskState("queued")
             self._states[(job_id, kind)] = state
             self._pending += 1
@@ -531,7 +601,7 @@ class JobManager:
         task = {
             "kind": kind,
             "dir": str(self.runs / job_id),
-            "model": self.model,
+            "model": self._job_model(job_id),
             "threads": self.threads,
             **extra,
         }
@@ -544,6 +614,13 @@ class JobManager:
             state.finished_at = time.time()
             state.status = "done" if outcome == "ok" else "failed"
             state.error = message
+
+    def _job_model(self, job_id: str) -> str:
+        """The directory of the model a job's run.json names (the default when it names none
+        this server has: the worker then refuses the run, naming both)."""
+        name = (read_run_json(self.runs / job_id) or {}).get("model")
+        info = self.models.get(name) if isinstance(name, str) else None
+        return str((info or self.model_info).directory)
 
     def _ensure_worker(self) -> Worker:
         if self.worker is None or not self.worker.alive():

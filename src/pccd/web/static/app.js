@@ -50,10 +50,12 @@ $("job-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("form-error").textContent = "";
   const body = { n: Number($("f-n").value), seed: Number($("f-seed").value || 0) };
-  const formula = $("f-formula").value.trim();
+  if ($("f-model").value) body.model = $("f-model").value;
+  // a hidden field is a condition the chosen model was not trained with: never sent
+  const formula = $("f-formula-label").hidden ? "" : $("f-formula").value.trim();
   const elements = $("f-elements").value.split(/[,\s]+/).filter(Boolean);
   if (formula) body.formula = formula; else body.elements = elements;
-  if ($("f-band-gap").value !== "") body.band_gap = Number($("f-band-gap").value);
+  if (!$("f-band-gap-label").hidden && $("f-band-gap").value !== "") body.band_gap = Number($("f-band-gap").value);
   if ($("f-guidance").value !== "") body.guidance = Number($("f-guidance").value);
   if (!$("f-stability-row").hidden && $("f-stability").value) body.stability = $("f-stability").value;
   body.sampler = $("f-sampler").value;
@@ -119,6 +121,7 @@ async function refreshJob() {
   $("job-title").textContent = `${detail.formula || (detail.elements || []).join("-")} — ${detail.id}`;
   const s = detail.settings || {};
   const bits = [`${detail.status}`, progressText(detail)];
+  if (detail.model) bits.push(`model ${detail.model}`);
   if (s.sampler) bits.push(`${s.sampler} ${s.steps || "default"} steps, guidance ${s.guidance_scale}, seed ${s.seed}`);
   if (s.band_gap !== null && s.band_gap !== undefined) bits.push(`band gap ${s.band_gap} eV`);
   if (s.stability) bits.push(s.stability);
@@ -317,10 +320,30 @@ async function tick() {
 }
 function pollSoon() { clearTimeout(timer); timer = setTimeout(tick, 300); }
 
+// ---- models: the form offers what the chosen model was trained with -------------------------
+const models = new Map();
+function applyModel() {
+  const m = models.get($("f-model").value);
+  if (!m) return;
+  const has = (c) => m.conditions.includes(c);
+  $("f-stability-row").hidden = !has("stability");
+  $("f-band-gap-label").hidden = !has("band_gap");
+  $("f-formula-label").hidden = !has("formula");
+  const keep = $("f-sampler").value;
+  $("f-sampler").replaceChildren(...m.samplers.map((s) => el("option", { value: s }, s.toUpperCase())));
+  if (m.samplers.includes(keep)) $("f-sampler").value = keep;
+  $("f-steps").max = m.timesteps;
+  $("f-steps").placeholder = `default (≤ ${m.timesteps})`;
+}
+$("f-model").addEventListener("change", applyModel);
+
 api("/api/info").then((info) => {
-  $("model-info").textContent = `model ${info.model} · runs in ${info.runs}`;
+  $("model-info").textContent = `default model ${info.model} · runs in ${info.runs}`;
   $("f-n").max = info.max_n;
-  // only a model trained with stability labels can take the condition
-  $("f-stability-row").hidden = !(info.conditions || []).includes("stability");
+  for (const m of info.models || []) models.set(m.name, m);
+  $("f-model").replaceChildren(...[...models.values()].map((m) =>
+    el("option", { value: m.name, title: `${m.family} family; ${m.conditions.join(", ")}` }, `${m.name} (${m.family})`)));
+  $("f-model").value = info.model;
+  applyModel();
 }).catch(() => {});
 tick();
