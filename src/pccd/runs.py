@@ -140,10 +140,11 @@ def generate_valid_to_directory(
     on_batch=None,
     **kwargs,
 ) -> Path:
-    """Keep sampling until at least ``n`` crystals pass, writing every draw; return the summary.
+    """Keep sampling until ``n`` crystals pass, writing every draw; return the summary.
 
-    The batch in which the n-th crystal passes is finished, so a few more may pass.
-    A draw passes when it decodes, has exactly the requested elements (and formula, if one
+    Exactly ``n`` pass: the draws of the last batch after the n-th passing one are discarded
+    unrecorded (they were not needed, so the acceptance rate is over the draws it took). A
+    draw passes when it decodes, has exactly the requested elements (and formula, if one
     was given) and plausible geometry (:data:`~pccd.evaluate.geometry.PLAUSIBLE_RATIO`). Every
     draw gets a ``summary.csv`` row — ``ok`` (passed, with its CIF), ``rejected`` or
     ``failed`` with the reason — and ``acceptance.json`` counts them, so the acceptance rate is
@@ -178,12 +179,15 @@ def generate_valid_to_directory(
     def accepted() -> int:
         return sum(1 for r in table.rows.values() if r["status"] == "ok")
 
+    n_ok = accepted()
     drawn = min(_resume_start(table, cap, batch_size, width), cap)
-    while accepted() < n and drawn < cap:
+    while n_ok < n and drawn < cap:
         size = min(batch_size, cap - drawn)
         chunk = [request] * (drawn + size)
         for batch in pipeline.iter_generate(chunk, batch_size=batch_size, start=drawn, **kwargs):
             for s in batch:
+                if n_ok >= n:
+                    break
                 sid = f"{s.index:0{width}d}"
                 if sid in table:
                     continue
@@ -193,6 +197,7 @@ def generate_valid_to_directory(
                     (out / str(row["cif"])).unlink()
                     row.update(status="rejected", reason=problem, cif="")
                 table.append(row)
+                n_ok += row["status"] == "ok"
             if on_batch is not None:
                 on_batch(batch)
         drawn += size
