@@ -221,6 +221,12 @@ def test_de_novo_cells_hold_exactly_the_requested_elements():
     for i in range(len(counts)):
         got = set(out.types[i][out.mask[i]].tolist())
         assert got == {int(z) for z in slots[i] if z}
+    # guided de novo sampling: empty slots stay impossible (they once turned into NaN)
+    gap = torch.tensor([2.0] * 8)
+    spec = SampleSpec(slots, counts, band_gap=gap, stability=torch.ones(8, dtype=torch.long))
+    out = sample(model, spec, steps=4, guidance=3.0, generator=torch.Generator())
+    for i in range(len(counts)):
+        assert set(out.types[i][out.mask[i]].tolist()) == {int(z) for z in slots[i] if z}
 
 
 def test_timestep_grid_descends_to_zero():

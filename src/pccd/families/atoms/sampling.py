@@ -101,7 +101,11 @@ class _Guided:
         null = net(types, x, lat, self.mask, tt, self.spec.slots, self.null_gap,
                    self.null_stability)  # fmt: skip
         s = self.guidance
-        return tuple(u.float() + s * (c - u.float()) for c, u in zip(out, null, strict=True))
+        score, eps, logits = (
+            u.float() + s * (c - u.float()) for c, u in zip(out, null, strict=True)
+        )
+        # an empty element slot is −inf in both branches; keep it −inf, not −inf − (−inf) = NaN
+        return score, eps, logits.masked_fill(torch.isinf(out[2]), float("-inf"))
 
 
 @torch.no_grad()
