@@ -640,7 +640,7 @@ def _read_directory(
             got = [], [Rejection(entry.name, RejectReason.UNSUPPORTED_FORMAT, kind)]
         else:
             try:
-                got = _READERS[fmt](entry, options)
+                got = _read_file(entry, fmt, options)
             except ValueError as exc:  # the readers' whole-file errors, which name the file
                 got = [], [Rejection(entry.name, RejectReason.UNPARSABLE, str(exc))]
             except Exception as exc:  # one unreadable file must not stop the directory
@@ -732,12 +732,24 @@ _READERS = {
 }
 
 
+def _read_file(
+    path: Path, fmt: str, options: FilterOptions
+) -> tuple[list[CrystalRecord], list[Rejection]]:
+    """One file in format ``fmt``; a file holding no item at all (a CSV header without rows, a
+    whitespace-only extxyz, an ASE database without rows) is one ``empty`` rejection, so that
+    it is not dropped without a word."""
+    records, rejected = _READERS[fmt](path, options)
+    if not records and not rejected:
+        rejected = [Rejection(path.name, RejectReason.EMPTY, f"{path.name}: no crystal in it")]
+    return records, rejected
+
+
 def _read_any(
     path: Path, options: FilterOptions
 ) -> tuple[list[CrystalRecord], list[Rejection], list[FileFate] | None]:
     if path.is_dir():
         return _read_directory(path, options)
-    return (*_READERS[_file_format(path) or "ase"](path, options), None)
+    return (*_read_file(path, _file_format(path) or "ase", options), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,7 +767,7 @@ def _source_digest(path: Path) -> str:
     h = hashlib.sha256()
     entries = sorted(path.iterdir()) if path.is_dir() else [path]
     for f in entries:
-        h.update(f.name.encode() + b"\0")
+        h.update(f.name.encode())
         if not f.is_file():
             continue
         try:
