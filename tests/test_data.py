@@ -191,6 +191,7 @@ def write_mixed_directory(d: Path) -> None:
     atoms = [AseAtomsAdaptor.get_atoms(s) for s in (nacl(), silicon(), quaternary())]
     write(d / "set.extxyz", atoms)
     write(d / "si.xyz", atoms[1])  # ASE writes extended XYZ: the cell is kept
+    write(d / "zno.traj", AseAtomsAdaptor.get_atoms(wurtzite()))
     (d / "molecule.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.74\n")  # plain XYZ: no cell
     (d / "garbled.extxyz").write_text("3\nnot a header\n")
     connect(d / "set.db").write(atoms[0], material_id="mp-nacl")
@@ -212,6 +213,7 @@ MIXED_FATES = {
     "set.extxyz": ("ase", 2, {"too_many_elements": 1}),
     "si.xyz": ("ase", 1, {}),
     "subdir": ("", 0, {"unsupported_format": 1}),
+    "zno.traj": ("ase", 1, {}),
     "zno.vasp": ("poscar", 1, {}),
 }
 
@@ -221,9 +223,8 @@ def test_every_file_of_a_mixed_directory_is_answered(tmp_path):
     result = data.load(tmp_path)
     fates = {f.name: (f.format, f.loaded, f.rejected) for f in result.files}
     assert fates == MIXED_FATES
-    assert sorted(r.id for r in result.records) == sorted(
-        ["POSCAR", "nacl", "zno", "set.extxyz:0", "set.extxyz:1", "si.xyz:0", "mp-nacl"]
-    )
+    loaded = ["POSCAR", "nacl", "zno", "set.extxyz:0", "set.extxyz:1", "si.xyz:0", "mp-nacl"]
+    assert sorted(r.id for r in result.records) == sorted([*loaded, "zno.traj:0"])
     reasons = {r.id: r.reason.value for r in result.rejected}
     assert reasons == {
         "broken": "unparsable",
@@ -273,7 +274,7 @@ def test_inspect_lists_every_file_of_a_directory(tmp_path, capsys):
     write_mixed_directory(tmp_path)
     assert main(["data", "inspect", str(tmp_path), "--show", "20"]) == 0
     out = capsys.readouterr().out
-    assert f"7 loaded, 8 rejected\nfiles: {len(MIXED_FATES)}\n" in out
+    assert f"8 loaded, 8 rejected\nfiles: {len(MIXED_FATES)}\n" in out
     assert "  notes.txt (not read): unsupported_format 1\n" in out
     assert "  set.extxyz (ase): 2 loaded, too_many_elements 1\n" in out
     assert "  nacl.cif (cif): 1 loaded\n" in out
