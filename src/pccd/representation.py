@@ -366,6 +366,10 @@ def decode(
     if counts is not None and (
         config.formula_decoding is FormulaDecoding.BLOCKS or config.row_layout is RowLayout.FIXED
     ):
+        if sum(counts) > config.max_atoms:  # the fixed layout has no rows for them
+            return DecodeFailure(
+                DecodeReason.TOO_MANY_ATOMS, f"formula of {sum(counts)} atoms > {config.max_atoms}"
+            )
         species, coords = _atoms_from_blocks(frac, scores, els, counts, config.row_layout)
         return _checked_structure(lattice, species, coords, config)
     labels = atom_labels(frac, scores, lattice, config)
