@@ -512,3 +512,21 @@ def test_precision_flag_reaches_the_pipeline_and_run_json(tiny_model_dir, cif_di
     assert json.loads((rec / "run.json").read_text())["precision"] == "bfloat16"
     assert json.loads((rec / "metrics.json").read_text())["model"]["precision"] == "bfloat16"
     assert used == ["bfloat16"] * 3
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only the project's InputError is a one-line user error: any other exception inside a
+    command (here a ValueError, which main() once printed as bad input) is a bug and reaches the
+    caller with its traceback."""
+    import pccd.cli.data
+    from pccd.errors import InputError
+
+    split = write_split(tmp_path / "split.csv", {"nacl": nacl()})
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in the loader")
+
+    monkeypatch.setattr(pccd.cli.data, "load_data", bug)
+    with pytest.raises(ValueError, match="a bug in the loader") as raised:
+        main(["data", "inspect", str(split)])
+    assert not isinstance(raised.value, InputError)

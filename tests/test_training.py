@@ -626,7 +626,8 @@ def test_max_minutes_counts_only_the_current_run(tmp_path):
 
 
 def test_train_cli_options(tmp_path, capsys):
-    from pccd.cli import _key_values, main
+    from pccd.cli import main
+    from pccd.cli.support import key_values as _key_values
 
     assert _key_values(["layout=grid2d", "channel_mults=[1,2]", "ema_decay=0.9"]) == {
         "layout": "grid2d",

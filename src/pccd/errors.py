@@ -12,3 +12,11 @@ from __future__ import annotations
 class InputError(ValueError):
     """A request, option, file or data set the user gave cannot be used; the message names
     the item and the reason."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or directory the user named is not there.
+
+    Also a ``FileNotFoundError``, so callers that catch the missing file as an ``OSError``
+    keep working.
+    """

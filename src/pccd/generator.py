@@ -36,7 +36,7 @@ from pccd.conditioning import (
     STABILITY_LABELS,
     Conditions,
 )
-from pccd.errors import InputError
+from pccd.errors import InputError, MissingInputError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Model directories shipped inside the package (``pccd.json`` + weights + model card)."""
@@ -56,12 +56,12 @@ def as_elements(elements: Sequence[str | int | Element]) -> list[Element]:
         try:
             el = Element.from_Z(e) if isinstance(e, int) else Element(str(e))
         except (ValueError, KeyError) as exc:
-            raise ValueError(f"unknown element {e!r}") from exc
+            raise InputError(f"unknown element {e!r}") from exc
         out.append(el)
     if len(set(out)) != len(out):
-        raise ValueError(f"repeated element in {[str(e) for e in elements]}")
+        raise InputError(f"repeated element in {[str(e) for e in elements]}")
     if not 1 <= len(out) <= MAX_SLOTS:
-        raise ValueError(f"need 1 to {MAX_SLOTS} elements, got {len(out)}")
+        raise InputError(f"need 1 to {MAX_SLOTS} elements, got {len(out)}")
     return sorted(out, key=lambda el: el.Z)
 
 
@@ -118,31 +118,31 @@ class Request:
             try:
                 comp = Composition(formula)
             except (ValueError, KeyError) as exc:
-                raise ValueError(f"cannot parse formula {formula!r}: {exc}") from exc
+                raise InputError(f"cannot parse formula {formula!r}: {exc}") from exc
             if any(not float(v).is_integer() for v in comp.values()):
-                raise ValueError(f"formula {formula!r} must have whole atom counts")
+                raise InputError(f"formula {formula!r} must have whole atom counts")
             if comp.num_atoms > MAX_ATOMS:
-                raise ValueError(f"formula {formula} has {comp.num_atoms:g} atoms > {MAX_ATOMS}")
+                raise InputError(f"formula {formula} has {comp.num_atoms:g} atoms > {MAX_ATOMS}")
         if elements is None or len(elements) == 0:
             if comp is None:
-                raise ValueError("give the elements (e.g. Mg,Mn,O) or a formula")
+                raise InputError("give the elements (e.g. Mg,Mn,O) or a formula")
             elements = [str(e) for e in comp.elements]
         els = tuple(as_elements(elements))
         counts = None
         if comp is not None:
             if {e.symbol for e in comp.elements} != {e.symbol for e in els}:
-                raise ValueError(
+                raise InputError(
                     f"formula {formula} has elements {sorted(str(e) for e in comp.elements)}, "
                     f"not the requested {[e.symbol for e in els]}"
                 )
             counts = tuple(int(comp[e]) for e in els)
         if band_gap is not None and not (np.isfinite(band_gap) and band_gap >= 0):
-            raise ValueError(f"band gap must be a non-negative number of eV, not {band_gap}")
+            raise InputError(f"band gap must be a non-negative number of eV, not {band_gap}")
         if magnetic is not None and magnetic not in MAGNETIC_ORDERINGS:
-            raise ValueError(f"magnetic ordering must be one of {MAGNETIC_ORDERINGS}")
+            raise InputError(f"magnetic ordering must be one of {MAGNETIC_ORDERINGS}")
         if stability is not None:
             if not isinstance(stability, str) or stability.strip().lower() not in STABILITY_LABELS:
-                raise ValueError(f"stability must be one of {STABILITY_LABELS}, not {stability!r}")
+                raise InputError(f"stability must be one of {STABILITY_LABELS}, not {stability!r}")
             stability = stability.strip().lower()
         return cls(els, counts, band_gap, magnetic, stability)
 
@@ -260,7 +260,7 @@ class GeneratorBase:
         """Families that place the given atoms themselves keep a formula by construction:
         ``"blocks"`` is what they do; other modes are refused."""
         if mode != "blocks":
-            raise ValueError(
+            raise InputError(
                 f"formula decoding {mode!r} is an option of point-cloud models; {self.family} "
                 "models keep the given formula by construction ('blocks')"
             )
@@ -287,7 +287,7 @@ def model_directory(name_or_path: str | Path | None = None) -> Path:
     if not directory.exists() and (WEIGHTS_DIR / str(name_or_path)).exists():
         directory = WEIGHTS_DIR / str(name_or_path)
     if not (directory / "pccd.json").exists() or not (directory / "config.json").exists():
-        raise FileNotFoundError(f"no pretrained model at {directory} (pccd.json missing)")
+        raise MissingInputError(f"no pretrained model at {directory} (pccd.json missing)")
     return directory
 
 
@@ -297,7 +297,7 @@ def read_meta(directory: Path) -> dict:
     meta = json.loads((directory / "pccd.json").read_text())
     meta.setdefault("family", LEGACY_FAMILY)
     if meta["family"] not in FAMILIES:
-        raise ValueError(
+        raise InputError(
             f"model {directory}: unknown family {meta['family']!r} (known: {', '.join(FAMILIES)})"
         )
     return meta

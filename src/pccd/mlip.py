@@ -20,6 +20,8 @@ from typing import Any
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from pccd.errors import InputError
+
 #: Built-in MLIPs: name -> (description, whether energies need the MP2020 correction).
 BUILTIN: dict[str, tuple[str, bool]] = {
     "chgnet": ("CHGNet 0.3.0 (chgnet wheel); MP2020-compatible energies", False),
@@ -56,7 +58,7 @@ class MLIP:
 
     def __post_init__(self) -> None:
         if self.name not in BUILTIN and ":" not in self.name:
-            raise ValueError(
+            raise InputError(
                 f"unknown MLIP {self.name!r}: use one of {sorted(BUILTIN)} "
                 "or an import path 'module:factory' returning an ASE calculator"
             )
@@ -124,7 +126,7 @@ def _load_calculator(name: str, device: str | None):
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(
+        raise InputError(
             f"--mlip {name!r}: cannot import {attr!r} from {module_name!r} ({exc}); give "
             "'package.module:factory' where factory() returns an ASE calculator"
         ) from exc

@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pccd.errors import InputError
+
 
 class ResultTable:
     """A CSV file of results keyed by one column, appended row by row and flushed each time."""
@@ -28,7 +30,7 @@ class ResultTable:
             with self.path.open(newline="") as fh:
                 reader = csv.DictReader(fh)
                 if reader.fieldnames != self.columns:
-                    raise ValueError(
+                    raise InputError(
                         f"{self.path} has columns {reader.fieldnames}, expected {self.columns}"
                     )
                 for row in reader:
@@ -72,18 +74,18 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, object]) ->
         try:
             previous = json.loads(file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"{file} is not valid JSON ({exc}); delete it to start this run afresh, or use "
                 "another output directory"
             ) from exc
         if not isinstance(previous, dict):
-            raise ValueError(
+            raise InputError(
                 f"{file} does not hold a settings object; delete it or use another output directory"
             )
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in diff)
-            raise ValueError(
+            raise InputError(
                 f"{directory} holds a run with other settings ({details}); "
                 "use another output directory or the same settings to resume"
             )

@@ -30,6 +30,7 @@ from pccd.diffusion import (
     denoise,
     network_precision,
 )
+from pccd.errors import InputError
 from pccd.generator import (
     GeneratorBase,
     ModelInfo,
@@ -133,7 +134,7 @@ class PCCDPipeline(GeneratorBase):
                     if name in self.model.config.conditions
                     else f"its network has no {label} input"
                 )
-                raise ValueError(
+                raise InputError(
                     f"model {self.meta.get('name', '?')} was not trained on {label} ({why}), "
                     "so it cannot be conditioned on it; trained conditions: "
                     f"{', '.join(self.trained_conditions)}"
@@ -150,7 +151,7 @@ class PCCDPipeline(GeneratorBase):
         """Validate sampling options before any work or file is written (raises ValueError)."""
         total = self.num_train_timesteps
         if steps is not None and not 1 <= steps <= total:
-            raise ValueError(
+            raise InputError(
                 f"--steps {steps}: num_inference_steps must be 1–{total}, the timesteps "
                 "this model was trained with"
             )
@@ -158,12 +159,12 @@ class PCCDPipeline(GeneratorBase):
         if guide is not None:
             unknown = set(guide) - set(self.trained_conditions)
             if unknown or not guide:
-                raise ValueError(
+                raise InputError(
                     f"guide: {', '.join(sorted(unknown)) or 'nothing'} is not a condition this "
                     f"model learned ({', '.join(self.trained_conditions)})"
                 )
         if repulsion is not None and not 0 < repulsion <= 1.5:
-            raise ValueError(f"repulsion must be a fraction of a bond in (0, 1.5], got {repulsion}")
+            raise InputError(f"repulsion must be a fraction of a bond in (0, 1.5], got {repulsion}")
 
     def default_steps(self, sampler: str) -> int:
         """DDIM's default step count, or every timestep for the ancestral DDPM chain."""
@@ -179,7 +180,7 @@ class PCCDPipeline(GeneratorBase):
     def make_scheduler(self, sampler: str, steps: int | None):
         """A fresh scheduler for ``sampler`` ('ddim' fast / 'ddpm' ancestral) with ``steps``."""
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+            raise InputError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
         kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
         scheduler = kind(**self.diffusion)
         # 0 is an error, not "default"
@@ -225,14 +226,14 @@ class PCCDPipeline(GeneratorBase):
         """
         if isinstance(requests, Request):
             if n is None:
-                raise ValueError("give n with a single request")
+                raise InputError("give n with a single request")
             requests = [requests] * n
         n = len(requests)
         for request in set(requests):
             self.check_request(request)
         self.check_options(sampler, steps, repulsion, guide)
         if batch_size < 1:
-            raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+            raise InputError(f"batch size must be ≥ 1, got {batch_size}")
         if start % batch_size:
             raise ValueError("start must be a multiple of batch_size")
         for lo in range(start, n, batch_size):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pccd.diffusion import DEFAULT_PRECISION
+from pccd.errors import InputError
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, describe_structure
 from pccd.generator import Request
 from pccd.outputs import ResultTable, check_run_settings
@@ -81,7 +82,7 @@ def generate_to_directory(
     out = Path(out_dir)
     if isinstance(requests, Request):
         if n is None:
-            raise ValueError("give n with a single request")
+            raise InputError("give n with a single request")
         settings: dict[str, object] = request_settings(requests)
         requests = [requests] * n
     else:
@@ -93,7 +94,7 @@ def generate_to_directory(
         pipeline.check_request(request)
     pipeline.check_options(**kwargs)
     if n < 1 or batch_size < 1:
-        raise ValueError(f"need n ≥ 1 and batch size ≥ 1, got n={n}, batch size={batch_size}")
+        raise InputError(f"need n ≥ 1 and batch size ≥ 1, got n={n}, batch size={batch_size}")
     settings.update(
         n=n,
         batch_size=batch_size,
@@ -125,8 +126,9 @@ def generate_to_directory(
     return table.path
 
 
-class DrawCapReached(ValueError):
-    """``generate --valid-only`` drew its maximum number of samples before n passed."""
+class DrawCapReached(InputError):
+    """``generate --valid-only`` drew its maximum number of samples before n passed (the
+    user's cap, so an input error: a larger ``--max-draws`` or another request)."""
 
 
 def generate_valid_to_directory(
@@ -153,10 +155,10 @@ def generate_valid_to_directory(
     when ``max_draws`` (default 50·n) samples gave fewer than ``n`` passing crystals.
     """
     if n < 1 or batch_size < 1:
-        raise ValueError(f"need n ≥ 1 and batch size ≥ 1, got n={n}, batch size={batch_size}")
+        raise InputError(f"need n ≥ 1 and batch size ≥ 1, got n={n}, batch size={batch_size}")
     cap = 50 * n if max_draws is None else max_draws
     if cap < n:
-        raise ValueError(f"max draws ({cap}) must be at least n ({n})")
+        raise InputError(f"max draws ({cap}) must be at least n ({n})")
     pipeline.check_request(request)
     pipeline.check_options(**kwargs)
     out = Path(out_dir)

@@ -44,7 +44,8 @@ from pccd import representation as rep
 from pccd.conditioning import METAL_THRESHOLD_EV, Conditions
 from pccd.diffusion import LOSSES, PREDICTIONS, WEIGHTINGS, DDPMScheduler, diffusion_loss
 from pccd.diffusion.sampling import DEFAULT_PRECISION, check_precision
-from pccd.model import PRESETS, PCCDUNet, UNetConfig
+from pccd.errors import InputError, MissingInputError
+from pccd.model import PRESETS, PCCDUNet, UNetConfig, preset_config
 from pccd.pair_loss import pair_distance_loss
 
 _log = logging.getLogger(__name__)
@@ -133,31 +134,32 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # fail before a run directory or a data cache is made, not at the first step
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.loss_weighting not in WEIGHTINGS:
-            raise ValueError(
+            raise InputError(
                 f"loss_weighting must be one of {WEIGHTINGS}, got {self.loss_weighting!r}"
             )
         if not self.snr_gamma > 0:
-            raise ValueError(f"snr_gamma must be > 0, got {self.snr_gamma}")
+            raise InputError(f"snr_gamma must be > 0, got {self.snr_gamma}")
         if not self.snr_shift > 0:
-            raise ValueError(f"snr_shift must be > 0, got {self.snr_shift}")
+            raise InputError(f"snr_shift must be > 0, got {self.snr_shift}")
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+            raise InputError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if min(self.lr_warmup_steps, self.lr_decay_start, self.lr_decay_steps) < 0:
-            raise ValueError("lr_warmup_steps, lr_decay_start and lr_decay_steps must be ≥ 0")
+            raise InputError("lr_warmup_steps, lr_decay_start and lr_decay_steps must be ≥ 0")
         # unknown scheme / layout: refused here too
         spread = self.representation().row_layout is rep.RowLayout.SPREAD
         if self.pair_loss_weight < 0:
-            raise ValueError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
+            raise InputError(f"pair_loss_weight must be ≥ 0, got {self.pair_loss_weight}")
         if not self.band_gap_contrast_weight > 0:
-            raise ValueError(
+            raise InputError(
                 f"band_gap_contrast_weight must be > 0, got {self.band_gap_contrast_weight}"
             )
         if self.pair_loss_weight and not spread:
-            raise ValueError("pair_loss_weight needs the spread row layout (atoms as row blocks)")
+            raise InputError("pair_loss_weight needs the spread row layout (atoms as row blocks)")
         if self.model_overrides.get("atom_attention") and not spread:
-            raise ValueError("atom_attention needs the spread row layout (atoms as row blocks)")
+            raise InputError("atom_attention needs the spread row layout (atoms as row blocks)")
+        preset_config(self.preset, self.model_overrides)  # the network it builds is valid
 
     def diffusion(self) -> dict[str, object]:
         """The forward process this run trains on (and its exported model samples with)."""
@@ -239,7 +241,7 @@ class CrystalDataset(Dataset):
         slot_permutation: bool = False,
     ):
         if atom_order not in ATOM_ORDERS:
-            raise ValueError(f"atom_order must be one of {ATOM_ORDERS}, not {atom_order!r}")
+            raise InputError(f"atom_order must be one of {ATOM_ORDERS}, not {atom_order!r}")
         self.table = table
         self.rep_config = rep_config
         self.augment = augment
@@ -340,7 +342,7 @@ class PCCDLightning(L.LightningModule):
         if not (directory / "model.pt").exists():
             directory = Path(__file__).parent / "weights" / name_or_path
         if not (directory / "model.pt").exists():
-            raise FileNotFoundError(f"init_from: no model.pt in {name_or_path!r}")
+            raise MissingInputError(f"init_from: no model.pt in {name_or_path!r}")
         warm_start(self.model, load_weights(directory, map_location="cpu"))
 
     def training_step(self, batch: tuple[torch.Tensor, Conditions], batch_idx: int):
@@ -713,7 +715,7 @@ def unpack_checkpoint(packed_dir: str | Path, run_dir: str | Path) -> Path:
         ckpt = torch.load(state, map_location="cpu", weights_only=False)
         ckpt.update(torch.load(weights, map_location="cpu", weights_only=False))
     else:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{packed} has no {PACK_MANIFEST} (nor the older {' + '.join(LEGACY_PACK_FILES)}): "
             "not a packed checkpoint"
         )
@@ -764,7 +766,7 @@ def _shard_groups(
     for address, tensor in tensors.items():
         need = tensor.nbytes + _TENSOR_RECORD_BYTES + len(repr(address))
         if _SHARD_FIXED_BYTES + need > cap:
-            raise ValueError(
+            raise InputError(
                 f"{'/'.join(map(str, address))}: {tensor.nbytes / 1e6:.3g} MB, with the file's "
                 f"own overhead, does not fit in a {max_file_mb:g} MB file"
             )
@@ -785,7 +787,7 @@ def _save_capped(obj: object, path: Path, cap: int, max_file_mb: float) -> None:
     size = tmp.stat().st_size
     if size > cap:
         tmp.unlink()
-        raise ValueError(f"{path.name} would be {size / 1e6:.2f} MB, above {max_file_mb:g} MB")
+        raise InputError(f"{path.name} would be {size / 1e6:.2f} MB, above {max_file_mb:g} MB")
     os.replace(tmp, path)
 
 
@@ -801,21 +803,21 @@ def _read_shards(packed: Path) -> dict:
     """The checkpoint of a sharded pack, its tensors back in place and in their saved order."""
     manifest = torch.load(packed / PACK_MANIFEST, map_location="cpu", weights_only=False)
     if not isinstance(manifest, dict) or manifest.get("format") != _PACK_FORMAT:
-        raise ValueError(f"{packed / PACK_MANIFEST}: not a pccd pack manifest")
+        raise InputError(f"{packed / PACK_MANIFEST}: not a pccd pack manifest")
     ckpt = manifest["checkpoint"]
     ckpt["state_dict"] = {}
     for shard in manifest["shards"]:
         path = packed / shard["file"]
         if not path.exists():
-            raise FileNotFoundError(f"{path}: shard of the packed checkpoint is missing")
+            raise MissingInputError(f"{path}: shard of the packed checkpoint is missing")
         part = torch.load(path, map_location="cpu", weights_only=True)
         if part.get("pack_id") != manifest["pack_id"]:
-            raise ValueError(
+            raise InputError(
                 f"{path} belongs to another pack than {PACK_MANIFEST} (an interrupted re-pack?);"
                 " pack the checkpoint again"
             )
         if len(part["tensors"]) != shard["tensors"]:
-            raise ValueError(
+            raise InputError(
                 f"{path}: {len(part['tensors'])} tensors, the manifest says {shard['tensors']}"
             )
         for address, tensor in part["tensors"].items():

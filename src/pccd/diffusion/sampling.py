@@ -10,6 +10,7 @@ from torch import nn
 
 from pccd.conditioning import Conditions
 from pccd.diffusion.schedules import NoiseScheduler, randn_like
+from pccd.errors import InputError
 
 SAMPLE_SHAPE = (3, 128, 3)
 """Shape of one crystal array (channels, rows, columns)."""
@@ -22,7 +23,7 @@ DEFAULT_PRECISION = "float32"
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else ``ValueError`` naming them."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     return precision
 
 

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from pccd.errors import InputError
+
 SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("epsilon", "v")
 """What the network outputs: the noise ε (the paper, DDPM) or the velocity
@@ -172,7 +174,7 @@ class NoiseScheduler:
         n = int(num_inference_steps)
         T = self.num_train_timesteps
         if not 1 <= n <= T:
-            raise ValueError(f"num_inference_steps must be in 1..{T}, got {n}")
+            raise InputError(f"num_inference_steps must be in 1..{T}, got {n}")
         if self.timestep_spacing == "trailing":
             steps = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
         else:
@@ -184,7 +186,7 @@ class NoiseScheduler:
         step below it."""
         start_t = int(start_t)
         if not 0 <= start_t < self.num_train_timesteps:
-            raise ValueError(f"start_t must be in 0..{self.num_train_timesteps - 1}, got {start_t}")
+            raise InputError(f"start_t must be in 0..{self.num_train_timesteps - 1}, got {start_t}")
         below = self.timesteps[self.timesteps < start_t]
         return torch.cat([torch.tensor([start_t], dtype=torch.long), below])
 

@@ -31,6 +31,7 @@ import numpy as np
 from pccd import data as data_mod
 from pccd import progress
 from pccd.diffusion import DEFAULT_PRECISION
+from pccd.errors import InputError
 from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
 from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
@@ -118,9 +119,9 @@ def run_csp(
     from pccd.generator import Request
 
     if settings.k < 1:
-        raise ValueError(f"k must be ≥ 1, got {settings.k}")
+        raise InputError(f"k must be ≥ 1, got {settings.k}")
     if settings.batch_size < 1:
-        raise ValueError(f"batch size must be ≥ 1, got {settings.batch_size}")
+        raise InputError(f"batch size must be ≥ 1, got {settings.batch_size}")
     pipeline.check_options(settings.sampler, settings.steps, settings.repulsion)  # before any work
     pipeline = pipeline.with_formula_decoding(settings.formula_decoding)
     out = Path(out_dir)

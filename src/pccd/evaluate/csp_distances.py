@@ -35,6 +35,7 @@ import numpy as np
 from pymatgen.core import Structure
 from scipy.optimize import linear_sum_assignment
 
+from pccd.errors import InputError
 from pccd.evaluate import fingerprints
 from pccd.evaluate.matching import periodic_difference
 
@@ -213,7 +214,7 @@ class CSPDistances:
     ):
         unknown = set(metrics) - set(METRICS)
         if unknown:
-            raise ValueError(f"unknown distance metric(s) {sorted(unknown)}; choose from {METRICS}")
+            raise InputError(f"unknown distance metric(s) {sorted(unknown)}; choose from {METRICS}")
         self.metrics = tuple(m for m in METRICS if m in metrics)
         self.ged_cutoff = ged_cutoff
         self.ged_timeout = ged_timeout

@@ -38,6 +38,7 @@ from pymatgen.core import Structure
 
 from pccd import data as data_mod
 from pccd import progress
+from pccd.errors import InputError, MissingInputError
 from pccd.evaluate import band_gap, fingerprints, plots
 from pccd.evaluate.generation_metrics import (
     coverage,
@@ -102,7 +103,7 @@ def list_cifs(directory: str | Path) -> list[Path]:
     """CIF files directly in ``directory``, sorted by name."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory")
+        raise MissingInputError(f"{directory} is not a directory")
     return sorted(p for p in directory.iterdir() if p.suffix.lower() == ".cif")
 
 
@@ -272,10 +273,10 @@ def evaluate_directory(
     out = Path(out_dir)
     for label, path in (("reference", reference), ("known", known)):
         if isinstance(path, (str, Path)) and not Path(path).exists():
-            raise FileNotFoundError(f"--{label} {path}: no such file or directory")
+            raise MissingInputError(f"--{label} {path}: no such file or directory")
     files = list_cifs(directory)
     if not files:
-        raise FileNotFoundError(f"no CIF files in {directory}")
+        raise InputError(f"no CIF files in {directory}")
     gap_model, gap_skipped = load_band_gap_instrument(log)
     check_run_settings(
         out,

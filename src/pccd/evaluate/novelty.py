@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pymatgen.core import Composition, Structure
 
+from pccd.errors import MissingInputError
+
 
 class ReferenceIndex:
     """Known crystals grouped by reduced formula, with lazily parsed structures.
@@ -73,7 +75,7 @@ class ReferenceIndex:
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"reference database {path} not found")
+            raise MissingInputError(f"reference database {path} not found")
         frame = pd.read_csv(
             path, usecols=["material_id", "pretty_formula", "cif"], keep_default_na=False
         )

@@ -42,6 +42,7 @@ from pccd import progress
 from pccd import representation as rep
 from pccd.conditioning import Conditions
 from pccd.diffusion import DEFAULT_PRECISION
+from pccd.errors import InputError
 from pccd.evaluate import plots
 from pccd.evaluate.csp_distances import METRICS, UNITS, CSPDistances
 from pccd.evaluate.matching import compare_structures, effective_rate, plain_rate
@@ -168,7 +169,7 @@ def stored_noise(path: str | Path, n: int, seed: int) -> np.ndarray:
         noise = np.load(path)
         if noise.shape == shape:
             return noise
-        raise ValueError(f"{path} holds noise of shape {noise.shape}, expected {shape}")
+        raise InputError(f"{path} holds noise of shape {noise.shape}, expected {shape}")
     noise = np.random.default_rng([seed, 1]).standard_normal(shape).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, noise)
@@ -250,13 +251,13 @@ def run_reconstruction(
     out = Path(out_dir)
     T = pipeline.num_train_timesteps
     if not settings.timesteps:
-        raise ValueError("give at least one noising depth t")
+        raise InputError("give at least one noising depth t")
     for t in settings.timesteps:
         if not 1 <= t <= T:
-            raise ValueError(f"noising depth t must be in 1..{T}, got {t}")
+            raise InputError(f"noising depth t must be in 1..{T}, got {t}")
     distance_t = settings.distance_t or max(settings.timesteps)
     if settings.distances and distance_t not in settings.timesteps:
-        raise ValueError(f"distance t {distance_t} is not one of the timesteps")
+        raise InputError(f"distance t {distance_t} is not one of the timesteps")
     pipeline.make_scheduler(settings.sampler, settings.steps)  # validates sampler and steps
     check_run_settings(
         out,

@@ -14,6 +14,7 @@ from pccd.model.unet import (
     example_inputs,
     forward_flops,
     load_weights,
+    preset_config,
     warm_start,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "example_inputs",
     "forward_flops",
     "load_weights",
+    "preset_config",
     "sinusoidal_embedding",
     "warm_start",
 ]

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from pccd.conditioning import CONDITION_NAMES, MAX_SLOTS, Conditions
+from pccd.errors import InputError
 from pccd.model.atoms import AtomAttention
 from pccd.model.embeddings import ConditionEncoder, TimeEmbedding
 from pccd.model.layers import (
@@ -255,6 +256,33 @@ PRESETS: dict[str, UNetConfig] = {
         band_gap_frequencies=4,
     ),
 }
+
+
+def preset_config(name: str, overrides: dict | None = None) -> UNetConfig:
+    """A preset with some fields replaced, checked: the one place a preset name and overrides
+    (``pccd train --preset / --model-option``, a checkpoint's ``TrainConfig``) become a
+    network config.
+
+    Raises:
+        InputError: an unknown preset or field, or values the config refuses.
+    """
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    overrides = {} if overrides is None else overrides
+    if not isinstance(overrides, dict):
+        raise InputError(f"model_overrides must be a KEY=VALUE mapping, got {overrides!r}")
+    names = [f.name for f in fields(UNetConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InputError(
+            f"unknown network field(s) {', '.join(unknown)}; valid: {', '.join(names)}"
+        )
+    try:
+        return replace(PRESETS[name], **overrides)
+    except (TypeError, ValueError) as exc:  # the config's own checks (__post_init__)
+        raise InputError(" ".join(str(exc).split())) from exc
+
+
 """Named configurations; ``PCCDUNet.from_preset(name, **overrides)`` builds one."""
 
 DEFAULT_PRESET = "cpu"
@@ -447,9 +475,7 @@ class PCCDUNet(nn.Module):
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides) -> PCCDUNet:
         """Build a preset, optionally with some config fields replaced."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
-        return cls(replace(PRESETS[name], **overrides), preset=name)
+        return cls(preset_config(name, overrides), preset=name)
 
     def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
         """Write ``config.json`` (config fields, ``"preset"``, ``"weights_dtype"``) and
@@ -460,7 +486,7 @@ class PCCDUNet(nn.Module):
         11 significant bits; :meth:`from_pretrained` casts back to float32.
         """
         if dtype not in WEIGHTS_DTYPES:
-            raise ValueError(f"unknown weights dtype {dtype!r}; choose from {list(WEIGHTS_DTYPES)}")
+            raise InputError(f"unknown weights dtype {dtype!r}; choose from {list(WEIGHTS_DTYPES)}")
         state = self.state_dict()
         if dtype != "float32":
             state = {name: _to_storage(name, tensor, dtype) for name, tensor in state.items()}
@@ -641,5 +667,6 @@ __all__: Sequence[str] = (
     "example_inputs",
     "forward_flops",
     "load_weights",
+    "preset_config",
     "warm_start",
 )

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Element
 
+from pccd.errors import InputError
+
 _log = logging.getLogger(__name__)
 
 NOBLE_GASES = {"He", "Ne", "Ar", "Kr", "Xe", "Rn"}
@@ -54,7 +56,7 @@ def pool(number: int) -> list[str]:
     elif number == 3:
         chosen = list(COMMON)
     else:
-        raise ValueError(f"batch pools are 1, 2 or 3, got {number}")
+        raise InputError(f"batch pools are 1, 2 or 3, got {number}")
     return sorted(chosen, key=lambda s: Element(s).Z)
 
 
@@ -81,15 +83,15 @@ def check_batch_settings(settings: BatchSettings) -> None:
     """Raise ``ValueError`` for settings no batch can satisfy (before any work is done)."""
     pool(settings.pool)
     if settings.lists < 1:
-        raise ValueError(f"--lists must be ≥ 1, got {settings.lists}")
+        raise InputError(f"--lists must be ≥ 1, got {settings.lists}")
     if settings.per_list < 1:
-        raise ValueError(f"--per-list must be ≥ 1, got {settings.per_list}")
+        raise InputError(f"--per-list must be ≥ 1, got {settings.per_list}")
     weights = settings.size_weights
     if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
-        raise ValueError(f"size weights must be 3 non-negative numbers, got {weights}")
+        raise InputError(f"size weights must be 3 non-negative numbers, got {weights}")
     available = distinct_lists(settings)
     if settings.lists > available:
-        raise ValueError(
+        raise InputError(
             f"--lists {settings.lists} is more than pool {settings.pool} holds: it has "
             f"{available} distinct element lists of 1–3 elements; use --lists {available} or fewer"
         )

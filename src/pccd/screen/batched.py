@@ -29,6 +29,7 @@ from ase.optimize import FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from pccd.errors import InputError
 from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
 from pccd.screen.relax import (
     Relaxation,
@@ -262,7 +263,7 @@ def relax_many(
     bookkeeping, so the seconds of all crystals add up to the wall time.
     """
     if batch_size < 1:
-        raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+        raise InputError(f"batch size must be ≥ 1, got {batch_size}")
     evaluate = batch_evaluator(mlip, stress=relax_cell)
     mlip.calculator  # noqa: B018 - loaded before any clock starts
     pending = iter(items)

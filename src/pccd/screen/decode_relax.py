@@ -17,8 +17,9 @@ from typing import Any
 
 from pymatgen.core import Structure
 
+from pccd.errors import InputError
 from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
-from pccd.screen.batched import DEFAULT_RELAX_ENGINE
+from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE
 
 RELAX_COLUMNS = (
     "energy_per_atom",
@@ -47,7 +48,7 @@ class DecodeRelaxer:
     engine: str = DEFAULT_RELAX_ENGINE
     fmax: float = 0.05
     max_steps: int = 500
-    batch_size: int = 16
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str | None = None
     _mlip: MLIP | None = field(default=None, init=False, repr=False)
 
@@ -55,7 +56,7 @@ class DecodeRelaxer:
         from pccd.screen.batched import RELAX_ENGINES
 
         if self.engine not in RELAX_ENGINES:
-            raise ValueError(f"unknown relaxation engine {self.engine!r}; use {RELAX_ENGINES}")
+            raise InputError(f"unknown relaxation engine {self.engine!r}; use {RELAX_ENGINES}")
         MLIP(self.mlip)  # unknown names: ValueError before any work
 
     def settings(self) -> dict[str, object]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pymatgen.core import Structure
 
+from pccd.errors import InputError, MissingInputError
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import ResultTable, check_run_settings
@@ -104,7 +105,7 @@ def _check_engine(engine: str) -> None:
     from pccd.screen.batched import RELAX_ENGINES
 
     if engine not in RELAX_ENGINES:
-        raise ValueError(f"unknown relaxation engine {engine!r}; use one of {RELAX_ENGINES}")
+        raise InputError(f"unknown relaxation engine {engine!r}; use one of {RELAX_ENGINES}")
 
 
 # ---- worker side: one MLIP per process ----------------------------------------------------
@@ -231,7 +232,7 @@ def _outcomes_dask(
     try:
         client = Client(address, timeout="30s") if own else address
     except (OSError, TimeoutError) as exc:
-        raise OSError(f"--dask {address}: cannot reach a Dask scheduler there ({exc})") from exc
+        raise InputError(f"--dask {address}: cannot reach a Dask scheduler there ({exc})") from exc
     try:
         size = batch_size if settings.relax_engine == "batched" else 1
         run = uuid.uuid4().hex[:8]
@@ -355,17 +356,17 @@ def screen_directory(
 
     source = Path(directory)
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such directory (the CIFs to screen)")
+        raise MissingInputError(f"{source}: no such directory (the CIFs to screen)")
     if workers < 1:
-        raise ValueError(f"workers must be ≥ 1, got {workers}")
+        raise InputError(f"workers must be ≥ 1, got {workers}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be ≥ 1, got {limit}")
+        raise InputError(f"limit must be ≥ 1, got {limit}")
     _check_engine(settings.relax_engine)
     from pccd.screen.batched import DEFAULT_BATCH_SIZE
 
     batch_size = DEFAULT_BATCH_SIZE if relax_batch_size is None else relax_batch_size
     if batch_size < 1:
-        raise ValueError(f"relax batch size must be ≥ 1, got {batch_size}")
+        raise InputError(f"relax batch size must be ≥ 1, got {batch_size}")
     inputs = list(read_inputs(source))
     if limit is not None:
         inputs = inputs[:limit]

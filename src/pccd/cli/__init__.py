@@ -1,0 +1,106 @@
+"""The ``pccd`` command: a thin layer that parses arguments and calls the library.
+
+One module per group of commands (:mod:`~pccd.cli.data`, :mod:`~pccd.cli.generate`,
+:mod:`~pccd.cli.train`, :mod:`~pccd.cli.evaluate`, :mod:`~pccd.cli.screen`,
+:mod:`~pccd.cli.serve`); each adds its sub-commands to the parser here and does no science
+itself, so everything it does is available from Python too.
+
+Conventions: every argument is validated before any work is done or any file is written; a user
+error — an :class:`~pccd.errors.InputError` from the library or from these modules (bad
+argument, missing or damaged file), a bad command line, or a missing optional extra — is one
+line ``error: ...`` on stderr and exit code 2; an interrupt is exit code 130; any other
+exception keeps its traceback, because it is a bug in pccd. The library logs through
+:mod:`logging` (configured here by ``-v`` / ``--quiet``) and shows progress bars only when this
+command enables them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pccd import progress
+from pccd.cli import data, evaluate, generate, screen, serve, train
+from pccd.cli.options import verbosity_parent
+from pccd.cli.support import one_line
+from pccd.errors import InputError
+
+#: extra that provides the optional dependencies of each command (for ImportError messages)
+EXTRAS = {
+    "reconstruct": "eval",
+    "evaluate": "eval",
+    "csp": "eval",
+    "screen": "screen",
+    "batch": "screen",
+    "phonons": "screen",
+    "references": "screen",
+}
+
+
+class UsageError(Exception):
+    """A mistake in the command line: printed as one ``error:`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) that :func:`main` turns into exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pccd`` parser: each command module adds its own sub-commands."""
+    parser = _Parser(
+        prog="pccd", description="Point-cloud crystal diffusion (PCCD, arXiv 2401.13192)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    verbosity = verbosity_parent()
+    for module in (data, generate, train, evaluate, screen):
+        module.register(sub, verbosity)
+    serve.register(sub)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """``pccd`` log records to stderr as plain lines; progress bars unless --quiet."""
+    quiet = bool(getattr(args, "quiet", False))
+    verbose = bool(getattr(args, "verbose", False))
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pccd")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    progress.enable(not quiet)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pccd`` command."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return _fail(one_line(exc))
+    _configure_logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return _fail("interrupted; finished work is kept, rerun the same command to resume", 130)
+    except (UsageError, InputError) as exc:
+        return _fail(one_line(exc))
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] == "pccd":
+            raise  # our own module missing: a bug, keep the traceback
+        message = one_line(exc)
+        if "pip install" not in message:
+            extra = EXTRAS.get(args.command, "eval,screen")
+            message += f'; install the optional dependencies: pip install -e ".[{extra}]"'
+        return _fail(message)

@@ -1,0 +1,7 @@
+"""``python -m pccd.cli``: the ``pccd`` command."""
+
+import sys
+
+from pccd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""``pccd serve``: the local web page and JSON API."""
+
+from __future__ import annotations
+
+import argparse
+
+from pccd.cli import options as opt
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """The local web page and JSON API (generate, screen, browse and view crystals)."""
+    try:  # the web extra (FastAPI, uvicorn) is optional
+        from pccd.web import serve
+    except ImportError as exc:
+        message = f'pccd serve needs the web extra: pip install -e ".[web]" ({exc})'
+        raise ImportError(message) from exc
+    serve(
+        host=args.host,
+        port=args.port,
+        runs=args.runs,
+        model=args.model,
+        max_n=args.max_n,
+        threads=args.threads,
+        reference=args.reference,
+        precision=args.precision,
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to the ``pccd`` parser."""
+    p_srv = sub.add_parser(
+        "serve",
+        help="local web page + JSON API to generate and view crystals",
+        parents=[opt.precision_parent()],
+    )
+    p_srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p_srv.add_argument("--port", type=opt.int_type(1, 65535), default=8000)
+    p_srv.add_argument("--runs", default="runs", help="job directories (default ./runs)")
+    p_srv.add_argument("--model", help="model directory or shipped model name")
+    p_srv.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
+    p_srv.add_argument("--max-n", type=opt.POSITIVE_INT, default=1000, help="most crystals per job")
+    p_srv.add_argument("--threads", type=int, default=0, help="torch threads of the worker")
+    p_srv.set_defaults(func=_cmd_serve)
