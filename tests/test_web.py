@@ -494,6 +494,7 @@ def test_screen_waits_for_generation_and_queue_limit(tmp_path, tiny_model_dir):
         assert full.status_code == 429
         assert "queue is full" in full.json()["error"]
         assert int(full.headers["Retry-After"]) > 0
+        assert sorted(p.name for p in runs.iterdir()) == [first]  # the refused one left nothing
         manager.stop()  # ends the slow job's worker
     assert not (runs / "unexpected").exists()
 

@@ -574,8 +574,8 @@ def create_app(
             200: {
                 "description": "``<id>``: the structure as JSON; ``<id>.cif``, ``<id>.extxyz``, "
                 "``<id>.vasp``: the file (relaxed=true: after the screen's relaxation)",
+                "model": StructureDetail,
                 "content": {
-                    "application/json": {"schema": StructureDetail.model_json_schema()},
                     FORMATS["cif"]: {"schema": {"type": "string"}},
                     "text/plain": {"schema": {"type": "string"}},
                 },

@@ -509,14 +509,19 @@ class JobManager:
         }
 
     # -- queue --
+    def _check_room(self) -> None:
+        """429 with ``Retry-After`` when ``max_queue`` tasks wait or run (call with the lock)."""
+        if self._pending >= self.max_queue:
+            raise JobError(
+                429,
+                f"the queue is full ({self.max_queue} tasks); try again in {RETRY_AFTER_S} s",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+
     def _enqueue(self, job_id: str, kind: str, force: bool = False, **extra) -> TaskState:
         with self._lock:
-            if not force and self._pending >= self.max_queue:
-                raise JobError(
-                    429,
-                    f"the queue is full ({self.max_queue} tasks); try again in {RETRY_AFTER_S} s",
-                    {"Retry-After": str(RETRY_AFTER_S)},
-                )
+            if not force:
+                self._check_room()
             state = TaskState("queued")
             self._states[(job_id, kind)] = state
             self._pending += 1
@@ -535,6 +540,7 @@ class JobManager:
         with self._lock:
             if path.exists():
                 raise JobError(409, f"job {job_id!r} exists already")
+            self._check_room()  # before the directory: a refused job leaves nothing behind
             path.mkdir()
             check_run_settings(path, settings)
             return self._enqueue(job_id, "generate")

@@ -16,16 +16,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     create_model,
     model_validator,
 )
+from pymatgen.core.periodic_table import Element
 
-from pccd.conditioning import MAGNETIC_ORDERINGS, STABILITY_LABELS
+from pccd.conditioning import MAGNETIC_ORDERINGS, MAX_SLOTS, STABILITY_LABELS
 from pccd.web.jobs import JOB_ID, SCREEN_MLIPS
 
-Symbol = Annotated[str, StringConstraints(min_length=1, max_length=3)]
+#: element symbols a request may name (pymatgen's, as :meth:`pccd.generator.Request.parse`)
+Symbol = Literal[tuple(e.symbol for e in Element)]  # type: ignore[valid-type]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 #: what a field that is of the wrong type must be, said the way the form's user reads it
 FIELD_HINTS = {
@@ -41,6 +42,15 @@ FIELD_HINTS = {
     "guidance": "guidance must be a number",
     "guidance_scale": "guidance_scale must be a number",
     "fmax": "fmax must be a number",
+}
+
+
+#: which of a union field's errors to report: the one of the member the client meant
+ERROR_RANK = {
+    t: i
+    for i, t in enumerate(
+        ("greater_than_equal", "less_than_equal", "literal_error", "too_long", "too_short")
+    )
 }
 
 
@@ -60,7 +70,9 @@ class GenerateBase(Strict):
         None, description="job id (one directory name); made up from the request when left out"
     )
     elements: (
-        Annotated[list[Symbol], Field(max_length=8)] | Annotated[str, Field(max_length=40)] | None
+        Annotated[list[Symbol], Field(min_length=1, max_length=MAX_SLOTS)]
+        | Annotated[str, Field(max_length=40, description='"Na,Cl"')]
+        | None
     ) = None
     formula: Annotated[str, Field(min_length=1, max_length=40)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
@@ -122,12 +134,18 @@ def validation_message(model: type[BaseModel], exc: ValidationError) -> str:
     unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
     if unknown:
         return f"unknown field(s) {unknown}; allowed: {sorted(model.model_fields)}"
-    # a field of a union type fails once per member: its range error says the most
-    error = min(errors, key=lambda e: e["type"] not in ("greater_than_equal", "less_than_equal"))
+    # a field of a union type fails once per member: the error of the member meant says most
+    error = min(errors, key=lambda e: ERROR_RANK.get(e["type"], len(ERROR_RANK)))
     key = str(error["loc"][0]) if error["loc"] else ""
     value = error.get("input")
     if error["type"] == "value_error":
         return str(error["ctx"]["error"])
+    if error["type"] == "literal_error" and key == "elements" and isinstance(value, str):
+        return f"unknown element {value!r}"
+    if error["type"] in ("too_long", "too_short"):
+        limit = error["ctx"].get("max_length", error["ctx"].get("min_length"))
+        most = "most" if error["type"] == "too_long" else "least"
+        return f"{key} must have at {most} {limit} items, not {error['ctx']['actual_length']}"
     if error["type"] in ("greater_than_equal", "less_than_equal"):
         props = model.model_json_schema()["properties"][key]
         ranges = [p for p in props.get("anyOf", [props]) if "minimum" in p]
