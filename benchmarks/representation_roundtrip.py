@@ -94,12 +94,12 @@ def main() -> None:
     elements = [e[1] for e in encoded]
     n_dec = min(5000, len(table))
     t0 = time.perf_counter()
-    rep.decode_batch(arrays[:n_dec], elements[:n_dec], cfg)
+    [rep.decode(x, els, cfg) for x, els in zip(arrays[:n_dec], elements[:n_dec], strict=True)]
     t_dec = time.perf_counter() - t0
     rng = np.random.default_rng(args.seed)
     noisy = arrays[:n_dec] + rng.normal(0, 0.02, arrays[:n_dec].shape)
     t0 = time.perf_counter()
-    rep.decode_batch(noisy, elements[:n_dec], cfg)
+    [rep.decode(x, els, cfg) for x, els in zip(noisy, elements[:n_dec], strict=True)]
     t_dec_noisy = time.perf_counter() - t0
     result["encode_per_s"] = len(structures) / t_enc
     result["decode_per_s"] = n_dec / t_dec

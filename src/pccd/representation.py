@@ -484,15 +484,3 @@ def _checked_structure(
                 DecodeReason.ATOMS_TOO_CLOSE, f"atoms {dmin:.3f} Å apart (< {config.min_distance})"
             )
     return structure
-
-
-def decode_batch(
-    xs: np.ndarray,
-    elements: Sequence[Sequence[str | int | Element]],
-    config: RepresentationConfig = RepresentationConfig(),
-) -> list[Structure | DecodeFailure]:
-    """Decode a batch (B, 3, 128, 3); ``elements[i]`` are the elements of crystal ``i``."""
-    xs = np.asarray(xs)
-    if len(xs) != len(elements):
-        raise ValueError(f"{len(xs)} arrays but {len(elements)} element lists")
-    return [decode(x, els, config) for x, els in zip(xs, elements, strict=True)]

@@ -27,16 +27,12 @@ from pccd.diffusion.schedules import (
     shift_snr,
 )
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
-"""Scheduler classes by name (for CLIs and configs)."""
-
 __all__ = [
     "DEFAULT_PRECISION",
     "LOSSES",
     "PRECISIONS",
     "PREDICTIONS",
     "SAMPLE_SHAPE",
-    "SCHEDULERS",
     "WEIGHTINGS",
     "DDIMScheduler",
     "DDPMScheduler",

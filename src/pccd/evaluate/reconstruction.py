@@ -67,9 +67,6 @@ PAPER = {
 }
 """Li et al., Table 1: reconstruction of 1,280 training crystals from t = T."""
 
-CURVE_TIMESTEPS = (100, 250, 500, 750, 1000)
-"""The noising depths of the issue's curve."""
-
 LENGTH_TOLERANCE = 0.05
 """Plain rate for lattice lengths: |relative error| ≤ 5 %."""
 COORD_TOLERANCE = 0.05
