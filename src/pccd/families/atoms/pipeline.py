@@ -20,6 +20,7 @@ from pymatgen.core import Structure
 
 from pccd.conditioning import MAX_SLOTS, STABILITY_LABELS
 from pccd.diffusion import check_precision, network_precision
+from pccd.errors import InputError
 from pccd.families.atoms.counts import AtomCountPrior
 from pccd.families.atoms.diffusion import AtomDiffusion, AtomModelConfig
 from pccd.families.atoms.sampling import DEFAULT_STEPS, GUIDABLE, SAMPLERS, SampleSpec, sample
@@ -79,7 +80,7 @@ class AtomsPipeline(GeneratorBase):
                     if name in CONDITIONS
                     else "its network has no input for it"
                 )
-                raise ValueError(
+                raise InputError(
                     f"model {self.meta.get('name', '?')} was not trained on {label} ({why}), "
                     "so it cannot be conditioned on it; trained conditions: "
                     f"{', '.join(self.trained_conditions)}"
@@ -95,17 +96,17 @@ class AtomsPipeline(GeneratorBase):
     ) -> None:
         """Refuse sampling options this model does not take (raises ``ValueError``)."""
         if sampler is not None and sampler not in SAMPLERS:
-            raise ValueError(
+            raise InputError(
                 f"sampler must be one of {', '.join(SAMPLERS)} for atom models, not {sampler!r}"
             )
         total = self.num_train_timesteps
         if steps is not None and not 1 <= steps <= total:
-            raise ValueError(
+            raise InputError(
                 f"--steps {steps}: num_inference_steps must be 1–{total}, the timesteps "
                 "this model was trained with"
             )
         if repulsion is not None:
-            raise ValueError(
+            raise InputError(
                 "repulsion is an option of point-cloud models; an atom model places its "
                 "atoms itself (use --valid-only to keep only plausible crystals)"
             )
@@ -113,7 +114,7 @@ class AtomsPipeline(GeneratorBase):
             unknown = set(guide) - (set(self.trained_conditions) & set(GUIDABLE))
             if unknown or not guide:
                 can = [c for c in GUIDABLE if c in self.trained_conditions]
-                raise ValueError(
+                raise InputError(
                     f"guide: {', '.join(sorted(unknown)) or 'nothing'} is not a condition this "
                     f"model can guide ({', '.join(can) or 'none'})"
                 )
@@ -149,7 +150,7 @@ class AtomsPipeline(GeneratorBase):
         sampler = sampler or SAMPLERS[0]
         steps = self.default_steps(sampler) if steps is None else steps
         if batch_size < 1:
-            raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+            raise InputError(f"batch size must be ≥ 1, got {batch_size}")
         if start % batch_size:
             raise ValueError("start must be a multiple of batch_size")
         volume = self.model.config.denoiser.volume_per_atom
