@@ -253,7 +253,7 @@ def atoms_model_dir(tmp_path_factory):
 
 def test_exported_atom_model_loads_through_the_seam(atoms_model_dir):
     info = describe_model(atoms_model_dir)
-    assert (info.family, info.name, info.samplers[0]) == ("atoms", "atoms-tiny", "ode")
+    assert (info.family, info.name, info.samplers[0]) == ("atoms", "atoms-tiny", "pc")
     assert json.loads((atoms_model_dir / "pccd.json").read_text())["family"] == "atoms"
     pipe = load_pretrained(atoms_model_dir, "cpu")
     assert isinstance(pipe, Generator)
@@ -274,7 +274,7 @@ def test_atom_model_refuses_what_it_cannot_do(atoms_model_dir):
     pipe = load_pretrained(atoms_model_dir, "cpu")
     with pytest.raises(ValueError, match="magnetic ordering"):
         pipe.check_request(Request.parse(["Fe", "O"], magnetic="FM"))
-    with pytest.raises(ValueError, match="sampler must be one of ode, pc"):
+    with pytest.raises(ValueError, match="sampler must be one of pc, ode"):
         pipe.check_options(sampler="ddim")
     with pytest.raises(ValueError, match="repulsion"):
         pipe.check_options(repulsion=0.8)
@@ -309,13 +309,13 @@ def test_generate_and_csp_commands_take_an_atom_model(atoms_model_dir, tmp_path,
     assert main([*args, "--out", str(out), "--batch-size", "2"]) == 0
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["id"] for r in rows] == ["0", "1", "2"]
-    assert json.loads((out / "run.json").read_text())["sampler"] == "ode"
+    assert json.loads((out / "run.json").read_text())["sampler"] == "pc"
     before = (out / "summary.csv").read_bytes()
     assert main([*args, "--out", str(out), "--batch-size", "2"]) == 0  # resumes: nothing to do
     assert (out / "summary.csv").read_bytes() == before
     capsys.readouterr()
     assert main([*args, "--sampler", "ddim", "--out", str(tmp_path / "x")]) == 2
-    assert_user_error(2, capsys.readouterr().err, "ode, pc")
+    assert_user_error(2, capsys.readouterr().err, "pc, ode")
     assert not (tmp_path / "x").exists()
     split = write_split(tmp_path / "val.csv", {"a": nacl(), "b": silicon()})
     csp = tmp_path / "csp"
@@ -325,7 +325,7 @@ def test_generate_and_csp_commands_take_an_atom_model(atoms_model_dir, tmp_path,
     candidates = list(csv.DictReader((csp / "candidates.csv").open()))
     assert len(candidates) == 4
     metrics = json.loads((csp / "metrics.json").read_text())
-    assert metrics["model"]["family"] == "atoms" and metrics["settings"]["sampler"] == "ode"
+    assert metrics["model"]["family"] == "atoms" and metrics["settings"]["sampler"] == "pc"
     capsys.readouterr()
     bad = ["csp", str(split), "--model", model, "--formula-decoding", "cluster", "--out"]
     assert main([*bad, str(tmp_path / "y")]) == 2

@@ -120,8 +120,8 @@ class AtomsPipeline(GeneratorBase):
                 )
 
     def default_steps(self, sampler: str) -> int:
-        """200 ODE steps (the fast default); the predictor–corrector walks every timestep."""
-        return DEFAULT_STEPS[sampler] or self.num_train_timesteps
+        """200 steps for either sampler (see :data:`~pccd.families.atoms.sampling.SAMPLERS`)."""
+        return DEFAULT_STEPS[sampler]
 
     def iter_generate(
         self,
