@@ -523,6 +523,15 @@ def test_cli_has_a_serve_command_bound_to_loopback():
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.runs) == ("127.0.0.1", 8000, "runs")
     assert args.func.__name__ == "_cmd_serve"
+    assert (args.token, args.max_queue) == (None, 50)  # loopback: no token unless given
+
+
+def test_cli_refuses_a_token_that_cannot_travel_in_a_url(capsys):
+    from pccd.cli import main
+
+    assert main(["serve", "--token", "a b;c=d", "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --token must be")
 
 
 @pytest.mark.slow
@@ -584,3 +593,176 @@ def test_serve_precision_is_recorded_per_job_and_the_worker_follows_it(tmp_path,
     assert manager.disk_state(job)["resumable"]
     _run_generate({"dir": str(job), "model": str(tiny_model_dir)})  # in this process
     assert len(summary_rows(job)) == 2  # generate_to_directory accepted the bf16 run.json
+
+
+# ---- a token off loopback; no cross-site posts --------------------------------------------------
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture
+def guarded(tmp_path, tiny_model_dir):
+    """A server that needs TOKEN (its lifespan is not started: no job ever runs)."""
+    runs = tmp_path / "runs"
+    shell_run(runs)
+    return TestClient(create_app(runs, str(tiny_model_dir), token=TOKEN), base_url=BASE)
+
+
+def test_without_the_token_every_route_is_401(guarded):
+    for path in ("/", "/static/app.js", "/api/info", "/api/jobs", "/openapi.json"):
+        response = guarded.get(path)
+        assert response.status_code == 401, path
+        assert "token" in response.json()["error"]
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert guarded.post("/api/jobs", json=SMALL).status_code == 401
+    assert guarded.get("/api/info?token=wrong-token-0123456789").status_code == 401
+    assert guarded.get("/api/info", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert guarded.get("/api/jobs/shell-run/structures/0.cif").status_code == 401
+
+
+def test_the_printed_url_sets_the_cookie_the_page_then_sends(guarded):
+    page = guarded.get(f"/?token={TOKEN}")
+    assert page.status_code == 200 and 'id="viewer"' in page.text
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith("pccd-token-") and TOKEN in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # the page's own requests carry nothing but the cookie the browser keeps
+    assert guarded.get("/static/app.js").status_code == 200
+    assert guarded.get("/api/info").json()["model"] == "tiny-test"
+    assert guarded.get("/api/jobs/shell-run/structures/0.cif").status_code == 200
+    guarded.cookies.clear()
+    assert guarded.get("/api/info").status_code == 401
+
+
+def test_scripts_send_the_token_as_a_header(guarded):
+    for headers in ({"Authorization": f"Bearer {TOKEN}"}, {"X-PCCD-Token": TOKEN}):
+        assert guarded.get("/api/jobs", headers=headers).status_code == 200
+        assert "set-cookie" not in guarded.get("/api/info", headers=headers).headers
+
+
+def test_cross_site_posts_are_refused(guarded, idle_client):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    evil = {"Origin": "http://evil.example", **auth}
+    response = guarded.post("/api/jobs", json=SMALL, headers=evil)
+    assert response.status_code == 403 and "cross-site" in response.json()["error"]
+    response = guarded.post("/api/jobs/shell-run/screen", json={}, headers=evil)
+    assert response.status_code == 403
+    form = {"Content-Type": "application/x-www-form-urlencoded", **auth}  # what a form sends
+    assert guarded.post("/api/jobs", content=b"elements=Na", headers=form).status_code == 415
+    # on loopback, without a token, the same holds
+    client, runs = idle_client
+    before = _tree(runs)
+    response = client.post("/api/jobs", json=SMALL, headers={"Origin": "null"})
+    assert response.status_code == 403
+    response = client.post("/api/jobs", json=SMALL, headers={"Origin": "http://localhost:9"})
+    assert response.status_code == 403
+    assert _tree(runs) == before
+
+
+def test_loopback_needs_no_token_and_other_addresses_get_one(monkeypatch, tmp_path, capsys):
+    import uvicorn
+
+    from pccd.errors import InputError
+    from pccd.web import serve
+    from pccd.web.auth import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "localhost", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append((app, kw)))
+    serve(host="127.0.0.1", port=0, runs=tmp_path / "a")
+    serve(host="0.0.0.0", port=0, runs=tmp_path / "b")
+    printed = capsys.readouterr().out
+    assert "http://127.0.0.1:0/  " in printed  # no token on loopback
+    token = printed.split("http://0.0.0.0:0/?token=")[1].split()[0]
+    assert len(token) >= 32
+    open_app, guarded_app = (app for app, _ in started)
+    assert TestClient(open_app, base_url=BASE).get("/api/info").status_code == 200
+    assert TestClient(guarded_app, base_url=BASE).get("/api/info").status_code == 401
+    headers = {"Authorization": f"Bearer {token}", "Host": "192.168.1.5:8000"}
+    assert (
+        TestClient(guarded_app, base_url=BASE).get("/api/info", headers=headers).status_code == 200
+    )
+    with pytest.raises(InputError, match="--token"):
+        serve(host="0.0.0.0", port=0, runs=tmp_path / "c", token="short")
+
+
+# ---- a model choice ------------------------------------------------------------------------------
+@pytest.fixture
+def two_models(tmp_path, tiny_model_dir):
+    """A models directory with the tiny model and a copy of it named tiny-two, which says it was
+    trained with the element list only."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "tiny-test")
+    shutil.copytree(tiny_model_dir, models / "tiny-two")
+    meta = json.loads((models / "tiny-two" / "pccd.json").read_text())
+    meta.update(name="tiny-two", trained_conditions=["elements"])
+    (models / "tiny-two" / "pccd.json").write_text(json.dumps(meta))
+    (models / "not-a-model").mkdir()  # no pccd.json: not offered
+    return models
+
+
+def test_the_page_offers_every_model_and_the_default_comes_first(tmp_path, two_models):
+    runs = tmp_path / "runs"
+    app = create_app(runs, str(two_models / "tiny-two"), models_dir=two_models)
+    info = TestClient(app, base_url=BASE).get("/api/info").json()
+    assert info["model"] == "tiny-two"  # pccd serve --model picks the default
+    assert [m["name"] for m in info["models"]] == ["tiny-two", "tiny-test"]
+    two = info["models"][0]
+    assert two == {
+        "name": "tiny-two",
+        "family": "points",
+        "conditions": ["elements"],
+        "samplers": ["ddim", "ddpm"],
+        "timesteps": 1000,
+    }
+    assert info["conditions"] == ["elements"]
+    schema = TestClient(app, base_url=BASE).get("/openapi.json").json()
+    body = schema["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    model = body["schema"]["properties"]["model"]["anyOf"][0]
+    assert sorted(model["enum"]) == ["tiny-test", "tiny-two"]
+
+
+def test_a_job_names_its_model_and_the_form_follows_it(tmp_path, two_models):
+    from pccd.web.app import parse_generate
+    from pccd.web.jobs import JobError, JobManager
+
+    manager = JobManager(tmp_path / "runs", str(two_models / "tiny-test"), models_dir=two_models)
+    settings, _ = parse_generate(dict(SMALL, model="tiny-two"), manager, 10)
+    assert settings["model"] == "tiny-two"
+    assert parse_generate(dict(SMALL), manager, 10)[0]["model"] == "tiny-test"
+    with pytest.raises(JobError, match="not trained on band_gap"):
+        parse_generate(dict(SMALL, model="tiny-two", band_gap=1.0), manager, 10)
+    with pytest.raises(JobError, match="not trained on formula"):
+        parse_generate({"formula": "NaCl", "model": "tiny-two"}, manager, 10)
+    assert parse_generate(dict(SMALL, band_gap=1.0), manager, 10)[0]["band_gap"] == 1.0
+    with pytest.raises(JobError, match="model must be one of"):
+        parse_generate(dict(SMALL, model="pccd-cpu"), manager, 10)  # not in this models dir
+    # a queued job of the second model is resumable and runs with that model's directory
+    check_run_settings(tmp_path / "runs" / "second", settings)
+    assert manager.disk_state(tmp_path / "runs" / "second")["resumable"]
+    assert manager._job_model("second") == str((two_models / "tiny-two").resolve())
+
+
+def test_the_form_has_a_model_choice():
+    static = Path(__file__).resolve().parents[1] / "src/pccd/web/static"
+    assert '<select id="f-model"' in (static / "index.html").read_text()
+    script = (static / "app.js").read_text()
+    assert "body.model = " in script and "info.models" in script
+
+
+@pytest.mark.slow
+def test_a_job_of_the_second_model_runs_with_it(tmp_path, two_models):
+    runs = tmp_path / "runs"
+    app = create_app(runs, str(two_models / "tiny-test"), models_dir=two_models)
+    with TestClient(app, base_url=BASE) as client:
+        job = client.post("/api/jobs", json=dict(SMALL, model="tiny-two", name="second"))
+        assert job.status_code == 201, job.text
+        default = client.post("/api/jobs", json=dict(SMALL, name="first")).json()["id"]
+        body = wait_for(client, "second")
+        assert body["status"] == "done", body
+        assert body["model"] == "tiny-two" and body["progress"] == {"done": 4, "total": 4}
+        assert wait_for(client, default)["model"] == "tiny-test"
+    assert json.loads((runs / "second" / "run.json").read_text())["model"] == "tiny-two"
+    assert len(summary_rows(runs / "second")) == 4

@@ -23,6 +23,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         reference=args.reference,
         precision=args.precision,
+        token=args.token,
+        max_queue=args.max_queue,
     )
     return 0
 
@@ -41,4 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_srv.add_argument("--reference", help="known materials (mp_reference.csv.gz) for novelty")
     p_srv.add_argument("--max-n", type=opt.POSITIVE_INT, default=1000, help="most crystals per job")
     p_srv.add_argument("--threads", type=int, default=0, help="torch threads of the worker")
+    p_srv.add_argument(
+        "--token",
+        help="token every request must carry (default: none on loopback; made up and printed "
+        "in the page's URL on any other address)",
+    )
+    p_srv.add_argument(
+        "--max-queue",
+        type=opt.POSITIVE_INT,
+        default=50,
+        help="tasks queued or running before a submission is answered 429 (default 50)",
+    )
     p_srv.set_defaults(func=_cmd_serve)
