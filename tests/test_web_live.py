@@ -150,6 +150,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(tmp_path, tiny_m
             capture_output=True,
             text=True,
             timeout=300,
+            cwd=tmp_path,  # it keeps a .schemathesis folder where it runs
         )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
