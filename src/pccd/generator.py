@@ -266,6 +266,29 @@ class GeneratorBase:
             )
         return self  # type: ignore[return-value]
 
+    def checked_requests(
+        self,
+        requests: Request | Sequence[Request],
+        n: int | None,
+        batch_size: int,
+        start: int,
+        **options: Any,
+    ) -> list[Request]:
+        """One request per sample, every request and option checked before any work (what
+        each family's :meth:`iter_generate` does first)."""
+        if isinstance(requests, Request):
+            if n is None:
+                raise InputError("give n with a single request")
+            requests = [requests] * n
+        for request in set(requests):
+            self.check_request(request)  # type: ignore[attr-defined]
+        self.check_options(**options)  # type: ignore[attr-defined]
+        if batch_size < 1:
+            raise InputError(f"batch size must be ≥ 1, got {batch_size}")
+        if start % batch_size:
+            raise ValueError("start must be a multiple of batch_size")  # a caller's bug
+        return list(requests)
+
     def iter_generate(self, requests, n=None, **options) -> Iterator[list[Sample]]:
         raise NotImplementedError
 

@@ -224,18 +224,11 @@ class PCCDPipeline(GeneratorBase):
         Models with ``atom_attention`` draft the atom counts of requests without a formula by
         a first chain (see :meth:`_with_drafted_formula`), so they sample twice as long.
         """
-        if isinstance(requests, Request):
-            if n is None:
-                raise InputError("give n with a single request")
-            requests = [requests] * n
+        requests = self.checked_requests(
+            requests, n, batch_size, start,
+            sampler=sampler, steps=steps, repulsion=repulsion, guide=guide,
+        )  # fmt: skip
         n = len(requests)
-        for request in set(requests):
-            self.check_request(request)
-        self.check_options(sampler, steps, repulsion, guide)
-        if batch_size < 1:
-            raise InputError(f"batch size must be ≥ 1, got {batch_size}")
-        if start % batch_size:
-            raise ValueError("start must be a multiple of batch_size")
         for lo in range(start, n, batch_size):
             chunk = requests[lo : lo + batch_size]
             gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + lo)

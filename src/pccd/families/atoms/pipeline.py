@@ -140,19 +140,12 @@ class AtomsPipeline(GeneratorBase):
     ) -> Iterator[list[Sample]]:
         """Yield samples batch by batch (see :meth:`pccd.generator.Generator.iter_generate`)."""
         del progress  # a run shows progress per batch; the chain itself is short
-        if isinstance(requests, Request):
-            if n is None:
-                raise ValueError("give n with a single request")
-            requests = [requests] * n
-        for request in set(requests):
-            self.check_request(request)
-        self.check_options(sampler, steps, repulsion, guide)
+        requests = self.checked_requests(
+            requests, n, batch_size, start,
+            sampler=sampler, steps=steps, repulsion=repulsion, guide=guide,
+        )  # fmt: skip
         sampler = sampler or SAMPLERS[0]
         steps = self.default_steps(sampler) if steps is None else steps
-        if batch_size < 1:
-            raise InputError(f"batch size must be ≥ 1, got {batch_size}")
-        if start % batch_size:
-            raise ValueError("start must be a multiple of batch_size")
         volume = self.model.config.denoiser.volume_per_atom
         for lo in range(start, len(requests), batch_size):
             chunk = requests[lo : lo + batch_size]
