@@ -8,9 +8,8 @@ from pccd.cli import options as opt
 from pccd.cli.support import (
     check_mlip,
     check_options,
-    filter_options,
-    load_data,
     load_model,
+    load_split,
     require_path,
     set_threads,
     split,
@@ -68,9 +67,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     bad = [t for t in timesteps if not 1 <= t <= total]
     if bad:
         raise InputError(f"--t {args.t}: every t must be between 1 and {total}, got {bad}")
-    table = load_data(args.path, filter_options(args), cache=not args.no_cache).table
-    if len(table) == 0:
-        raise InputError(f"{args.path}: no crystal passed the filter")
+    table = load_split(args)
     metrics = run_reconstruction(
         pipeline,
         table,

@@ -20,9 +20,9 @@ from pccd.cli.support import (
     check_options,
     check_run,
     device,
-    filter_options,
     load_data,
     load_model,
+    load_split,
     require_path,
     sampler,
     set_threads,
@@ -200,9 +200,7 @@ def _cmd_csp(args: argparse.Namespace) -> int:
         formula_decoding=args.formula_decoding,
         repulsion=args.repulsion,
     )
-    table = load_data(args.path, filter_options(args), cache=not args.no_cache).table
-    if len(table) == 0:
-        raise InputError(f"{args.path}: no crystal passed the filter")
+    table = load_split(args)
     metrics = run_csp(
         pipeline,
         table,

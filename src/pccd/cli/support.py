@@ -73,6 +73,15 @@ def load_data(
         raise InputError(f"{path}: {one_line(exc)}") from exc
 
 
+def load_split(args: argparse.Namespace) -> data.CrystalTable:
+    """The filtered table of the split a benchmark command (csp, reconstruct) runs on; a
+    split that no crystal survives is an :class:`InputError`, not an empty benchmark."""
+    table = load_data(args.path, filter_options(args), cache=not args.no_cache).table
+    if len(table) == 0:
+        raise InputError(f"{args.path}: no crystal passed the filter")
+    return table
+
+
 def require_path(path: str | None, flag: str, *, directory: bool = False) -> None:
     """Refuse a missing input before any work, naming the flag."""
     if path is None:
