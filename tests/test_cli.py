@@ -530,3 +530,11 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="a bug in the loader") as raised:
         main(["data", "inspect", str(split)])
     assert not isinstance(raised.value, InputError)
+
+
+@pytest.mark.parametrize("command", ["csp", "reconstruct"])
+def test_a_split_no_crystal_survives_is_refused(command, tmp_path, capsys):
+    split = write_split(tmp_path / "val.csv", {"a": nacl(), "b": wurtzite()})
+    code, _, err = run(capsys, command, split, "--max-sites", "1", "--out", tmp_path / "o")
+    assert_user_error(code, err, "no crystal passed the filter")
+    assert not (tmp_path / "o").exists()
