@@ -290,7 +290,9 @@ def test_quality_probe_counts_every_crystal():
     torch.manual_seed(0)
     arrays = tiny_arrays()
     prior = AtomCountPrior.from_arrays(arrays.num_atoms, arrays.slots)
-    probe = QualityProbe(arrays, prior, 19.0, n=5, samplers=(("ode", 4),), chunk=2, denovo_steps=4)
+    probe = QualityProbe(
+        arrays, prior, 19.0, n=5, samplers=(("ode", 4),), chunk=2, denovo_sampler=("ode", 4)
+    )
     got = probe(AtomDiffusion(TINY))
     for key in ("csp_ode_plausible", "csp_ode_match", "denovo_ode_plausible"):
         assert 0.0 <= got[key] <= 1.0
@@ -357,3 +359,14 @@ def test_anneal_forks_a_run_and_decays_its_learning_rate(tmp_path):
     rows = list(csv.DictReader((tmp_path / "fork" / "curve.csv").open()))
     lrs = [float(r["lr"]) for r in rows if int(r["step"]) > saved["forked_from"]["step"]]
     assert lrs and lrs[-1] < 1e-3 and lrs == sorted(lrs, reverse=True)
+
+
+def test_a_curve_file_with_other_columns_is_refused_not_mixed_into(tmp_path):
+    from pccd.families.atoms.training import _append_csv
+
+    path = tmp_path / "quality.csv"
+    _append_csv(path, {"step": 1, "csp_ode_match": 0.1}, ["step", "csp_ode_match"])
+    _append_csv(path, {"step": 2, "csp_ode_match": 0.2}, ["step", "csp_ode_match"])
+    with pytest.raises(ValueError, match="move the old file aside"):
+        _append_csv(path, {"step": 3, "csp_pc_match": 0.3}, ["step", "csp_pc_match"])
+    assert path.read_text().splitlines() == ["step,csp_ode_match", "1,0.1", "2,0.2"]

@@ -67,7 +67,9 @@ class Server:
             except urllib.error.HTTPError:
                 return  # it answers (e.g. 401 without the token)
             except OSError:
-                assert self.proc.poll() is None, self.proc.stdout.read()
+                if self.proc.poll() is not None:
+                    self.printed += self.proc.stdout.read()
+                    raise AssertionError(f"pccd serve exited: {self.printed}") from None
                 assert time.monotonic() < deadline, "pccd serve did not answer"
                 time.sleep(0.2)
 
@@ -265,3 +267,16 @@ def test_binding_all_addresses_prints_a_token_and_refuses_requests_without_it(
         assert status == 200 and info["model"] == "tiny-test"
     finally:
         assert f"?token={token}" in again.stop()
+
+
+def test_a_port_someone_listens_on_is_refused_in_one_line_before_anything_loads(tmp_path):
+    from pccd.errors import InputError
+    from pccd.web import serve
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(InputError, match=rf"cannot listen on 127\.0\.0\.1:{port}"):
+            serve(runs=tmp_path / "runs", port=port)
+    assert not (tmp_path / "runs").exists()

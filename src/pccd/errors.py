@@ -20,3 +20,12 @@ class MissingInputError(InputError, FileNotFoundError):
     Also a ``FileNotFoundError``, so callers that catch the missing file as an ``OSError``
     keep working.
     """
+
+
+class IncompleteRun(Exception):
+    """A batch job finished and recorded what it could, but some items got no result for a
+    reason outside the input (e.g. a Dask task lost with its worker for good).
+
+    Not a bug, so the CLI reports it as one ``error: ...`` line and exit code 2; the message
+    says what is missing and that rerunning the same command finishes just those items.
+    """

@@ -7,7 +7,8 @@ itself, so everything it does is available from Python too.
 
 Conventions: every argument is validated before any work is done or any file is written; a user
 error — an :class:`~pccd.errors.InputError` from the library or from these modules (bad
-argument, missing or damaged file), a bad command line, or a missing optional extra — is one
+argument, missing or damaged file), a bad command line, a missing optional extra, or an
+:class:`~pccd.errors.IncompleteRun` (a batch that kept what it finished; a rerun resumes) — is one
 line ``error: ...`` on stderr and exit code 2; an interrupt is exit code 130; any other
 exception keeps its traceback, because it is a bug in pccd. The library logs through
 :mod:`logging` (configured here by ``-v`` / ``--quiet``) and shows progress bars only when this
@@ -25,7 +26,7 @@ from pccd import progress
 from pccd.cli import data, evaluate, generate, screen, serve, train
 from pccd.cli.options import verbosity_parent
 from pccd.cli.support import one_line
-from pccd.errors import InputError
+from pccd.errors import IncompleteRun, InputError
 
 #: extra that provides the optional dependencies of each command (for ImportError messages)
 EXTRAS = {
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return _fail("interrupted; finished work is kept, rerun the same command to resume", 130)
-    except (UsageError, InputError) as exc:
+    except (UsageError, InputError, IncompleteRun) as exc:
         return _fail(one_line(exc))
     except ImportError as exc:
         if (exc.name or "").split(".")[0] == "pccd":

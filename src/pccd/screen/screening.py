@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pymatgen.core import Structure
 
-from pccd.errors import InputError, MissingInputError
+from pccd.errors import IncompleteRun, InputError, MissingInputError
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import ResultTable, check_run_settings
@@ -82,7 +82,7 @@ class ScreenSettings:
         return out
 
 
-class ScreenIncomplete(ValueError):
+class ScreenIncomplete(IncompleteRun):
     """Some crystals got no row (a Dask task lost for good); a rerun screens just those."""
 
 

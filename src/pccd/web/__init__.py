@@ -53,6 +53,9 @@ def serve(
         token = new_token()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:  # fail before loading anything
+        # as uvicorn binds: a port left in TIME_WAIT by a server just stopped is free to use;
+        # only a process listening on it makes the probe fail
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

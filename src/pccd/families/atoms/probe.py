@@ -47,9 +47,9 @@ class QualityProbe:
     volume_per_atom: float
     n: int = 200
     seed: int = 0
-    samplers: tuple[tuple[str, int | None], ...] = (("ode", 200),)
+    samplers: tuple[tuple[str, int | None], ...] = (("pc", 200),)
     chunk: int = 50
-    denovo_steps: int = 200
+    denovo_sampler: tuple[str, int] = ("pc", 200)
 
     def __post_init__(self) -> None:
         index = np.random.default_rng(self.seed).choice(len(self.val), self.n, replace=False)
@@ -73,11 +73,10 @@ class QualityProbe:
             out[f"csp_{name}_seconds"] = round(seconds, 1)
         gen = torch.Generator().manual_seed(self.seed + 1)
         counts = self.prior.draw((true.slots > 0).sum(1), gen)
-        structures = self._sample(
-            model, SampleSpec(true.slots, counts), "ode", self.denovo_steps, gen
-        )
+        name, steps = self.denovo_sampler
+        structures = self._sample(model, SampleSpec(true.slots, counts), name, steps, gen)
         for k, v in geometry_shares(structures).items():
-            out[f"denovo_ode_{k}"] = round(v, 4)
+            out[f"denovo_{name}_{k}"] = round(v, 4)
         return out
 
     def _sample(self, model, spec: SampleSpec, sampler: str, steps, gen) -> list:

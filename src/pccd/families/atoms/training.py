@@ -102,7 +102,17 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def _append_csv(path: Path, row: dict, fields) -> None:
+    """Append ``row``; a file whose header names other columns is refused, not mixed into
+    (a probe with other samplers starts a curve file of its own)."""
     new = not path.exists()
+    if not new:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(fields):
+            raise ValueError(
+                f"{path} has columns {header}, this row has {list(fields)}: move the old file "
+                "aside to start a new curve"
+            )
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields))
         if new:
