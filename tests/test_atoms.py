@@ -87,6 +87,24 @@ def _run(net, types, frac, lattice, mask, t, slots):
         return net(types, frac.double(), lattice.double(), mask, t, slots)
 
 
+def test_lattice_steps_never_carry_a_blown_up_clean_estimate():
+    from pccd.families.atoms.processes import MAX_ROW_NORM, LatticeDDPM
+
+    ddpm = LatticeDDPM(1000)
+    gen = torch.Generator().manual_seed(0)
+    clean, eps = ddpm.noise(torch.eye(3).repeat(4, 1, 1), torch.full((4,), 1000), gen)
+    wrong = eps + 0.05 * torch.randn(eps.shape, generator=gen)  # a 5% error in ε̂ at t = T
+    raw = (clean - (1 - ddpm.alpha_bar[1000]).sqrt() * wrong) / ddpm.alpha_bar[1000].sqrt()
+    assert torch.linalg.vector_norm(raw, dim=-1).max() > 100  # what the clip is for
+    estimate = ddpm.clean_estimate(clean, wrong, 1000)
+    assert torch.linalg.vector_norm(estimate, dim=-1).max() <= MAX_ROW_NORM + 1e-4
+    stepped = ddpm.step(clean, wrong, 1000, 990, eta=0.0)
+    assert torch.linalg.vector_norm(stepped, dim=-1).max() < 3
+    # a lattice within range is left as it is
+    lt, e = ddpm.noise(torch.eye(3)[None], torch.tensor([10]), gen)
+    assert torch.allclose(ddpm.clean_estimate(lt, e, 10), torch.eye(3)[None], atol=1e-4)
+
+
 def test_denoiser_is_permutation_equivariant(net):
     types, frac, lat, mask, t, slots = _inputs()
     perm = torch.tensor([3, 0, 4, 1, 2])
