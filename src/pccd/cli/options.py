@@ -147,7 +147,7 @@ def sampling_parent(
         "--sampler",
         default=sampler,
         help="the model's sampler (default: its own; point-cloud models: ddim, ddpm; "
-        "atom models: ode, pc)",
+        "atom models: pc, sde, ode)",
     )
     p.add_argument(
         "--steps",
