@@ -11,7 +11,7 @@ one thing the guidance scale multiplies: how much the network's own prediction c
 gap. This script measures that directly, without sampling and without the band-gap instrument
 (whose composition-only reading caps the steering benchmark, BENCHMARKS "per-list ceiling").
 
-Protocol: the 512 val crystals of the fixed-noise loss (``layout_ab.fixed_val_dataset``, their
+Protocol: the 512 val crystals of the fixed-noise loss (``common.fixed_val_dataset``, their
 file frames), each noised to t = 100, 300, 500, 700 and 900 with fixed noise; the network is
 given the crystal's elements (no formula, as in generation) and, in turn, gap 0 eV, gap 4 eV and
 no gap. Reported per t, as mean absolute differences per array entry (the L1 loss's scale):
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from layout_ab import fixed_val_dataset
+from common import fixed_val_dataset
 
 from pccd.pipeline import PCCDPipeline
 from pccd.training import collate

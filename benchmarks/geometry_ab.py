@@ -26,23 +26,15 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
-from layout_ab import _checkpoint, _val_table, fixed_noise_val_loss
+from common import SHARED_DATA, score_model
 
-from pccd.evaluate import request_quality
-from pccd.evaluate.geometry import geometry_summary
-from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula
-from pccd.generator import Request
-from pccd.pipeline import PCCDPipeline
 from pccd.training import export_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLITS = ROOT.parent / "shared" / "data"
 
 VARIANTS: dict[str, dict] = {
     # control: the shipped training recipe continued for the same steps
@@ -82,8 +74,8 @@ def train_variant(name: str, work: Path, steps: int, threads: int, data: str) ->
     spec = VARIANTS[name]
     pccd = str(Path(sys.executable).with_name("pccd"))
     cmd = [
-        pccd, "train", "--data", str(SPLITS / data / "train.csv.gz"),
-        "--val", str(SPLITS / data / "val.csv.gz"), "--val-size", "256", "--out", str(out),
+        pccd, "train", "--data", str(SHARED_DATA / data / "train.csv.gz"),
+        "--val", str(SHARED_DATA / data / "val.csv.gz"), "--val-size", "256", "--out", str(out),
         "--threads", str(threads), "--quiet", "--max-steps", str(steps),
         "--checkpoint-minutes", "5", "--lr", "1e-4", "--option", "init_from=pccd-cpu",
     ]  # fmt: skip
@@ -94,64 +86,11 @@ def train_variant(name: str, work: Path, steps: int, threads: int, data: str) ->
     return export_pretrained(out / "last.ckpt", model_dir)
 
 
-def csp_k1(pipe: PCCDPipeline, n: int = 200, seed: int = 0, repulsion: float | None = None) -> dict:
-    """CSP with one candidate for each of ``n`` val formulas; peers' and strict match rates."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    table = _val_table()
-    idx = np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))
-    targets = [table.structure(int(i)) for i in idx]
-    requests = [Request.parse(None, formula=cell_formula(s)) for s in targets]
-    samples = pipe.generate(requests, seed=seed, batch_size=100, repulsion=repulsion)
-    matcher = StructureMatcher(**MATCHER_TOLERANCES)
-    rms, strict = [], 0
-    for sample, true in zip(samples, targets, strict=True):
-        if sample.structure is None:
-            continue
-        try:
-            out = matcher.get_rms_dist(sample.structure, true)
-            strict += int(matcher.fit(sample.structure, true))
-        except Exception:  # degenerate candidates can break the lattice search: no match
-            out = None
-        if out is not None:
-            rms.append(float(out[0]))
-    geo = geometry_summary([s.structure for s in samples])
-    return {
-        "csp_n": n,
-        "csp_match_k1": len(rms) / n,
-        "csp_fit_k1": strict / n,
-        "csp_mean_rms": float(np.mean(rms)) if rms else None,
-        "csp_plausible": geo.plausible_share,
-        "csp_median_ratio": geo.median_ratio,
-    }
-
-
 def score(
     name: str, model_dir: Path | str, run: Path | None, repulsion: float | None = None
 ) -> dict:
-    pipe = PCCDPipeline.from_pretrained(model_dir)
-    table = _val_table()
-    requests = [Request.parse(els) for els in table.draw_element_lists(200, 3)]
-    t0 = time.perf_counter()
-    samples = pipe.generate(requests, seed=3, batch_size=100, repulsion=repulsion)
-    gen_seconds = time.perf_counter() - t0
-    structures = [s.structure for s in samples]
-    row: dict = {"variant": name, "spec": VARIANTS.get(name, {})}
-    if run is not None:
-        ckpt = _checkpoint(run)
-        row.update(
-            steps=int(ckpt["global_step"]),
-            train_minutes=round(float(ckpt["train_seconds"]) / 60, 2),
-        )
-    row.update(
-        val_loss_fixed_noise=round(fixed_noise_val_loss(pipe), 5),
-        generate_200_seconds=round(gen_seconds, 1),
-        **{f"gen_{k}": v for k, v in geometry_summary(structures).to_dict().items()},
-        **request_quality(structures, [r.elements for r in requests], table.num_sites().tolist()),
-        **csp_k1(pipe, repulsion=repulsion),
-        repulsion=repulsion,
-    )
-    return row
+    """A variant's A/B row (:func:`common.score_model`), recording its recipe."""
+    return score_model(name, model_dir, run, repulsion, spec=VARIANTS.get(name, {}))
 
 
 def main() -> None:

@@ -16,26 +16,22 @@ Wasserstein. Run on a quiet machine (one run at a time).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import SPLITS, fixed_noise_val_loss, load_checkpoint, val_table
 
-from pccd import data
-from pccd.diffusion import diffusion_loss
 from pccd.evaluate import request_quality
 from pccd.generator import Request
 from pccd.model import forward_flops
 from pccd.pipeline import PCCDPipeline
-from pccd.training import CrystalDataset, collate, export_pretrained
+from pccd.training import export_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLITS = ROOT.parent / "shared" / "data" / "mp_pccd"
 
 
 def train_run(out: Path, minutes: float | None, steps: int, layout: str, threads: int) -> Path:
@@ -51,47 +47,14 @@ def train_run(out: Path, minutes: float | None, steps: int, layout: str, threads
     if (model_dir / "pccd.json").exists():  # finished before: rerunning the script resumes
         return model_dir
     if minutes is not None:  # an interrupted timed run resumes for the minutes it has left
-        done = _checkpoint(out)["train_seconds"] / 60 if (out / "last.ckpt").exists() else 0.0
+        done = load_checkpoint(out)["train_seconds"] / 60 if (out / "last.ckpt").exists() else 0.0
         cmd += ["--max-minutes", f"{max(minutes - done, 0.1):.2f}"]
     subprocess.run(cmd, check=True)
     return export_pretrained(out / "last.ckpt", model_dir)
 
 
-def _checkpoint(run: Path) -> dict:
-    return torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
-
-
-@functools.cache
-def _val_table() -> data.CrystalTable:
-    """The val split, loaded once for all runs' scoring."""
-    return data.load(SPLITS / "val.csv.gz").table
-
-
-def fixed_val_dataset(pipe: PCCDPipeline, n: int = 512) -> CrystalDataset:
-    """The n val crystals (draw seed 0) in their file frames, encoded for ``pipe``: the one
-    fixed set behind every fixed-noise loss figure, so those figures compare across scripts."""
-    table = _val_table()
-    idx = np.sort(np.random.default_rng(0).choice(len(table), n, replace=False))
-    return CrystalDataset(table.subset(idx), pipe.rep_config, augment=False)
-
-
-def fixed_noise_val_loss(pipe: PCCDPipeline, n: int = 512, batch: int = 128) -> float:
-    """L1 ε loss of the model on n val crystals with per-batch fixed timesteps and noise, under
-    the forward process the model was trained on (its schedule and SNR shift)."""
-    ds = fixed_val_dataset(pipe, n)
-    scheduler = pipe.make_scheduler("ddpm", None)
-    losses = []
-    with torch.no_grad():
-        for b, start in enumerate(range(0, n, batch)):
-            x, cond = collate([ds[i] for i in range(start, min(n, start + batch))])
-            gen = torch.Generator().manual_seed(10_000 + b)
-            loss = diffusion_loss(pipe.model, scheduler, x, cond, generator=gen)
-            losses.append(float(loss) * x.shape[0])
-    return sum(losses) / n
-
-
 def quality(pipe: PCCDPipeline, n: int = 200) -> dict:
-    table = _val_table()
+    table = val_table()
     requests = [Request.parse(els) for els in table.draw_element_lists(n, 0)]
     samples = pipe.generate(requests, seed=0, batch_size=100)
     return request_quality(
@@ -101,7 +64,7 @@ def quality(pipe: PCCDPipeline, n: int = 200) -> dict:
 
 def score(name: str, run: Path, model_dir: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
-    ckpt = _checkpoint(run)
+    ckpt = load_checkpoint(run)
     pipe = PCCDPipeline.from_pretrained(model_dir)
     steps = int(ckpt["global_step"])
     seconds = float(ckpt["train_seconds"])

@@ -8,7 +8,7 @@ lowered the loss further with no gain in geometry (BENCHMARKS, issue 11). The pa
 one L1 mean over all 3×128×3 entries and all steps, so it cannot say *where* a model got
 better: the lattice and element channels are far easier than the coordinates, and the near-clean
 steps far easier than the mid-noise steps where atoms are placed. This splits the fixed-noise
-val loss (the same 512 val crystals in their file frames, as ``layout_ab.fixed_noise_val_loss``)
+val loss (the same 512 val crystals in their file frames, as ``common.fixed_noise_val_loss``)
 by channel at ten noise levels t = 50, 150, …, 950, every crystal at every level with fixed
 noise, and adds channel 0's mean |x̂_0 − x_0| in fractional units (the coordinate error that
 becomes a distance error). One JSON per call: ``results/loss_breakdown.json`` by default, a
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from layout_ab import fixed_val_dataset
+from common import fixed_val_dataset
 
 from pccd.pipeline import PCCDPipeline
 from pccd.training import collate

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from layout_ab import _val_table
-from plausible_by_size import pair_ratios
+from common import pair_ratios, val_table
 from pymatgen.core import Structure
 
 from pccd import representation as rep
@@ -90,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = PCCDPipeline.from_pretrained(args.model, device="cpu")
-    table = _val_table()
+    table = val_table()
     idx = np.sort(np.random.default_rng(0).choice(len(table), args.n, replace=False))
     sub = table.subset(idx)
     truth = [sub.structure(i) for i in range(args.n)]

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import covalent_radii
-from layout_ab import _val_table
+from common import IMAGES, pair_ratios, val_table
 from pymatgen.core import Structure
 
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, covalent_ratio
@@ -37,23 +36,6 @@ from pccd.pipeline import PCCDPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 BINS = ((1, 2), (3, 4), (5, 8), (9, 16))
-IMAGES = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
-
-
-def pair_ratios(structure: Structure) -> np.ndarray:
-    """(n, n, 27) covalent ratio d / (r_i + r_j) from atom i to atom j in each of the 27 nearest
-    images of the cell (index 13 is the cell itself); an atom and itself there is inf.
-
-    Fractional coordinates are wrapped to [0, 1) first, as the decoder writes them.
-    """
-    frac = np.mod(structure.frac_coords, 1.0)
-    radii = covalent_radii[np.asarray(structure.atomic_numbers)]
-    delta = frac[None, :, None, :] - frac[:, None, None, :] + IMAGES[None, None]  # (n, n, 27, 3)
-    ratio = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
-    ratio /= (radii[:, None] + radii[None, :])[..., None]
-    n = len(structure)
-    ratio[np.arange(n), np.arange(n), 13] = np.inf
-    return ratio
 
 
 def closest_pair(structure: Structure) -> tuple[float, bool, float]:
@@ -79,7 +61,7 @@ def wrap_figures(structures: list[Structure]) -> dict:
 
 def by_size(model: str, n: int) -> dict:
     pipe = PCCDPipeline.from_pretrained(model, device="cpu")
-    requests = [Request.parse(els) for els in _val_table().draw_element_lists(n, 3)]
+    requests = [Request.parse(els) for els in val_table().draw_element_lists(n, 3)]
     samples = pipe.generate(requests, seed=3, batch_size=100)
     decoded = [s.structure for s in samples if s.structure is not None]
     rng = np.random.default_rng(3)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from layout_ab import _val_table
+from common import val_table
 from pymatgen.core import Lattice, Structure
 
 from pccd import representation as rep
@@ -100,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = PCCDPipeline.from_pretrained(args.model, device="cpu")
-    elements = _val_table().draw_element_lists(args.n, args.seed)
+    elements = val_table().draw_element_lists(args.n, args.seed)
     requests = [Request.parse(els) for els in elements]
     timesteps, estimates, final = chain_estimates(pipe, requests, args.steps, args.seed)
     table = settling(estimates, final, elements, pipe.rep_config)

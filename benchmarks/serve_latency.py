@@ -26,7 +26,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pccd.web.browser import CHROMIUM, free_port, launch_chromium
+from common import CHROMIUM, free_port, launch_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ Usage:
 A many-session run (issue 11: "up to ~30 CPU-hours where the curve shows it pays") needs a
 curve of what users see, not only of the loss: each call exports the EMA weights of
 ``RUN_DIR/last.ckpt`` to ``RUN_DIR/progress/step-<N>`` and scores them exactly as the A/B
-variants are scored (:func:`geometry_ab.score`: fixed-noise val loss, raw geometry of 200 val
+variants are scored (:func:`common.score_model`: fixed-noise val loss, raw geometry of 200 val
 element lists, CSP k = 1 on 200 val formulas), so a row here compares directly with the
 ``shipped`` row of ``geometry_ab.jsonl``. Rows go to
 ``benchmarks/results/training_progress.jsonl``; a step already scored is not rerun.
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from geometry_ab import score
+from common import score_model
 
 from pccd.training import export_pretrained
 
@@ -64,7 +64,7 @@ def main() -> None:
     if not (model_dir / "pccd.json").exists():
         export_pretrained(snapshot, model_dir)
     snapshot.unlink()
-    row = score(name, model_dir, None)
+    row = score_model(name, model_dir, None)
     row.update(
         steps=step,
         train_minutes=train_minutes,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pccd.web.browser import CHROMIUM, free_port, launch_chromium
+from benchmarks.common import CHROMIUM, free_port, launch_chromium
 
 if not Path(CHROMIUM).exists():
     pytest.skip(

@@ -24,15 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import free_port
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (the OS's pick), to start a server on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 #: runs pccd serve with keyword arguments given as JSON (what the CLI passes, plus a few the
