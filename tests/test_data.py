@@ -347,8 +347,23 @@ def test_table_round_trip_and_subset():
     assert sub.properties(0) == {"band_gap": 2.0}
 
 
+def load_structures(structures: list[Structure]) -> data.LoadResult:
+    """In-memory structures through the filter that :func:`pccd.data.load` applies to files,
+    each named by its position (the library itself only reads files)."""
+    records: list[data.CrystalRecord] = []
+    rejected: list[data.Rejection] = []
+    for k, structure in enumerate(structures):
+        try:
+            data.check_structure(structure)
+        except data.InvalidCrystal as err:
+            rejected.append(data.Rejection(str(k), err.reason, err.detail))
+        else:
+            records.append(data.CrystalRecord(str(k), structure, {}))
+    return data.LoadResult("<memory>", data.CrystalTable.from_records(records), rejected)
+
+
 def test_load_structures_in_memory():
-    result = data.load_structures([nacl(), quaternary(), silicon()])
+    result = load_structures([nacl(), quaternary(), silicon()])
     assert len(result) == 2 and result.rejected[0].id == "1"
 
 

@@ -29,7 +29,7 @@ import sqlite3
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -869,20 +869,6 @@ def load(
         except OSError as exc:
             warnings.warn(f"could not write cache {cache_file}: {exc}", stacklevel=2)
     return LoadResult(str(src), table, rejected, files=files)
-
-
-def load_structures(
-    items: Iterable[Structure | CrystalRecord], options: FilterOptions = FilterOptions()
-) -> LoadResult:
-    """Filter in-memory structures the same way :func:`load` filters files."""
-    records: list[CrystalRecord] = []
-    rejected: list[Rejection] = []
-    for k, item in enumerate(items):
-        if isinstance(item, CrystalRecord):
-            _accept(item.id, item.structure, item.properties, options, records, rejected)
-        else:
-            _accept(str(k), item, {}, options, records, rejected)
-    return LoadResult("<memory>", CrystalTable.from_records(records), rejected)
 
 
 def summarize(result: LoadResult) -> dict[str, object]:
