@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,eval,screen,web]"
 	touch $(STAMP)
 
+# lint-imports: the package's floors ([tool.importlinter] in pyproject.toml); an import up a
+# floor fails here
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -12,7 +12,7 @@ import csv
 import json
 from pathlib import Path
 
-from pccd.screen.batch import batch_statistics
+from pccd.experiments.discovery import batch_statistics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

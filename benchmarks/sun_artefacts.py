@@ -43,10 +43,10 @@ def main() -> None:
     from pymatgen.core import Structure
 
     from pccd.evaluate.geometry import covalent_ratio, space_group_number
+    from pccd.experiments.discovery import BatchSettings, draw_element_lists
     from pccd.generator import Request, load_pretrained
     from pccd.mlip import MLIP
     from pccd.runs import generate_to_directory
-    from pccd.screen.batch import BatchSettings, draw_element_lists
     from pccd.screen.hull import ConvexHull
     from pccd.screen.references import (
         ReferenceEnergies,

@@ -33,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pccd.screen.batch import batch_statistics
+from pccd.experiments.discovery import batch_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "data" / "mp_reference.csv.gz"

@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from pccd import data
 from pccd import representation as rep
 from pccd.cli import main
-from pccd.evaluate.reconstruction import ReconstructionSettings, run_reconstruction
+from pccd.experiments.reconstruction import ReconstructionSettings, run_reconstruction
 from pccd.model import PCCDUNet
 from pccd.pipeline import PCCDPipeline
 from tests.conftest import nacl, silicon, triclinic16, wurtzite

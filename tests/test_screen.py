@@ -15,8 +15,8 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Composition, Lattice, Structure
 
+from pccd.experiments.discovery import BatchSettings, batch_statistics, draw_element_lists, pool
 from pccd.mlip import MLIP, mp2020_corrected_energy
-from pccd.screen.batch import BatchSettings, batch_statistics, draw_element_lists, pool
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.references import COLUMNS, ReferenceEnergies, subsystems
 from pccd.screen.relax import RelaxationError, collapsed_pair, displacement_rmsd, relax

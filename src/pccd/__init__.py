@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 def load_pretrained(name_or_path=None, device=None, *, precision="float32"):
     """One-line load of the shipped model; see :func:`pccd.pipeline.load_pretrained`."""
-    from pccd.generator import load_pretrained as _load
+    from pccd.generator import load_pretrained as _load  # `import pccd` stays light (no torch)
 
     return _load(name_or_path, device, precision=precision)
 

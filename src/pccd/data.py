@@ -36,8 +36,12 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from ase.io import read as read_ase
 from pymatgen.core import DummySpecies, Lattice, Structure
 from pymatgen.core.periodic_table import Element
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.io.cif import CifParser
 
 from pccd.conditioning import MAGNETIC_ORDERINGS, stability_index
 
@@ -454,8 +458,6 @@ class LoadResult:
 
 def _parse_cif_text(text: str) -> list[Structure]:
     """All structures of a CIF text, without symmetrising to a primitive cell."""
-    from pymatgen.io.cif import CifParser
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parser = CifParser.from_str(text)
@@ -557,8 +559,6 @@ def read_table(path: str | os.PathLike[str], **kwargs):
     A truncated ``.gz``, a file named ``.gz`` that is not gzip, or text that is not CSV raise a
     ``ValueError`` naming ``path`` (pandas would raise EOFError, BadGzipFile, zlib.error, ...).
     """
-    import pandas as pd
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -666,15 +666,12 @@ def _atoms_props(info: dict) -> dict[str, float | str]:
 
 
 def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
-    from ase.io import read
-    from pymatgen.io.ase import AseAtomsAdaptor
-
     records: list[CrystalRecord] = []
     rejected: list[Rejection] = []
     items: list[tuple[str, object, dict]] = []
     try:
         if path.suffix.lower() == ".db":
-            from ase.db import connect
+            from ase.db import connect  # 0.5 s to import; only ASE databases need it
 
             _check_ase_db(path)
             for row in connect(path).select():
@@ -682,7 +679,7 @@ def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], 
                 item_id = str(info.get("material_id", f"{path.name}:{row.id}"))
                 items.append((item_id, row.toatoms(), info))
         else:
-            for k, atoms in enumerate(read(path, index=":")):
+            for k, atoms in enumerate(read_ase(path, index=":")):
                 info = dict(atoms.info)
                 item_id = str(info.get("material_id", info.get("id", f"{path.name}:{k}")))
                 items.append((item_id, atoms, info))

@@ -1,9 +1,10 @@
-"""Resumable output directories: rows are appended and flushed as they are produced.
+"""Output directories: resumable result tables, recorded run settings, the CIFs a run wrote.
 
 Every batch job of pccd (generation, screening, evaluation) writes its results through
 :class:`ResultTable` so that an interrupted run keeps what it finished and a rerun skips it,
 and through :func:`check_run_settings` so a rerun with different settings cannot silently mix
-two runs in one directory.
+two runs in one directory. :func:`list_cifs` is how every reader of a directory of crystals
+(``pccd evaluate``, ``pccd screen``) finds them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from pccd.errors import InputError
+from pccd.errors import InputError, MissingInputError
 
 
 class ResultTable:
@@ -91,3 +92,11 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, object]) ->
             )
         return
     file.write_text(json.dumps(current, indent=2))
+
+
+def list_cifs(directory: str | Path) -> list[Path]:
+    """CIF files directly in ``directory``, sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MissingInputError(f"{directory} is not a directory")
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() == ".cif")

@@ -41,6 +41,7 @@ from pccd.generator import (
     read_meta,
 )
 from pccd.model import PCCDUNet
+from pccd.repulsion import repel
 
 SAMPLERS = ("ddim", "ddpm")
 # DDIM default step count. Fewer deterministic steps leave more atom blocks distinct: on 600
@@ -286,8 +287,6 @@ class PCCDPipeline(GeneratorBase):
 
     def _repulsion(self, chunk: Sequence[Request], tau: float):
         """The x̂_0 correction of :func:`pccd.repulsion.repel` for one batch of requests."""
-        from pccd.repulsion import repel
-
         half = self.num_train_timesteps // 2
 
         def correct(x0: torch.Tensor, t: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ plausibility is visible before anything is relaxed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +16,9 @@ from pathlib import Path
 from pccd.diffusion import DEFAULT_PRECISION
 from pccd.errors import InputError
 from pccd.evaluate.geometry import PLAUSIBLE_RATIO, describe_structure
-from pccd.generator import Request
+from pccd.generator import Generator, Request
 from pccd.outputs import ResultTable, check_run_settings
-from pccd.pipeline import PCCDPipeline
+from pccd.screen.decode_relax import RELAX_COLUMNS
 
 SUMMARY_COLUMNS = (
     "id",
@@ -59,7 +60,7 @@ def precision_settings(precision: str) -> dict[str, str]:
 
 
 def generate_to_directory(
-    pipeline: PCCDPipeline,
+    pipeline: Generator,
     requests: Request | Sequence[Request],
     n: int | None,
     out_dir: str | Path,
@@ -104,8 +105,6 @@ def generate_to_directory(
     )
     columns = SUMMARY_COLUMNS
     if relax is not None:  # only then: summaries of runs without --relax keep their columns
-        from pccd.screen.decode_relax import RELAX_COLUMNS
-
         settings["relax"] = relax.settings()
         columns = SUMMARY_COLUMNS + RELAX_COLUMNS
     check_run_settings(out, settings)
@@ -132,7 +131,7 @@ class DrawCapReached(InputError):
 
 
 def generate_valid_to_directory(
-    pipeline: PCCDPipeline,
+    pipeline: Generator,
     request: Request,
     n: int,
     out_dir: str | Path,
@@ -219,7 +218,7 @@ def _resume_start(table: ResultTable, total: int, batch_size: int, width: int) -
     """Where a rerun picks up: the first sample of the first batch with a row missing.
 
     Whole batches, because a sample depends on (seed, index, batch size) and
-    :meth:`~pccd.pipeline.PCCDPipeline.iter_generate` starts at a batch boundary; a last,
+    :meth:`~pccd.generator.Generator.iter_generate` starts at a batch boundary; a last,
     shorter batch counts as complete when its rows up to ``total`` are there.
     """
     start = 0
@@ -259,8 +258,6 @@ def _sample_row(sample, request: Request, sid: str, out: Path) -> dict[str, obje
 
 
 def _requests_digest(requests: Sequence[Request]) -> str:
-    import hashlib
-
     # stability only when given: digests of runs made before it existed stay the same
     text = json.dumps(
         [

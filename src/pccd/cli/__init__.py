@@ -37,6 +37,7 @@ EXTRAS = {
     "batch": "screen",
     "phonons": "screen",
     "references": "screen",
+    "serve": "web",
 }
 
 

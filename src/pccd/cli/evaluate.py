@@ -17,7 +17,7 @@ from pccd.cli.support import (
 from pccd.errors import InputError
 from pccd.evaluate.csp_distances import METRICS
 from pccd.evaluate.denovo import DeNovoSettings, evaluate_directory
-from pccd.evaluate.reconstruction import ReconstructionSettings, run_reconstruction
+from pccd.experiments.reconstruction import ReconstructionSettings, run_reconstruction
 
 
 def _distances(text: str) -> tuple[str, ...]:

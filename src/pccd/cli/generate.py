@@ -30,7 +30,7 @@ from pccd.cli.support import (
 )
 from pccd.conditioning import STABILITY_LABELS, STABLE_E_ABOVE_HULL
 from pccd.errors import InputError
-from pccd.evaluate.csp import CSPSettings, run_csp
+from pccd.experiments.csp import CSPSettings, run_csp
 from pccd.generator import Request
 from pccd.runs import generate_to_directory, generate_valid_to_directory
 from pccd.screen.batched import DEFAULT_RELAX_ENGINE

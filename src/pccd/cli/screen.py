@@ -23,9 +23,9 @@ from pccd.cli.support import (
     set_threads,
 )
 from pccd.errors import InputError, MissingInputError
-from pccd.evaluate.denovo import list_cifs
+from pccd.experiments.discovery import BatchSettings, check_batch_settings, run_batch
 from pccd.mlip import MLIP, MLIPError
-from pccd.screen.batch import BatchSettings, check_batch_settings, run_batch
+from pccd.outputs import list_cifs
 from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 from pccd.screen.phonons import compute_phonons, plot_band_structure
 from pccd.screen.references import (

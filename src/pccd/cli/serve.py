@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 
 from pccd.cli import options as opt
+from pccd.web import serve  # light: the web extra (FastAPI, uvicorn) loads when serve() runs
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """The local web page and JSON API (generate, screen, browse and view crystals)."""
-    try:  # the web extra (FastAPI, uvicorn) is optional
-        from pccd.web import serve
-    except ImportError as exc:
-        message = f'pccd serve needs the web extra: pip install -e ".[web]" ({exc})'
-        raise ImportError(message) from exc
     serve(
         host=args.host,
         port=args.port,

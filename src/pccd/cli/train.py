@@ -14,7 +14,7 @@ from pccd.errors import InputError, MissingInputError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     # imported when run: Lightning takes seconds to import and no other command needs it
-    from pccd.training import TrainConfig, train
+    from pccd.training import TrainConfig, train  # Lightning: loaded only when training
 
     options = key_values(args.option, "--option")
     names = [f.name for f in fields(TrainConfig)]
@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     """Pack a run's last.ckpt into files a git repository takes, or rebuild it from them."""
     # imported when run: Lightning takes seconds to import and no other command needs it
-    from pccd.training import pack_checkpoint, unpack_checkpoint
+    from pccd.training import pack_checkpoint, unpack_checkpoint  # Lightning: only here
 
     if args.action == "pack":
         path = Path(args.source)
@@ -85,7 +85,7 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     # imported when run: Lightning takes seconds to import and no other command needs it
-    from pccd.training import export_pretrained
+    from pccd.training import export_pretrained  # Lightning: loaded only when exporting
 
     path = Path(args.checkpoint)
     if not path.is_file():

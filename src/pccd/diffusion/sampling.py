@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pccd.conditioning import Conditions
 from pccd.diffusion.schedules import NoiseScheduler, randn_like
@@ -152,8 +153,6 @@ def denoise(
 
     iterator = timesteps.tolist()
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(iterator, desc="denoising", unit="step")
     was_training = model.training
     model.eval()

@@ -4,20 +4,19 @@ One module per concept:
 
 * :mod:`~pccd.evaluate.matching` — periodic differences, greedy one-to-one atom matching,
   effective (inside-whiskers) and plain rates;
-* :mod:`~pccd.evaluate.reconstruction` — the paper's reconstruction experiment;
 * :mod:`~pccd.evaluate.csp_distances` — CSP distances of a (predicted, true) pair;
 * :mod:`~pccd.evaluate.generation_metrics` — validity, coverage, Wasserstein, uniqueness;
 * :mod:`~pccd.evaluate.fingerprints` — matminer featurizers; :mod:`~pccd.evaluate.novelty` —
   known-crystal look-up by formula;
 * :mod:`~pccd.evaluate.geometry` — plausibility of raw samples; :mod:`~pccd.evaluate.band_gap`
   — the shipped band-gap instrument (metal or not, PBE gap) and its readings over a sample set;
-* :mod:`~pccd.evaluate.denovo` — scoring a directory of CIFs; :mod:`~pccd.evaluate.csp` — the
-  CSP benchmark;
+* :mod:`~pccd.evaluate.denovo` — scoring a directory of CIFs;
 * :mod:`~pccd.evaluate.plots`, :mod:`~pccd.evaluate.report` — PNG figures, metrics.json and
   report.md.
 
 matminer, smact and chgnet (the ``eval`` extra) are imported only by the functions that need
-them, so this package imports without them.
+them, so this package imports without them. Nothing here runs a model: the experiments that
+do (the CSP benchmark, the reconstruction experiment) are in :mod:`pccd.experiments`.
 """
 
 from pccd.evaluate.csp_distances import (

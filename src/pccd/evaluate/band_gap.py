@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -43,7 +44,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
+import pymatgen.core
+import sklearn
 from pymatgen.core import Structure
 
 from pccd.conditioning import METAL_THRESHOLD_EV
@@ -94,6 +98,7 @@ def feature_names(features: str) -> list[str]:
     """Column names of a feature option (matminer's labels; needs matminer)."""
     _check_features(features)
     fingerprints.require_matminer()
+    # optional extra: eval (matminer)
     from matminer.featurizers.composition.composite import ElementProperty
     from matminer.featurizers.structure.order import DensityFeatures
 
@@ -137,13 +142,8 @@ def _major_minor(version: str) -> str:
 
 
 def _versions() -> dict[str, str | None]:
-    import pymatgen.core
-    import sklearn
-
     try:
-        from importlib.metadata import version
-
-        matminer_version: str | None = version("matminer")
+        matminer_version: str | None = importlib.metadata.version("matminer")
     except Exception:  # not installed: loading still works, featurizing will not
         matminer_version = None
     return {
@@ -189,6 +189,7 @@ class BandGapModel:
 
     def fit_features(self, x: np.ndarray, gaps: Sequence[float]) -> BandGapModel:
         """Fit on a precomputed feature matrix (the benchmark featurizes each split once)."""
+        # 1 s to import; only fitting the instrument needs it
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         x = self._check_matrix(x)
@@ -253,8 +254,6 @@ class BandGapModel:
 
         The JSON is what a person reads and what :meth:`load` checks before unpickling.
         """
-        import joblib
-
         if self.classifier is None or self.regressor is None:
             raise RuntimeError("fit the band-gap model before saving it")
         directory = Path(directory)
@@ -292,9 +291,6 @@ class BandGapModel:
             FileNotFoundError: no instrument in ``directory``.
             InstrumentVersionError: the saved format or scikit-learn version does not match.
         """
-        import joblib
-        import sklearn
-
         directory = Path(directory)
         meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
         for path in (meta_path, model_path):

@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from scipy.optimize import linear_sum_assignment
 
 from pccd.errors import InputError
 from pccd.evaluate import fingerprints
 from pccd.evaluate.matching import periodic_difference
+from pccd.mlip import MLIP
 
 METRICS = ("energy", "ofm", "crystalnn", "superpose", "rms", "rms_anonymous", "graph_edit")
 """Every distance, in report order."""
@@ -137,7 +139,7 @@ def superpose_distance(pred: Structure, true: Structure) -> float:
 def neighbour_graph(structure: Structure, cutoff: float = 2.5) -> Any:
     """networkx ``Graph``: one node per site (attribute ``z``), an edge between two sites when
     any periodic images are within ``cutoff`` Å (no self-loops)."""
-    import networkx as nx
+    import networkx as nx  # optional extra: eval
 
     graph = nx.Graph()
     for i, site in enumerate(structure):
@@ -161,7 +163,7 @@ def graph_edit_distance(
     Raises:
         MetricUnavailable: no edit path was found within the time limit.
     """
-    import networkx as nx
+    import networkx as nx  # optional extra: eval
 
     g1, g2 = neighbour_graph(pred, cutoff), neighbour_graph(true, cutoff)
 
@@ -227,16 +229,12 @@ class CSPDistances:
     @property
     def matcher(self):
         if self._matcher is None:
-            from pymatgen.analysis.structure_matcher import StructureMatcher
-
             self._matcher = StructureMatcher(**self.matcher_tolerances)
         return self._matcher
 
     def energy_per_atom(self, structure: Structure) -> float:
         """MLIP single-point energy in eV/atom on the MP2020 scale (the screening oracle's)."""
         if self._mlip is None:
-            from pccd.mlip import MLIP
-
             self._mlip = MLIP(self.mlip_name)
         try:
             with warnings.catch_warnings():

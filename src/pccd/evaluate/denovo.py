@@ -50,7 +50,7 @@ from pccd.evaluate.generation_metrics import (
 from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
-from pccd.outputs import ResultTable, check_run_settings
+from pccd.outputs import ResultTable, check_run_settings, list_cifs
 
 _log = logging.getLogger(__name__)
 
@@ -97,14 +97,6 @@ class DeNovoSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def list_cifs(directory: str | Path) -> list[Path]:
-    """CIF files directly in ``directory``, sorted by name."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MissingInputError(f"{directory} is not a directory")
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() == ".cif")
 
 
 def decode_failures(directory: str | Path) -> tuple[int, int] | None:

@@ -31,7 +31,7 @@ EVAL_EXTRA_HINT = 'install the evaluation extra: pip install -e ".[eval]"'
 
 def _import_matminer() -> Any:
     try:
-        import matminer
+        import matminer  # optional extra: eval
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(f"matminer is needed for fingerprints; {EVAL_EXTRA_HINT}") from exc
     return matminer
@@ -48,7 +48,7 @@ def require_matminer() -> None:
 @cache
 def _crystalnn_site_featurizer():
     _import_matminer()
-    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint  # optional extra: eval
 
     return CrystalNNFingerprint.from_preset("ops")
 
@@ -56,7 +56,7 @@ def _crystalnn_site_featurizer():
 @cache
 def _crystalnn_stats_featurizer():
     _import_matminer()
-    from matminer.featurizers.structure.sites import SiteStatsFingerprint
+    from matminer.featurizers.structure.sites import SiteStatsFingerprint  # optional extra: eval
 
     return SiteStatsFingerprint.from_preset("CrystalNNFingerprint_ops")
 
@@ -64,7 +64,7 @@ def _crystalnn_stats_featurizer():
 @cache
 def _magpie_featurizer():
     _import_matminer()
-    from matminer.featurizers.composition.composite import ElementProperty
+    from matminer.featurizers.composition.composite import ElementProperty  # optional extra: eval
 
     return ElementProperty.from_preset("magpie")
 
@@ -72,7 +72,7 @@ def _magpie_featurizer():
 @cache
 def _density_featurizer():
     _import_matminer()
-    from matminer.featurizers.structure.order import DensityFeatures
+    from matminer.featurizers.structure.order import DensityFeatures  # optional extra: eval
 
     return DensityFeatures()
 
@@ -80,7 +80,7 @@ def _density_featurizer():
 @cache
 def _ofm_featurizer():
     _import_matminer()
-    from matminer.featurizers.structure.matrix import OrbitalFieldMatrix
+    from matminer.featurizers.structure.matrix import OrbitalFieldMatrix  # optional extra: eval
 
     with warnings.catch_warnings():  # it builds np.matrix objects (a PendingDeprecation)
         warnings.simplefilter("ignore")

@@ -16,8 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from pymatgen.core.periodic_table import Element
+from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
 
@@ -117,7 +119,7 @@ def is_compositionally_valid(
     if isinstance(composition, Structure):
         composition = composition.composition
     try:
-        from smact.screening import smact_validity
+        from smact.screening import smact_validity  # optional extra: eval
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError('smact is needed: pip install -e ".[eval]"') from exc
     comp = Composition(composition)
@@ -205,8 +207,6 @@ def coverage(
         ref_struct, ref_comp: (m, d) fingerprints of the reference crystals.
         n_generated: all generated crystals, including those without a fingerprint (default n).
     """
-    from scipy.spatial.distance import cdist
-
     gen_struct, gen_comp = np.atleast_2d(gen_struct), np.atleast_2d(gen_comp)
     ref_struct, ref_comp = np.atleast_2d(ref_struct), np.atleast_2d(ref_comp)
     n_fp, n_ref = len(gen_struct), len(ref_struct)
@@ -257,8 +257,6 @@ def unique_mask(structures: Sequence[Structure], matcher=None) -> np.ndarray:
     Crystals are only compared within the same reduced formula (a match needs equal
     compositions up to scale), which keeps this near-linear in practice.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
     matcher = matcher or StructureMatcher()
     keep = np.zeros(len(structures), dtype=bool)
     representatives: dict[str, list[Structure]] = {}

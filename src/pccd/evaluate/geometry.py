@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from ase.data import covalent_radii
 from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 PLAUSIBLE_RATIO = 0.7
 """Smallest d/(r_i + r_j) of a plausible crystal (99.2% of MP val crystals pass)."""
@@ -50,8 +51,6 @@ def covalent_ratio(structure: Structure) -> float:
 
 def space_group_number(structure: Structure, symprec: float = SYMPREC) -> int:
     """International space-group number (1 when spglib cannot analyse the cell)."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
     try:
         return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
     except Exception:  # spglib gives up on pathological cells; those are not symmetric
@@ -119,8 +118,6 @@ def geometry_summary(structures: Sequence[Structure | None]) -> GeometrySummary:
 def describe_structure(structure: Structure) -> dict[str, object]:
     """Summary-row fields of one crystal: formula, atoms, space group (symprec 0.1 Å), density
     (g/cm³), shortest distance (Å), smallest covalent ratio and the plausibility verdict."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
     try:
         space_group = SpacegroupAnalyzer(structure, symprec=SYMPREC).get_space_group_symbol()
     except Exception:  # spglib can fail on pathological cells; the row still gets written

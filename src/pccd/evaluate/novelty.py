@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import pandas as pd
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 
 from pccd.errors import MissingInputError
@@ -29,8 +31,6 @@ class ReferenceIndex:
     """
 
     def __init__(self, entries: Iterable[tuple[str, str, Structure | str]], matcher=None):
-        from pymatgen.analysis.structure_matcher import StructureMatcher
-
         self.matcher = matcher or StructureMatcher()
         self._rows: dict[str, list[list]] = {}
         self._size = 0
@@ -71,8 +71,6 @@ class ReferenceIndex:
         Formulas are re-reduced with pymatgen so that ``NaN`` (sodium nitride) is a formula,
         not a missing value, and spellings agree with ``Composition.reduced_formula``.
         """
-        import pandas as pd
-
         path = Path(path)
         if not path.exists():
             raise MissingInputError(f"reference database {path} not found")

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from scipy.stats import gaussian_kde
 
 from pccd.evaluate.matching import effective_rate, whisker_bounds
 
@@ -44,8 +45,6 @@ def _finite(values) -> np.ndarray:
 
 def _kde_outline(values: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray] | None:
     """(grid, density) of a Gaussian KDE, or None when it is undefined (too few/identical)."""
-    from scipy.stats import gaussian_kde
-
     if len(values) < 3 or np.ptp(values) == 0:
         return None
     try:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from pccd import data as data_mod
 from pccd import progress
@@ -36,8 +37,9 @@ from pccd.evaluate import plots
 from pccd.evaluate.generation_metrics import is_compositionally_valid, is_structurally_valid
 from pccd.evaluate.geometry import covalent_ratio, space_group_number, summarize_geometry
 from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula, match_candidate
-from pccd.evaluate.reconstruction import select_indices
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
+from pccd.experiments.reconstruction import select_indices
+from pccd.generator import Request
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.runs import precision_settings
 
@@ -114,10 +116,6 @@ def run_csp(
     Writes ``candidates.csv`` (one row per candidate), ``candidates/*.cif``,
     ``metrics.json``, ``report.md`` and PNG figures.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    from pccd.generator import Request
-
     if settings.k < 1:
         raise InputError(f"k must be ≥ 1, got {settings.k}")
     if settings.batch_size < 1:

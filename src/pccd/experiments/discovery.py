@@ -24,10 +24,16 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from pymatgen.core import Element
 
+from pccd import progress
 from pccd.errors import InputError
+from pccd.generator import Request
+from pccd.outputs import check_run_settings
+from pccd.runs import generate_to_directory, precision_settings
+from pccd.screen.screening import screen_directory, share_statistics
 
 _log = logging.getLogger(__name__)
 
@@ -140,17 +146,13 @@ def batch_statistics(rows: list[dict[str, str]]) -> dict[str, object]:
     listed by kind under ``failures``. The shares over crystals screened to an E_hull (the
     paper's denominator, its DFT-computed structures) are kept apart under ``of_relaxed``.
     """
-    from pccd.screen.screening import share_statistics
-
     return {"generated": len(rows), **share_statistics(rows)}
 
 
 def plot_histogram(rows: list[dict[str, str]], path: Path, title: str) -> None:
     """E_hull histogram split into new and known crystals (the paper's Fig. 4)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot only after its backend is Agg: never a window
 
     new = [float(r["e_above_hull"]) for r in rows if r["e_above_hull"] and r["novel"] == "True"]
     known = [float(r["e_above_hull"]) for r in rows if r["e_above_hull"] and r["novel"] != "True"]
@@ -192,12 +194,6 @@ def run_batch(
     ``dask`` (a scheduler address) and ``relax_batch_size`` go to
     :func:`~pccd.screen.screening.screen_directory`.
     """
-    from pccd import progress
-    from pccd.generator import Request
-    from pccd.outputs import check_run_settings
-    from pccd.runs import generate_to_directory, precision_settings
-    from pccd.screen.screening import screen_directory
-
     check_batch_settings(settings)
     out = Path(out_dir)
     check_run_settings(

@@ -24,6 +24,7 @@ complete batch.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -243,6 +244,7 @@ def run_reconstruction(
     Returns:
         The metrics dictionary also written to ``metrics.json``.
     """
+    # pccd.training loads Lightning (1.7 s): only when a reconstruction runs
     from pccd.training import CrystalDataset, collate
 
     out = Path(out_dir)
@@ -439,8 +441,6 @@ def summarize_distances(rows: Sequence[dict], metrics: Sequence[str]) -> dict:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    import csv
-
     if not path.exists():
         return []
     with path.open(newline="") as fh:

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from pccd.conditioning import CONDITION_NAMES, MAX_SLOTS, Conditions
 from pccd.errors import InputError
@@ -630,8 +631,6 @@ def forward_flops(model: PCCDUNet, batch_size: int = 1) -> float:
     Divide by 1e9 for GFLOP; halve for multiply-accumulates (MACs), the unit some papers and
     tools (e.g. ``thop``) call "FLOPs". Works on CPU or meta-device models.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = next(model.parameters()).device
     x, t, cond = example_inputs(batch_size, device=device)
     counter = FlopCounterMode(display=False)

@@ -137,7 +137,7 @@ def _sevennet_evaluator(mlip: MLIP, forces: bool = True) -> Evaluator:
     """
 
     def energy_only(model, data):
-        import torch
+        import torch  # only SevenNet's path needs torch; the rest of this module runs without
 
         children = dict(model.named_children())
         if "force_output" not in children:  # not the layout of sevenn 0.13: the full model
@@ -150,6 +150,7 @@ def _sevennet_evaluator(mlip: MLIP, forces: bool = True) -> Evaluator:
         return data
 
     def evaluate(batch: list[Atoms]) -> list[Results | Exception]:
+        # optional extra: screen (SevenNet and its torch_geometric)
         import sevenn._keys as KEY
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph

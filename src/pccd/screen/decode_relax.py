@@ -19,7 +19,8 @@ from pymatgen.core import Structure
 
 from pccd.errors import InputError
 from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
-from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE
+from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE, RELAX_ENGINES, relax_many
+from pccd.screen.relax import RelaxationError, relax
 
 RELAX_COLUMNS = (
     "energy_per_atom",
@@ -53,8 +54,6 @@ class DecodeRelaxer:
     _mlip: MLIP | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from pccd.screen.batched import RELAX_ENGINES
-
         if self.engine not in RELAX_ENGINES:
             raise InputError(f"unknown relaxation engine {self.engine!r}; use {RELAX_ENGINES}")
         MLIP(self.mlip)  # unknown names: ValueError before any work
@@ -73,9 +72,6 @@ class DecodeRelaxer:
     def relax_rows(self, rows: list[dict[str, object]], out: Path) -> None:
         """Relax the crystals of ``rows`` (summary rows with a ``cif``) and fill in their
         relaxation columns; relaxed CIFs are written to ``out/relaxed/``."""
-        from pccd.screen.batched import relax_many
-        from pccd.screen.relax import RelaxationError, relax
-
         todo: list[tuple[int, Structure]] = []
         for k, row in enumerate(rows):
             if row.get("cif"):

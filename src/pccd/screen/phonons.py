@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase import Atoms
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pymatgen.core import Lattice, Structure
 
 from pccd.mlip import EVAL_ERRORS, MLIP
@@ -148,7 +151,7 @@ def _standard_primitive(structure: Structure, symprec: float) -> tuple[Structure
     seekpath's high-symmetry points refer to its own standardised (possibly rotated) primitive
     cell, so phonons are computed on exactly that cell rather than converting q-points.
     """
-    import seekpath
+    import seekpath  # optional extra: screen
 
     cell = (
         structure.lattice.matrix,
@@ -243,8 +246,6 @@ def _counted_minimum(
 
 def _forces(mlip: MLIP, cells: Sequence[Any], formula: str) -> np.ndarray:
     """MLIP forces (eV/Å) on phonopy supercells, checked for NaN/inf."""
-    from ase import Atoms
-
     calculator = mlip.calculator
     out = []
     for cell in cells:
@@ -298,6 +299,7 @@ def compute_phonons(
     Raises:
         PhononError: disordered structure, MLIP failure or non-finite forces.
     """
+    # optional extra: screen (pymatgen.io.phonopy imports phonopy too)
     from phonopy import Phonopy
     from pymatgen.io.phonopy import get_phonopy_structure
 
@@ -384,9 +386,6 @@ def plot_band_structure(result: PhononResult, path: Path, title: str | None = No
     Uses a bare ``Figure`` with the Agg canvas, so no GUI backend or global pyplot state is
     touched (safe in headless batch screening).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     bands = result.band_structure
     fig = Figure(figsize=(7.0, 4.5), dpi=120)
     FigureCanvasAgg(fig)

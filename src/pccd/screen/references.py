@@ -26,6 +26,7 @@ import pandas as pd
 from pymatgen.core import Composition, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from pccd.data import read_table
 from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
 from pccd.screen.batched import Evaluator, batch_evaluator
 
@@ -88,16 +89,12 @@ def read_reference_structures(
 @lru_cache(maxsize=2)
 def _reference_frame(path: str) -> pd.DataFrame:
     """The reference CSV, read once per process (on-demand systems each need a slice)."""
-    from pccd.data import read_table
-
     return read_table(path, index_col=0)
 
 
 @lru_cache(maxsize=4)
 def reference_chemsys(path: str, max_elements: int = 3) -> dict[str, str]:
     """material_id -> chemical system for a reference CSV, without parsing structures."""
-    from pccd.data import read_table
-
     frame = read_table(path, usecols=["material_id", "elements", "nelements"])
     frame = frame[frame["nelements"] <= max_elements]
     out = {}

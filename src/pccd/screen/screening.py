@@ -11,6 +11,7 @@ The relaxation engine is per-crystal ASE FIRE (``"ase"``) or the lockstep batch 
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -24,13 +25,21 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
 from pymatgen.core import Structure
 
+from pccd import progress as progress_bars
 from pccd.errors import IncompleteRun, InputError, MissingInputError
+from pccd.evaluate.geometry import describe_structure
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.mlip import MLIP, MLIPError
-from pccd.outputs import ResultTable, check_run_settings
-from pccd.screen.batched import DEFAULT_RELAX_ENGINE
+from pccd.outputs import ResultTable, check_run_settings, list_cifs
+from pccd.screen.batched import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_RELAX_ENGINE,
+    RELAX_ENGINES,
+    relax_many,
+)
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import Relaxation, RelaxationError, relax
@@ -102,8 +111,6 @@ Outcome = Relaxation | RelaxFailure
 
 
 def _check_engine(engine: str) -> None:
-    from pccd.screen.batched import RELAX_ENGINES
-
     if engine not in RELAX_ENGINES:
         raise InputError(f"unknown relaxation engine {engine!r}; use one of {RELAX_ENGINES}")
 
@@ -114,8 +121,6 @@ _WORKER_MLIP: MLIP | None = None
 
 def _init_worker(mlip_name: str, threads: int, device: str | None = None) -> None:
     global _WORKER_MLIP
-    import torch
-
     if threads:
         torch.set_num_threads(threads)
     _WORKER_MLIP = MLIP(mlip_name, device=device)
@@ -141,8 +146,6 @@ def _relax_chunk_with(
     batch_size: int,
 ) -> list[tuple[str, Outcome]]:
     """Relax a chunk of crystals with one engine; failures come back as values."""
-    from pccd.screen.batched import relax_many
-
     out: list[tuple[str, Outcome]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,8 +197,6 @@ def _dask_relax_chunk(
     key = (mlip_name, device)
     if key not in cache:
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         cache[key] = MLIP(mlip_name, device=device)
     return _relax_chunk_with(cache[key], items, fmax, max_steps, engine, batch_size)
@@ -222,7 +223,7 @@ def _outcomes_dask(
     (``KilledWorker`` after repeated deaths) leaves its crystals in ``lost``.
     """
     try:
-        from distributed import Client, as_completed
+        from distributed import Client, as_completed  # optional extra: screen (Dask)
     except ImportError as exc:
         raise ImportError(
             f"--dask needs the distributed package ({exc}); install the screening extra: "
@@ -260,8 +261,6 @@ def _outcomes_dask(
 # ---- parent side ----------------------------------------------------------------------------
 def read_inputs(directory: str | Path) -> Iterator[tuple[str, Structure | str]]:
     """(id, Structure or the reason it cannot be read) for each CIF directly in ``directory``."""
-    from pccd.evaluate.denovo import list_cifs
-
     for path in list_cifs(directory):
         try:
             with warnings.catch_warnings():
@@ -295,8 +294,6 @@ class Screener:
 
     def assess(self, ident: str, relaxation: Relaxation) -> dict[str, object]:
         """Row fields for a relaxed crystal; registers it for later uniqueness checks."""
-        from pccd.evaluate.geometry import describe_structure
-
         s = relaxation.structure
         elements = [el.symbol for el in s.composition.elements]
         row: dict[str, object] = {
@@ -352,8 +349,6 @@ def screen_directory(
     Returns the path of ``screen.csv``; raises :class:`ScreenIncomplete` (after writing every
     finished row) when Dask tasks were lost for good.
     """
-    from pccd import progress as progress_bars
-
     source = Path(directory)
     if not source.is_dir():
         raise MissingInputError(f"{source}: no such directory (the CIFs to screen)")
@@ -362,8 +357,6 @@ def screen_directory(
     if limit is not None and limit < 1:
         raise InputError(f"limit must be ≥ 1, got {limit}")
     _check_engine(settings.relax_engine)
-    from pccd.screen.batched import DEFAULT_BATCH_SIZE
-
     batch_size = DEFAULT_BATCH_SIZE if relax_batch_size is None else relax_batch_size
     if batch_size < 1:
         raise InputError(f"relax batch size must be ≥ 1, got {batch_size}")
@@ -427,8 +420,6 @@ def screen_directory(
     elif workers <= 1:
         _init_worker(settings.mlip, threads_per_worker, device)
         if engine == "batched":  # streamed: each row is written as its crystal finishes
-            from pccd.screen.batched import relax_many
-
             assert _WORKER_MLIP is not None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -542,8 +533,6 @@ def summarize_screen(path: str | Path) -> dict[str, object]:
     listed by kind under ``failures``); ``of_relaxed`` holds the shares over crystals with an
     E_hull only. ``median_seconds_per_crystal`` includes failed relaxations (they carry their
     wall time)."""
-    import csv
-
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     seconds = [float(r["seconds"]) for r in rows if r["seconds"]]

@@ -9,6 +9,7 @@ address but loopback needs a token (:mod:`pccd.web.auth`).
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 from pccd.errors import InputError
@@ -39,12 +40,10 @@ def serve(
     page's URL (loopback needs one only when given). ``max_queue``: tasks waiting or running
     before a submission is answered 429.
     """
-    import socket
+    import uvicorn  # optional extra: web
 
-    import uvicorn
-
-    from pccd.web.app import create_app
-    from pccd.web.auth import is_loopback, new_token
+    from pccd.web.app import create_app  # FastAPI (optional extra: web)
+    from pccd.web.auth import is_loopback, new_token  # Starlette (optional extra: web)
 
     if token is not None and not TOKEN_PATTERN.fullmatch(token):
         raise InputError("--token must be 8 to 200 characters of A-Z, a-z, 0-9, '.', '_', '~', '-'")

@@ -18,9 +18,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ase.io import write as write_ase
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from pymatgen.core import Composition, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -28,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from pccd import __version__
+from pccd.generator import Request as CrystalRequest
 from pccd.web.auth import TokenGate
 from pccd.web.jobs import (
     SCREEN_DIR,
@@ -36,6 +41,7 @@ from pccd.web.jobs import (
     JobError,
     JobManager,
     generation_settings,
+    resolve_inside,
 )
 from pccd.web.schema import (
     Created,
@@ -106,8 +112,6 @@ def parse_generate(
     not given); what only the chosen model can say — its samplers, steps and trained
     conditions — is checked after it, so a job the worker would refuse is never queued.
     """
-    from pccd.generator import Request
-
     if schema is None:
         schema = generate_request_model(max_n, list(manager.models.values()), manager.model_name)
     body = _validate(schema, data)
@@ -117,7 +121,7 @@ def parse_generate(
         elements = [e.strip() for e in elements.split(",") if e.strip()]
     formula = body.formula if body.formula and body.formula.strip() else None
     try:
-        request = Request.parse(
+        request = CrystalRequest.parse(
             elements,
             formula=formula,
             band_gap=body.band_gap,
@@ -171,8 +175,6 @@ def parse_screen(data: dict, reference: str | None) -> dict:
 
 def cell_formula(elements: list[str], counts: list[int]) -> str:
     """``["O", "Mg", "Mn"], [4, 2, 1]`` → ``"Mg2MnO4"`` (pymatgen's order, no 1s)."""
-    from pymatgen.core import Composition
-
     try:
         text = Composition(dict(zip(elements, counts, strict=True))).formula
     except (ValueError, KeyError, TypeError):
@@ -301,8 +303,6 @@ def structure_rows(manager: JobManager, job_id: str, disk: dict, with_cif: bool)
 
 
 def resolve_file(directory: Path, name: str) -> Path:
-    from pccd.web.jobs import resolve_inside
-
     path = resolve_inside(directory, name)
     if not path.is_file():
         raise JobError(404, f"no file {name!r}")
@@ -325,8 +325,6 @@ def _structure_file(manager: JobManager, job_id: str, sid: str, relaxed: bool) -
 
 
 def _read_structure(path: Path):
-    from pymatgen.core import Structure
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Structure.from_file(path)
@@ -362,15 +360,12 @@ def structure_detail(structure) -> dict[str, object]:
 
 def convert(structure, fmt: str) -> str:
     if fmt == "vasp":
-        from pymatgen.io.vasp import Poscar
+        from pymatgen.io.vasp import Poscar  # 0.5 s to import; only a POSCAR download needs it
 
         return Poscar(structure).get_str()
     if fmt == "extxyz":
-        from ase.io import write
-        from pymatgen.io.ase import AseAtomsAdaptor
-
         buf = io.StringIO()
-        write(buf, AseAtomsAdaptor.get_atoms(structure), format="extxyz")
+        write_ase(buf, AseAtomsAdaptor.get_atoms(structure), format="extxyz")
         return buf.getvalue()
     raise JobError(404, f"unknown format {fmt!r}")
 
@@ -425,8 +420,6 @@ def create_app(
     leaves the server open, which only a loopback address should be. ``models_dir``: where the
     offered models are (default: the shipped ones); ``model`` is the default among them.
     """
-    from pccd import __version__
-
     manager = JobManager(
         runs,
         model,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import multiprocessing
 import os
 import queue
@@ -31,9 +32,18 @@ import re
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import torch
+
+from pccd.diffusion import DEFAULT_PRECISION, check_precision
+from pccd.generator import WEIGHTS_DIR, Request, describe_model, load_pretrained
+from pccd.outputs import check_run_settings
+from pccd.runs import generate_to_directory, precision_settings, request_settings
+from pccd.screen.screening import ScreenSettings, screen_directory
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STRUCTURE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -99,8 +109,6 @@ def generation_settings(
 
     Written when a job is submitted, so a queued job is already a resumable run on disk.
     """
-    from pccd.runs import precision_settings, request_settings
-
     return {
         **request_settings(request),
         "n": n,
@@ -149,9 +157,6 @@ _PIPELINES: dict[tuple[str, str], object] = {}
 def _pipeline(model: str | None, precision: str | None = None):
     """The worker's pipeline of ``model`` at ``precision``, loaded once; None is the default
     (what a run.json without ``precision`` means, see :func:`pccd.runs.precision_settings`)."""
-    from pccd.diffusion import DEFAULT_PRECISION
-    from pccd.generator import load_pretrained
-
     precision = precision or DEFAULT_PRECISION
     key = (str(model), precision)
     if key not in _PIPELINES:
@@ -160,9 +165,6 @@ def _pipeline(model: str | None, precision: str | None = None):
 
 
 def _run_generate(task: Mapping) -> None:
-    from pccd.generator import Request
-    from pccd.runs import generate_to_directory
-
     directory = Path(task["dir"])
     settings = read_run_json(directory)
     if settings is None or "elements" not in settings:
@@ -189,11 +191,6 @@ def _run_generate(task: Mapping) -> None:
 
 
 def _run_screen(task: Mapping) -> None:
-    try:
-        from pccd.screen.screening import ScreenSettings, screen_directory
-    except ImportError as exc:  # the screen extra is not installed
-        message = f"screening needs the screen extra (pip install 'pccd[screen]'): {exc}"
-        raise RuntimeError(message) from exc
     directory = Path(task["dir"])
     known = {f.name for f in fields(ScreenSettings)}  # run.json also records e.g. the input
     screen_directory(
@@ -219,14 +216,10 @@ def _exit_with_parent(parent: int) -> None:
 
 def _worker_main(conn, model: str | None, threads: int, parent: int | None = None) -> None:
     """Loop of the worker process: run one task at a time, answer ("ok"|"error", message)."""
-    import warnings
-
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     warnings.simplefilter("ignore")
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     while True:
         try:
@@ -316,10 +309,6 @@ def offered_models(default: str | None = None, models_dir: str | Path | None = N
     A broken default is an error the user must see; a broken other model is left out with a
     warning, so one bad directory does not take the page down.
     """
-    import logging
-
-    from pccd.generator import WEIGHTS_DIR, describe_model
-
     first = describe_model(default)
     models = {first.name or first.directory.name: first}
     root = Path(models_dir) if models_dir is not None else WEIGHTS_DIR
@@ -366,8 +355,6 @@ class JobManager:
         precision: str = "float32",
         models_dir: str | Path | None = None,
     ):
-        from pccd.diffusion import check_precision
-
         self.runs = Path(runs).resolve()
         self.runs.mkdir(parents=True, exist_ok=True)
         #: every model the page offers, by name, the default (``model``) first
@@ -530,8 +517,6 @@ class JobManager:
 
     def submit_generate(self, job_id: str, settings: dict[str, object]) -> TaskState:
         """Create ``runs/<job_id>`` with its run.json and queue its generation."""
-        from pccd.outputs import check_run_settings
-
         if not JOB_ID.match(job_id):
             raise JobError(400, f"job name {job_id!r} must match {JOB_ID.pattern}")
         path = resolve_inside(self.runs, job_id)
