@@ -292,7 +292,7 @@ def test_atom_model_refuses_what_it_cannot_do(atoms_model_dir):
     pipe = load_pretrained(atoms_model_dir, "cpu")
     with pytest.raises(ValueError, match="magnetic ordering"):
         pipe.check_request(Request.parse(["Fe", "O"], magnetic="FM"))
-    with pytest.raises(ValueError, match="sampler must be one of pc, ode"):
+    with pytest.raises(ValueError, match="sampler must be one of pc, sde, ode"):
         pipe.check_options(sampler="ddim")
     with pytest.raises(ValueError, match="repulsion"):
         pipe.check_options(repulsion=0.8)
@@ -335,7 +335,7 @@ def test_generate_and_csp_commands_take_an_atom_model(atoms_model_dir, tmp_path,
     assert (out / "summary.csv").read_bytes() == before
     capsys.readouterr()
     assert main([*args, "--sampler", "ddim", "--out", str(tmp_path / "x")]) == 2
-    assert_user_error(2, capsys.readouterr().err, "pc, ode")
+    assert_user_error(2, capsys.readouterr().err, "pc, sde, ode")
     assert not (tmp_path / "x").exists()
     split = write_split(tmp_path / "val.csv", {"a": nacl(), "b": silicon()})
     csp = tmp_path / "csp"
