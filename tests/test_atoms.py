@@ -357,12 +357,32 @@ def test_export_goes_through_the_family_registry(tmp_path):
     from pccd.generator import export_model
 
     _tiny_run(tmp_path / "run")
-    out = export_model("atoms", tmp_path / "run", tmp_path / "my-model")
-    assert describe_model(out).name == "my-model"
+    out = export_model(tmp_path / "run", tmp_path / "my-model")  # the family found from it
+    assert describe_model(out).name == "my-model" and describe_model(out).family == "atoms"
     with pytest.raises(InputError, match=r"no train\.json"):
-        export_model("atoms", tmp_path, tmp_path / "other")
+        export_model(tmp_path, tmp_path / "other", family="atoms")
+    with pytest.raises(InputError, match="no model family's training output"):
+        export_model(tmp_path, tmp_path / "other")
     with pytest.raises(InputError, match="unknown model family 'crystals'"):
-        export_model("crystals", tmp_path / "run", tmp_path / "other")
+        export_model(tmp_path / "run", tmp_path / "other", family="crystals")
+    with pytest.raises(InputError, match="dtype: not an export option of atoms models"):
+        export_model(tmp_path / "run", tmp_path / "other", dtype="float16")
+    assert not (tmp_path / "other").exists()
+
+
+def test_export_command_takes_an_atom_run(tmp_path, capsys):
+    from pccd.cli import main
+
+    _tiny_run(tmp_path / "run")
+    code = main(["export", str(tmp_path / "run"), str(tmp_path / "m"), "--hardware", "2 CPUs"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert printed.out.strip() == f"pretrained model written to {tmp_path / 'm'}"
+    meta = json.loads((tmp_path / "m" / "pccd.json").read_text())
+    assert meta["family"] == "atoms" and meta["training"]["hardware"] == "2 CPUs"
+    code = main(["export", str(tmp_path / "run"), str(tmp_path / "m2"), "--dtype", "float16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: dtype: not an export option") and err[-1] == "\n"
 
 
 def test_anneal_forks_a_run_and_decays_its_learning_rate(tmp_path):

@@ -8,7 +8,9 @@ the web page and the CLI — talks to a model only through what this module defi
 * :class:`Generator` — the protocol a loaded model satisfies (check a request and sampling
   options before any work, generate samples batch by batch, say what it was trained on);
 * :func:`load_pretrained` — reads a model directory's ``pccd.json``, whose ``family`` names the
-  implementation in :data:`FAMILIES`, and returns that family's generator.
+  implementation in :data:`FAMILIES`, and returns that family's generator;
+* :func:`describe_model` / :func:`shipped_models` — what a model directory says about itself
+  (family, trained conditions, parameters, headline figures) without building its network.
 
 A family is a module under ``pccd.families`` with ``load(directory, meta, device, precision)``,
 ``describe(directory, meta)`` and ``export(source, out, **options)`` (training output → model
@@ -18,9 +20,10 @@ directory); adding one is adding a row to :data:`FAMILIES`, never a branch in a 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -352,15 +355,146 @@ def describe_model(name_or_path: str | Path | None = None) -> ModelInfo:
     return family_module(meta["family"]).describe(directory, meta)
 
 
-def export_model(family: str, source: str | Path, out: str | Path, **options: Any) -> Path:
+@dataclass(frozen=True)
+class HeadlineFigure:
+    """One measured figure a model directory states about itself (``headline`` in its
+    ``pccd.json``), with the result file it comes from."""
+
+    label: str
+    value: str
+    source: str | None = None
+    """The result file (a path in the repository, e.g. ``benchmarks/results/...``)."""
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A model directory as ``pccd models`` lists it: what :func:`describe_model` reads, plus
+    the parameter count (counted in its weights), its training record and its headline
+    figures."""
+
+    info: ModelInfo
+    parameters: int
+    training: dict
+    """Steps, samples seen and training hours from ``pccd.json`` (those it records)."""
+    headline: tuple[HeadlineFigure, ...]
+    default: bool = False
+    """Whether this is :data:`DEFAULT_MODEL`, the model commands use when none is named."""
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``pccd models --json``)."""
+        return {
+            "name": self.info.name,
+            "family": self.info.family,
+            "default": self.default,
+            "directory": str(self.info.directory),
+            "parameters": self.parameters,
+            "trained_conditions": list(self.info.trained_conditions),
+            "samplers": list(self.info.samplers),
+            "timesteps": self.info.timesteps,
+            "training": self.training,
+            "headline": [asdict(h) for h in self.headline],
+        }
+
+
+TRAINING_RECORD = ("steps", "samples_seen", "train_hours")
+"""The keys of ``pccd.json``'s ``training`` record a :class:`ModelSummary` carries."""
+
+
+def count_parameters(directory: str | Path) -> int:
+    """The number of values in a model directory's weights (``model.pt``, a state dict).
+
+    Both families save exactly their network's parameters there (their buffers are not
+    persistent), so this is the parameter count, whatever dtype the weights are stored in.
+    """
+    import torch  # slow to import; only counting needs it
+
+    def count(obj: Any) -> int:
+        if isinstance(obj, torch.Tensor):
+            return obj.numel()
+        if isinstance(obj, dict):
+            return sum(count(v) for v in obj.values())
+        return 0
+
+    return count(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
+
+
+def headline_figures(meta: dict) -> tuple[HeadlineFigure, ...]:
+    """The ``headline`` mapping of a ``pccd.json`` (``meta``) as figures, in file order.
+
+    Each entry maps a label to ``{"value": ..., "source": "benchmarks/results/..."}`` or to a
+    bare value (no source); a model directory without ``headline`` states none.
+    """
+    raw = meta.get("headline") or {}
+    if not isinstance(raw, dict):
+        raise InputError(f"model {meta.get('name', '?')}: headline must be a mapping")
+    figures = []
+    for label, entry in raw.items():
+        if isinstance(entry, dict):
+            source = entry.get("source")
+            figures.append(HeadlineFigure(str(label), str(entry.get("value", "")), source))
+        else:
+            figures.append(HeadlineFigure(str(label), str(entry)))
+    return tuple(figures)
+
+
+def summarize_model(name_or_path: str | Path | None = None) -> ModelSummary:
+    """The :class:`ModelSummary` of a shipped model name or a model directory (reads the
+    weights to count them, builds no network)."""
+    info = describe_model(name_or_path)
+    meta = read_meta(info.directory)
+    training = {k: v for k, v in meta.get("training", {}).items() if k in TRAINING_RECORD}
+    return ModelSummary(
+        info=info,
+        parameters=count_parameters(info.directory),
+        training=training,
+        headline=headline_figures(meta),
+        default=info.directory == (WEIGHTS_DIR / DEFAULT_MODEL).resolve(),
+    )
+
+
+def shipped_models(weights_dir: str | Path = WEIGHTS_DIR) -> list[ModelSummary]:
+    """Every model shipped in ``weights_dir`` (each directory with a ``pccd.json``), the
+    default model first, then by name."""
+    directories = sorted(p for p in Path(weights_dir).iterdir() if (p / "pccd.json").is_file())
+    models = [summarize_model(d) for d in directories]
+    return sorted(models, key=lambda m: (not m.default, m.info.name or m.info.directory.name))
+
+
+def export_model(
+    source: str | Path, out: str | Path, *, family: str | None = None, **options: Any
+) -> Path:
     """Write a model directory from a family's training output (``pccd export``).
 
+    ``family`` None: the family whose training output ``source`` is (a point-cloud
+    checkpoint file, an atom training directory). ``options`` are the family exporter's own
+    (``dtype`` for point clouds; ``name``, ``hardware`` for atoms).
+
     Raises:
-        InputError: an unknown family, or a source that is not that family's training output.
+        InputError: an unknown family, a source no family wrote, an option the family's
+            exporter does not take, or a source that is not that family's training output.
     """
+    source = Path(source)
+    if family is None:
+        if not source.exists():
+            raise MissingInputError(f"{source}: no such checkpoint file or training directory")
+        found = [f for f in FAMILIES if family_module(f).is_training_output(source)]
+        if not found:
+            raise InputError(
+                f"{source}: no model family's training output (a point-cloud checkpoint file "
+                "or an atom training directory with train.json)"
+            )
+        family = found[0]
     if family not in FAMILIES:
         raise InputError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
-    return family_module(family).export(Path(source), Path(out), **options)
+    exporter = family_module(family).export
+    taken = inspect.signature(exporter).parameters
+    foreign = sorted(k for k in options if k not in taken or k in ("source", "out"))
+    if foreign:
+        raise InputError(
+            f"{', '.join(foreign)}: not an export option of {family} models "
+            f"(they take: {', '.join(k for k in taken if k not in ('source', 'out')) or 'none'})"
+        )
+    return exporter(source, Path(out), **options)
 
 
 def load_pretrained(

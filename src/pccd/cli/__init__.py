@@ -65,12 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted, not the one
+    it was made with: ``main()`` may run many times in one process (tests, notebooks, a
+    caller that redirects stderr), and a stream closed since must not break later logging."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; ignored
+        pass
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     """``pccd`` log records to stderr as plain lines; progress bars unless --quiet."""
     quiet = bool(getattr(args, "quiet", False))
     verbose = bool(getattr(args, "verbose", False))
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("pccd")
     logger.handlers[:] = [handler]

@@ -10,6 +10,7 @@ from pathlib import Path
 from pccd.cli import options as opt
 from pccd.cli.support import key_values, one_line, require_path, set_threads
 from pccd.errors import InputError, MissingInputError
+from pccd.generator import FAMILIES, export_model
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -84,18 +85,9 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    # imported when run: Lightning takes seconds to import and no other command needs it
-    from pccd.training import export_pretrained  # Lightning: loaded only when exporting
-
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: no such checkpoint file")
-    try:
-        out = export_pretrained(path, args.out, dtype=args.dtype)
-    except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
-        raise InputError(f"{path}: not a pccd training checkpoint ({exc!r})") from exc
-    except RuntimeError as exc:  # torch.load of a damaged file
-        raise InputError(f"{path}: cannot read the checkpoint ({one_line(exc)})") from exc
+    options = {k: getattr(args, k) for k in ("dtype", "name", "hardware")}
+    options = {k: v for k, v in options.items() if v is not None}
+    out = export_model(args.checkpoint, args.out, family=args.family, **options)
     print(f"pretrained model written to {out}")
     return 0
 
@@ -155,16 +147,27 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
     p_train.set_defaults(func=_cmd_train)
 
     p_exp = sub.add_parser(
-        "export", help="write a checkpoint's EMA weights as a model directory", parents=[verbosity]
+        "export",
+        help="write a training run's EMA weights as a model directory (any family)",
+        parents=[verbosity],
     )
-    p_exp.add_argument("checkpoint")
+    p_exp.add_argument(
+        "checkpoint",
+        help="what training wrote: a point-cloud checkpoint file (last.ckpt) or an atom "
+        "training directory (train.json, live.pt)",
+    )
     p_exp.add_argument("out")
+    p_exp.add_argument(
+        "--family", choices=list(FAMILIES), help="default: the family that wrote CHECKPOINT"
+    )
     p_exp.add_argument(
         "--dtype",
         choices=["float32", "float16"],
-        default="float32",
-        help="precision model.pt stores (float16: half the size; loading computes in float32)",
+        help="point clouds: precision model.pt stores (default float32; float16: half the "
+        "size, loading computes in float32)",
     )
+    p_exp.add_argument("--name", help="atoms: the model's name (default: OUT's name)")
+    p_exp.add_argument("--hardware", help="atoms: what it was trained on, for its record")
     p_exp.set_defaults(func=_cmd_export)
 
     p_ck = sub.add_parser(

@@ -8,7 +8,13 @@ from pccd.errors import InputError
 from pccd.families.atoms.export import export_pretrained
 from pccd.families.atoms.pipeline import describe, load
 
-__all__ = ["describe", "export", "load"]
+__all__ = ["describe", "export", "is_training_output", "load"]
+
+
+def is_training_output(source: Path) -> bool:
+    """A directory with ``train.json``: what :func:`~pccd.families.atoms.training.train`
+    writes."""
+    return (source / "train.json").is_file()
 
 
 def export(source: Path, out: Path, *, name: str | None = None, hardware: str = "") -> Path:
