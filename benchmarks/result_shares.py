@@ -42,7 +42,11 @@ def main() -> None:
               f"S.U.N. {pct(r['sun'])}")  # fmt: skip
     for path in sorted(RESULTS.glob("screen_throughput*.json")):
         data = json.loads(path.read_text())
-        for mlip, m in data["per_mlip"].items():
+        per_mlip = data.get("per_mlip", {})
+        if not per_mlip or not all("crystals" in m for m in per_mlip.values()):
+            print(f"{path.name}: another layout (A/B or Dask arms), not summarised here")
+            continue
+        for mlip, m in per_mlip.items():
             n, wall = m["crystals"], m["wall_seconds"]
             workers = data["settings"]["workers"]
             print(f"{path.name} {mlip} ({data['date']}): {n} crystals, status {m['status']}; "
