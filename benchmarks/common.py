@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -213,3 +214,27 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=list(LAUNCH_ARGS)
     )
+
+
+SCHEMATHESIS_CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,"
+    "response_headers_conformance,response_schema_conformance"
+)
+"""What a generated request's answer must pass: no 5xx, and status, content type, headers and
+body as ``/openapi.json`` documents them."""
+
+
+def schemathesis_command(url: str, report: Path, max_examples: int = 30, seed: int = 1) -> list:
+    """``schemathesis run`` against a live server's ``/openapi.json`` (the test suite's and
+    ``api_fuzz.py``'s bounded run): coverage phase plus ``max_examples`` fuzzed cases per
+    operation, one worker, a JUnit report at ``report``."""
+    return [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        f"{url}/openapi.json",
+        *("--checks", SCHEMATHESIS_CHECKS, "--max-examples", str(max_examples)),
+        *("--seed", str(seed), "--workers", "1"),
+        *("--phases", "coverage,fuzzing", "--generation-database", "none"),
+        *("--request-timeout", "30", "--no-color"),
+        *("--report", "junit", "--report-junit-path", str(report)),
+    ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import free_port
+from benchmarks.common import free_port, schemathesis_command
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -128,22 +128,10 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(tmp_path, tiny_m
     fuzzed cases per operation after the coverage phase's, and 300 s in all."""
     pytest.importorskip("schemathesis")
     report = tmp_path / "report.xml"
-    checks = (
-        "not_a_server_error,status_code_conformance,content_type_conformance,"
-        "response_headers_conformance,response_schema_conformance"
-    )
     # max_queue 2: valid jobs soon meet a full queue, so its 429 is checked too
     with serving(tmp_path / "runs", tiny_model_dir, max_n=4, max_queue=2) as server:
         result = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("schemathesis")),
-                "run",
-                f"{server.url}/openapi.json",
-                *("--checks", checks, "--max-examples", "30", "--seed", "1", "--workers", "1"),
-                *("--phases", "coverage,fuzzing", "--generation-database", "none"),
-                *("--request-timeout", "30", "--no-color"),
-                *("--report", "junit", "--report-junit-path", str(report)),
-            ],
+            schemathesis_command(server.url, report),
             capture_output=True,
             text=True,
             timeout=300,
