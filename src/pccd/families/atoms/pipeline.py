@@ -120,7 +120,7 @@ class AtomsPipeline(GeneratorBase):
                 )
 
     def default_steps(self, sampler: str) -> int:
-        """200 steps for either sampler (see :data:`~pccd.families.atoms.sampling.SAMPLERS`)."""
+        """The sampler's own steps (pc 100; see :data:`~pccd.families.atoms.sampling.SAMPLERS`)."""
         return DEFAULT_STEPS[sampler]
 
     def iter_generate(

@@ -3,7 +3,7 @@
 Two samplers walk the same model backwards:
 
 * ``pc`` — the published predictor–corrector (DiffCSP), the default: at each step of the grid
-  (200 by default, all T = 1000 as the reference), one Langevin corrector step on the
+  (100 by default, all T = 1000 as the reference), one Langevin corrector step on the
   coordinates, then a reverse-SDE predictor on the coordinates and an ancestral DDPM step on
   the lattice; two network calls per step.
 * ``sde`` — the predictor alone (reverse SDE on the coordinates, ancestral DDPM on the
@@ -36,11 +36,15 @@ from pccd.families.atoms.diffusion import AtomDiffusion
 from pccd.families.atoms.processes import wrap
 
 SAMPLERS = ("pc", "sde", "ode")
-"""The first is the default: predictor–corrector on a 200-step grid. Measured on the first
-run's weights (110 min, 100 val element lists + 100 val formulas,
-benchmarks/results/atoms_samplers_s128.jsonl): pc:200 gives 83% plausible / 56% above P1 de
-novo and 21% CSP matches, ode:200 only 44% / 10% / 13% (a third of its cells do not decode)."""
-DEFAULT_STEPS = {"pc": 200, "sde": 200, "ode": 200}
+"""The first is the default: predictor–corrector, on a 100-step grid. Measured on the shipped
+``pccd-atoms`` (2026-12-07, 300 bulk-val element lists + 300 bulk-val formulas, quiet 2-core
+CPU, benchmarks/results/atoms_samplers_pccd-atoms.jsonl): de novo plausible / above P1 and the
+CSP match rate are 84 / 42 / 20% for pc:50 (3.5 s per 100 crystals), 88 / 52 / 23% for pc:100
+(6.5 s) and 93 / 58 / 23% for pc:200 (13.2 s). pc:100 keeps ``pccd generate -n 100`` near the
+point-cloud model's speed; ``--steps 200`` buys the last 5 points of plausible share. ``sde``
+(predictor only) and ``ode`` are far behind at the same cost (benchmarks/results/
+atoms_samplers_s128_clip.jsonl: 68% and 59% plausible)."""
+DEFAULT_STEPS = {"pc": 100, "sde": 200, "ode": 200}
 """Steps per sampler (``steps=None``); ``--steps 1000`` walks every timestep (the reference)."""
 CORRECTOR_STEP = 1e-5
 """Langevin corrector step γ of ``pc`` at σ_min: δ_t = γ (σ_t / σ_min)² (DiffCSP's MP-20 CSP)."""
