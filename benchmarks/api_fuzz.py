@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "api_fuzz")
     p.add_argument("--max-examples", type=int, default=30)
     args = p.parse_args()
+    args.out = args.out.resolve()  # schemathesis runs in a scratch directory
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
