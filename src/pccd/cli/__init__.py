@@ -2,8 +2,8 @@
 
 One module per group of commands (:mod:`~pccd.cli.data`, :mod:`~pccd.cli.generate`,
 :mod:`~pccd.cli.train`, :mod:`~pccd.cli.evaluate`, :mod:`~pccd.cli.screen`,
-:mod:`~pccd.cli.serve`); each adds its sub-commands to the parser here and does no science
-itself, so everything it does is available from Python too.
+:mod:`~pccd.cli.serve`, :mod:`~pccd.cli.models`); each adds its sub-commands to the parser here
+and does no science itself, so everything it does is available from Python too.
 
 Conventions: every argument is validated before any work is done or any file is written; a user
 error — an :class:`~pccd.errors.InputError` from the library or from these modules (bad
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from pccd import progress
-from pccd.cli import data, evaluate, generate, screen, serve, train
+from pccd.cli import data, evaluate, generate, models, screen, serve, train
 from pccd.cli.options import verbosity_parent
 from pccd.cli.support import one_line
 from pccd.errors import IncompleteRun, InputError
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (data, generate, train, evaluate, screen):
         module.register(sub, verbosity)
     serve.register(sub)
+    models.register(sub)
     return parser
 
 
