@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint generate clean-venv
+.PHONY: venv test test-fast lint generate docs clean-venv
 
 venv: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,eval,screen,web]"
+	$(BIN)/pip install --quiet -e ".[dev,eval,screen,web,docs]"
 	touch $(STAMP)
 
 # lint-imports: the package's floors ([tool.importlinter] in pyproject.toml); an import up a
@@ -36,6 +36,11 @@ test-fast: lint
 
 generate: $(STAMP)
 	$(BIN)/pccd generate --elements Mg,Mn,O -n 20 --out out/MgMnO
+
+# the documentation site (mkdocs.yml) into site/; --strict: a broken link, anchor or API
+# reference fails the build. The two variables silence the theme's and a plugin's banners.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 clean-venv:
 	rm -rf $(VENV)
