@@ -59,6 +59,17 @@ def precision_settings(precision: str) -> dict[str, str]:
     return {} if precision == DEFAULT_PRECISION else {"precision": precision}
 
 
+def model_settings(pipeline: Generator, label: str | None = None) -> dict[str, object]:
+    """How an experiment records the model it ran in its ``run.json`` (CSP, reconstruction):
+    its name (or ``label``), its training steps and a non-default precision, so a rerun with
+    other weights is refused instead of mixing two models' results."""
+    return {
+        "model": label or str(pipeline.meta.get("name", "")),
+        "model_steps": pipeline.meta.get("training", {}).get("steps"),
+        **precision_settings(pipeline.precision),
+    }
+
+
 def generate_to_directory(
     pipeline: Generator,
     requests: Request | Sequence[Request],

@@ -41,7 +41,7 @@ from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_
 from pccd.experiments.reconstruction import select_indices
 from pccd.generator import Request
 from pccd.outputs import ResultTable, check_run_settings
-from pccd.runs import precision_settings
+from pccd.runs import model_settings
 
 _log = logging.getLogger(__name__)
 
@@ -128,9 +128,7 @@ def run_csp(
         {
             **settings.to_dict(),
             "source": source,
-            "model": model_label or str(pipeline.meta.get("name", "")),
-            "model_steps": pipeline.meta.get("training", {}).get("steps"),
-            **precision_settings(pipeline.precision),
+            **model_settings(pipeline, model_label),
         },
     )
     idx = select_indices(len(table), settings.n, settings.seed)

@@ -50,7 +50,7 @@ from pccd.evaluate.matching import compare_structures, effective_rate, plain_rat
 from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
 from pccd.outputs import ResultTable, check_run_settings
 from pccd.pipeline import DEFAULT_DDIM_STEPS
-from pccd.runs import precision_settings
+from pccd.runs import model_settings
 
 _log = logging.getLogger(__name__)
 
@@ -263,9 +263,7 @@ def run_reconstruction(
         {
             **settings.to_dict(),
             "source": source,
-            "model": model_label or str(pipeline.meta.get("name", "")),
-            "model_steps": pipeline.meta.get("training", {}).get("steps"),
-            **precision_settings(pipeline.precision),
+            **model_settings(pipeline, model_label),
         },
     )
     idx = select_indices(len(table), settings.n, settings.seed)
