@@ -429,3 +429,14 @@ def test_the_shipped_atom_model_makes_crystals_that_look_like_crystals():
     for structure, request in zip(made, requests, strict=True):
         assert structure is not None
         assert {e.symbol for e in structure.composition} == {e.symbol for e in request.elements}
+
+
+def test_a_run_shorter_than_one_log_interval_still_exports(tmp_path):
+    from pccd.generator import export_model
+
+    run = TrainRun(model=TINY, optim=OptimConfig(batch_size=4, warmup_steps=2), log_every=10**6)
+    train(tmp_path / "run", tiny_arrays(), run, minutes=0.01)
+    assert not (tmp_path / "run" / "curve.csv").exists()
+    out = export_model(tmp_path / "run", tmp_path / "model")
+    meta = json.loads((out / "pccd.json").read_text())
+    assert meta["training"]["last_losses"] == {} and meta["training"]["steps"] > 0

@@ -33,7 +33,8 @@ def export_pretrained(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(run.model.to_dict(), indent=2) + "\n")
     torch.save(state["ema"], out / "model.pt")
-    curve = list(csv.DictReader((run_dir / "curve.csv").open()))
+    curve_file = run_dir / "curve.csv"  # written every log_every steps: a short run has none
+    curve = list(csv.DictReader(curve_file.open())) if curve_file.exists() else []
     meta = {
         "name": name,
         "family": "atoms",
