@@ -127,10 +127,16 @@ class LatticeDDPM:
         grid. A clean lattice never has such vectors, so the estimate is pulled back to the
         training data's range, as image DDPMs clip x̂_0 to [−1, 1].
         """
+        return self._clipped_estimate(lt, eps, t)[0]
+
+    def _clipped_estimate(
+        self, lt: torch.Tensor, eps: torch.Tensor, t: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(l̂_0 clipped, which lattice vectors were clipped (B, 3, 1))."""
         ab = float(self.alpha_bar[t])
         l0 = (lt - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
         norm = torch.linalg.vector_norm(l0, dim=-1, keepdim=True)
-        return l0 * (MAX_ROW_NORM / norm.clamp(min=MAX_ROW_NORM))
+        return l0 * (MAX_ROW_NORM / norm.clamp(min=MAX_ROW_NORM)), norm > MAX_ROW_NORM
 
     def step(
         self,
@@ -144,9 +150,8 @@ class LatticeDDPM:
         """Move from timestep ``t`` to ``s < t``: DDIM with stochasticity ``eta`` (1 = DDPM
         ancestral variance when s = t − 1, 0 = deterministic)."""
         ab_t, ab_s = float(self.alpha_bar[t]), float(self.alpha_bar[s])
-        raw = (lt - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-        l0 = self.clean_estimate(lt, eps, t)
-        clipped = (l0 != raw).any(-1, keepdim=True)  # then ε follows the clipped estimate
+        l0, clipped = self._clipped_estimate(lt, eps, t)
+        # a clipped vector's ε follows its clipped estimate
         eps = torch.where(clipped, (lt - math.sqrt(ab_t) * l0) / math.sqrt(1 - ab_t), eps)
         var = eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
         dir_coef = math.sqrt(max(1 - ab_s - var, 0.0))
