@@ -23,8 +23,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import ROOT, free_port, schemathesis_command
-from serve_load import wait_up
+from common import ROOT, free_port, schemathesis_command, wait_until_serving
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
                  f"{work}/runs", "--threads", "1", "--max-n", "4", "--max-queue", "2"]  # fmt: skip
         proc = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            wait_up(url, proc)
+            wait_until_serving(url, proc)
             run = subprocess.run(
                 schemathesis_command(url, args.out / "junit.xml", args.max_examples),
                 capture_output=True, text=True, timeout=900, cwd=work,

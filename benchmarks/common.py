@@ -22,6 +22,8 @@ import shutil
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +209,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, proc, timeout: float = 180.0) -> float:
+    """Seconds until the ``pccd serve`` process ``proc`` answers at ``url`` (any HTTP status
+    counts, e.g. 401 without a token); raises if it exits or stays silent for ``timeout``."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"pccd serve exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/info", timeout=2):
+                return time.perf_counter() - start
+        except urllib.error.HTTPError:
+            return time.perf_counter() - start
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("pccd serve did not answer")
 
 
 def launch_chromium(playwright):

@@ -22,26 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import CHROMIUM, free_port, launch_chromium
+from common import CHROMIUM, free_port, launch_chromium, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pccd serve exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/jobs", timeout=2):
-                return time.perf_counter() - start
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError("pccd serve did not answer")
 
 
 def main() -> None:
@@ -64,7 +50,7 @@ def main() -> None:
         cmd = [str(pccd), "serve", "--port", str(port), "--runs", f"{tmp}/runs", "--threads", "1"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            startup = _wait_up(url, proc)
+            startup = wait_until_serving(url, proc)
             with sync_playwright() as pw:
                 browser = launch_chromium(pw)
                 try:

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from common import free_port
+from common import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("clients", "seconds", "n", "poll", "max_queue", "model", "seed")
@@ -175,19 +175,6 @@ async def run(url: str, args) -> dict:
     }  # fmt: skip
 
 
-def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pccd serve exited with code {proc.returncode}")
-        try:
-            httpx.get(f"{url}/api/info", timeout=2)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise TimeoutError("pccd serve did not answer")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=20)
@@ -210,7 +197,7 @@ def main() -> None:
             cmd += ["--model", args.model]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            wait_up(url, proc)
+            wait_until_serving(url, proc)
             result = asyncio.run(run(url, args))
             result["server_alive_after"] = proc.poll() is None
         finally:
