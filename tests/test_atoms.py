@@ -143,6 +143,21 @@ def test_padding_does_not_change_real_atoms(net):
     assert torch.allclose(a[1], b[1], atol=1e-9)
 
 
+def test_a_cell_is_denoised_alike_alone_or_beside_cells_of_other_sizes(net):
+    """The network packs the real atoms and pairs of a batch into flat arrays; an indexing
+    slip there would leak messages between cells or drop atoms."""
+    types, frac, lat, mask, t, slots = _inputs(b=2, n=6, seed=3)
+    mask[0, 2:] = False  # a 2-atom cell beside a 6-atom one
+    together = _run(net, types, frac, lat, mask, t, slots)
+    for k, n in enumerate((2, 6)):
+        alone = _run(net, types[k : k + 1, :n], frac[k : k + 1, :n], lat[k : k + 1],
+                     mask[k : k + 1, :n], t[k : k + 1], slots[k : k + 1])  # fmt: skip
+        assert torch.allclose(together[0][k, :n], alone[0][0], atol=1e-9)
+        assert torch.allclose(together[1][k], alone[1][0], atol=1e-9)
+        assert torch.allclose(together[2][k, :n], alone[2][0], atol=1e-9)
+    assert (together[0][0, 2:] == 0).all()  # no score for atoms that are not there
+
+
 def test_arrays_round_trip_to_the_same_structures():
     arrays = tiny_arrays()
     out = to_structures(arrays.batch(np.arange(3)), 19.0)

@@ -6,10 +6,14 @@ the lattice's Gram matrix LLᵀ, atom types (an element or the mask token), the 
 crystal-level conditions. So the outputs are periodic, do not depend on the atoms' order or the
 cell's orientation, and the lattice output ε̂ = M·L turns with the cell.
 
-Dense over ≤ 16 atoms with a mask: a batch is (B, N) atoms, (B, N, N) pairs; no scatter kernels,
-which keeps it a plain PyTorch model that runs anywhere. The first linear map of each message
-is split into a per-atom part for i, one for j and one for the pair, so the quadratic cost per
-pair is one H×H product (CSPNet's layer, Jiao et al. 2023, arranged for dense CPU batches).
+A batch comes in dense, (B, N) atoms with a mask, and is computed packed: the network sees only
+the real atoms (A of them) and the real pairs of each cell (P = Σ Nᵢ²), gathered with plain
+indexing and summed back with ``index_add``, so a batch of cells of mixed size pays for no
+padding (dense padding cost a third more pair work on de novo batches, BENCHMARKS.md) and
+every cell of a request can share one network call. No compiled scatter extension is needed.
+The first linear map of each message is split into a per-atom part for i, one for j and one
+for the pair, so the quadratic cost per pair is one H×H product (CSPNet's layer, Jiao et al.
+2023).
 """
 
 from __future__ import annotations
@@ -50,8 +54,52 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Where the real atoms and pairs of a dense (B, N) batch sit in flat arrays.
+
+    Pairs are every ordered (i, j) of the same cell, i = j included, sorted by cell then i,
+    which is what the dense model summed over.
+    """
+
+    cell: torch.Tensor
+    """(A,) the cell of each atom."""
+    row: torch.Tensor
+    """(A,) its position in its cell's row of the dense batch."""
+    src: torch.Tensor
+    """(P,) the atom i of each pair (the one that receives the message)."""
+    dst: torch.Tensor
+    """(P,) the atom j."""
+    counts: torch.Tensor
+    """(B,) atoms per cell."""
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> Packing:
+        cell, row = mask.nonzero(as_tuple=True)
+        index = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        index[cell, row] = torch.arange(len(cell), device=mask.device)
+        pair_cell, i, j = (mask[:, :, None] & mask[:, None, :]).nonzero(as_tuple=True)
+        return cls(cell, row, index[pair_cell, i], index[pair_cell, j], mask.sum(1))
+
+    def cell_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) mean over each cell's atoms of per-atom ``x`` (A, ...)."""
+        total = x.new_zeros((len(self.counts), *x.shape[1:])).index_add_(0, self.cell, x)
+        return total / self.counts.clamp(min=1).to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+
+    def dense(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """Per-atom ``x`` (A, ...) as (B, width, ...), zeros where there is no atom."""
+        out = x.new_zeros((len(self.counts), width, *x.shape[1:]))
+        out[self.cell, self.row] = x
+        return out
+
+
 class MessageLayer(nn.Module):
-    """h_i ← h_i + φ([LN(h_i), mean_j ψ(h_i, h_j, e_ij)]) over the atoms j of the same cell."""
+    """h_i ← h_i + φ([LN(h_i), mean_j ψ(h_i, h_j, e_ij)]) over the atoms j of the same cell.
+
+    :attr:`pair` projects the pair features ``[pair, gram]``; the Gram matrix is the same for
+    every pair of a cell, so its part of the projection is computed once per cell and added
+    per atom, rather than per pair.
+    """
 
     def __init__(self, hidden: int, pair_dim: int) -> None:
         super().__init__()
@@ -62,11 +110,18 @@ class MessageLayer(nn.Module):
         self.message = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.update = _mlp(2 * hidden, hidden, hidden)
 
-    def forward(self, h: torch.Tensor, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, pair: torch.Tensor, gram: torch.Tensor, packing: Packing
+    ) -> torch.Tensor:
+        """``h`` (A, H) packed atoms; ``pair`` (P, F) and ``gram`` (B, 9) from
+        :meth:`AtomDenoiser.pair_features`."""
         x = self.norm(h)
-        m = self.src(x)[:, :, None] + self.dst(x)[:, None, :] + self.pair(pair)
-        m = self.message(m) * pair_mask[..., None]
-        agg = m.sum(2) / pair_mask.sum(2, keepdim=True).clamp(min=1)
+        k = pair.shape[-1]
+        weight = self.pair.weight
+        node = self.src(x) + (gram @ weight[:, k:].T)[packing.cell]
+        m = self.message(node[packing.src] + self.dst(x)[packing.dst] + pair @ weight[:, :k].T)
+        agg = torch.zeros_like(x).index_add_(0, packing.src, m)
+        agg = agg / packing.counts[packing.cell, None].to(x.dtype)
         return h + self.update(torch.cat([x, agg], dim=-1))
 
 
@@ -132,23 +187,28 @@ class AtomDenoiser(nn.Module):
         self.register_buffer("centres", centres, persistent=False)
 
     def pair_features(
-        self, frac: torch.Tensor, lattice: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, N, N, pair_dim): Fourier features of Δf, RBF of the minimum-image distance,
-        and the Gram matrix of the lattice (scaled back to Å-like size)."""
-        n_atoms = mask.sum(1).clamp(min=1).to(frac.dtype)
-        scale = (n_atoms * self.config.volume_per_atom) ** (1 / 3)
+        self, frac: torch.Tensor, lattice: torch.Tensor, packing: Packing
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, 6·fourier + rbf) per-pair features — Fourier features of Δf and an RBF of the
+        minimum-image distance — and (B, 9) per cell: the Gram matrix of the lattice (scaled
+        back to Å-like size). Together they are the ``pair_dim`` inputs of each layer's pair
+        projection; the Gram part is kept per cell because it is the same for every pair of a
+        cell, which saves building and projecting a (P, 9) copy."""
+        scale = (packing.counts.clamp(min=1).to(frac.dtype) * self.config.volume_per_atom) ** (
+            1 / 3
+        )
         lat = lattice * scale.view(-1, 1, 1)  # Å
-        diff = frac[:, None, :, :] - frac[:, :, None, :]  # f_j − f_i
-        angle = diff[..., None] * self.freqs  # (B, N, N, 3, K)
+        atoms = frac[packing.cell, packing.row]  # (A, 3)
+        diff = atoms[packing.dst] - atoms[packing.src]  # f_j − f_i
+        angle = diff[..., None] * self.freqs  # (P, 3, K)
         fourier = torch.cat([angle.sin(), angle.cos()], dim=-1).flatten(-2)
         nearest = diff - torch.round(diff)
-        dist = torch.linalg.vector_norm(nearest @ lat[:, None], dim=-1)  # (B, N, N)
+        cart = torch.einsum("pk,pkl->pl", nearest, lat[packing.cell[packing.src]])
+        dist = torch.linalg.vector_norm(cart, dim=-1)  # (P,)
         width = self.config.rbf_max / self.config.rbf
         rbf = torch.exp(-(((dist[..., None] - self.centres) / width) ** 2))
         gram = (lat @ lat.transpose(1, 2)).flatten(1) / scale.view(-1, 1) ** 2
-        gram = gram[:, None, None, :].expand(*dist.shape, 9)
-        return torch.cat([fourier, rbf, gram], dim=-1)
+        return torch.cat([fourier, rbf], dim=-1), gram
 
     def forward(
         self,
@@ -164,23 +224,23 @@ class AtomDenoiser(nn.Module):
         """See the class docstring; ``slots`` (B, 3) are the element list (Z, 0 = empty);
         ``band_gap`` (B,) eV, NaN = not given; ``stability`` (B,) 0/1, −1 = not given."""
         hdim = self.config.hidden
-        maskf = mask.to(frac.dtype)
+        packing = Packing.of(mask)
         present = (slots > 0).to(frac.dtype)
         slot_emb = self.type_embedding(slots) * present[..., None]
         elements = slot_emb.sum(1) / present.sum(1, keepdim=True).clamp(min=1)
-        n_atoms = maskf.sum(1, keepdim=True)
+        n_atoms = packing.counts.to(frac.dtype)[:, None]
         time = self.time_mlp(sinusoidal_embedding(t.float(), hdim).to(frac.dtype))
         cond = self.conditions(len(t), band_gap, stability, t.device)
         g = self.global_mlp(torch.cat([time, elements, cond, n_atoms / 16], dim=-1))
-        h = self.type_embedding(types) + g[:, None, :]
-        pair = self.pair_features(frac, lattice, mask)
-        pair_mask = maskf[:, :, None] * maskf[:, None, :]
+        h = self.type_embedding(types[packing.cell, packing.row]) + g[packing.cell]
+        pair, gram = self.pair_features(frac, lattice, packing)
         for layer in self.layers:
-            h = layer(h, pair, pair_mask)
-        h = self.out_norm(h) * maskf[..., None]
-        score = self.coord_head(h) * maskf[..., None]
-        pooled = h.sum(1) / n_atoms.clamp(min=1)
-        eps_lattice = self.lattice_head(pooled).view(-1, 3, 3) @ lattice
-        logits = torch.einsum("bnh,bkh->bnk", self.type_head(h), slot_emb) / math.sqrt(hdim)
+            h = layer(h, pair, gram, packing)
+        h = self.out_norm(h)
+        width = mask.shape[1]
+        score = packing.dense(self.coord_head(h), width)
+        eps_lattice = self.lattice_head(packing.cell_mean(h)).view(-1, 3, 3) @ lattice
+        logits = torch.einsum("ah,akh->ak", self.type_head(h), slot_emb[packing.cell])
+        logits = packing.dense(logits / math.sqrt(hdim), width)
         logits = logits.masked_fill((slots == 0)[:, None, :], float("-inf"))
         return score, eps_lattice, logits
