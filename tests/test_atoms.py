@@ -61,6 +61,23 @@ def test_normalised_score_target_has_unit_size():
         assert target.pow(2).mean().item() == pytest.approx(1.0, rel=0.1)
 
 
+def test_score_norms_taken_as_gaussian_agree_with_the_periodic_rule():
+    """λ_t = 1/σ² is used below GAUSSIAN_SIGMA instead of the trapezoid rule; check the rule
+    gives the same there (and that the wider σ really differ from 1/σ²)."""
+    from pccd.families.atoms.processes import GAUSSIAN_SIGMA, WRAP_IMAGES
+
+    torus = TorusScore()
+    sig = torus.sigmas.double()
+    d = torch.arange(4000, dtype=torch.float64) / 4000 - 0.5
+    k = torch.arange(-WRAP_IMAGES, WRAP_IMAGES + 1, dtype=torch.float64)
+    for t in (1, 300, int((sig <= GAUSSIAN_SIGMA).nonzero().max()), 1000):
+        density = torch.exp(-((d[:, None] + k) ** 2) / (2 * sig[t] ** 2)).sum(-1)
+        score = wrapped_normal_score(d, sig[t].expand_as(d))
+        rule = float((density * score**2).sum() / density.sum())
+        assert float(torus.norms[t]) == pytest.approx(rule, rel=1e-6)
+    assert float(torus.norms[1000]) < 0.9 / float(sig[1000]) ** 2
+
+
 def test_cosine_schedule_runs_from_one_towards_zero():
     abar = cosine_alpha_bar(1000)
     assert abar[0] == 1 and abar[-1] < 1e-3 and bool((abar[1:] <= abar[:-1]).all())
