@@ -493,7 +493,7 @@ def test_precision_flag_reaches_the_pipeline_and_run_json(tiny_model_dir, cif_di
     assert used == ["bfloat16"]
     assert json.loads((gen / "run.json").read_text())["precision"] == "bfloat16"
     code, _, err = run(capsys, *args)
-    assert_user_error(code, err, "precision: 'bfloat16' → None")
+    assert_user_error(code, err, "precision: 'bfloat16' → 'float32'")
 
     csp = tmp_path / "csp"
     code, _, err = run(capsys, "csp", cif_dir, "-n", "1", "-k", "1", "--steps", "2",

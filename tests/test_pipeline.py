@@ -407,19 +407,19 @@ def test_bfloat16_sampling_gives_finite_seeded_arrays(tiny_model_dir):
 
 def test_precision_is_recorded_and_refused_on_resume_like_a_sampler(tiny_model_dir, tmp_path):
     """bf16 gives other crystals for a seed, so a run records it and a changed precision is
-    refused like a changed sampler; float32 is not recorded, so older runs still resume."""
+    refused like a changed sampler."""
     fp32 = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
     bf16 = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu", precision="bfloat16")
     req = Request.parse(["Na", "Cl"])
     plain, low = tmp_path / "fp32", tmp_path / "bf16"
     generate_to_directory(fp32, req, 2, plain, batch_size=2, steps=2)
-    assert "precision" not in json.loads((plain / "run.json").read_text())
+    assert json.loads((plain / "run.json").read_text())["precision"] == "float32"
     generate_to_directory(bf16, req, 2, low, batch_size=2, steps=2)
     assert json.loads((low / "run.json").read_text())["precision"] == "bfloat16"
     generate_to_directory(bf16, req, 2, low, batch_size=2, steps=2)  # same settings: resumes
-    with pytest.raises(ValueError, match="precision: 'bfloat16' → None"):
+    with pytest.raises(ValueError, match="precision: 'bfloat16' → 'float32'"):
         generate_to_directory(fp32, req, 2, low, batch_size=2, steps=2)
-    with pytest.raises(ValueError, match="precision: None → 'bfloat16'"):
+    with pytest.raises(ValueError, match="precision: 'float32' → 'bfloat16'"):
         generate_to_directory(bf16, req, 2, plain, batch_size=2, steps=2)
     from pccd import runs
 
@@ -427,5 +427,5 @@ def test_precision_is_recorded_and_refused_on_resume_like_a_sampler(tiny_model_d
     with contextlib.suppress(runs.DrawCapReached):  # a random tiny model may pass nothing
         runs.generate_valid_to_directory(bf16, req, 1, valid, max_draws=2, batch_size=2, steps=2)
     assert json.loads((valid / "run.json").read_text())["precision"] == "bfloat16"
-    with pytest.raises(ValueError, match="precision: 'bfloat16' → None"):
+    with pytest.raises(ValueError, match="precision: 'bfloat16' → 'float32'"):
         runs.generate_valid_to_directory(fp32, req, 1, valid, max_draws=2, batch_size=2, steps=2)

@@ -24,8 +24,8 @@ from pymatgen.core import Structure
 from starlette.testclient import TestClient
 
 from pccd.outputs import ResultTable, check_run_settings
+from pccd.runs import SamplingSettings
 from pccd.web.app import MAX_BODY_BYTES, create_app
-from pccd.web.jobs import generation_settings
 from tests.conftest import nacl, silicon
 
 BASE = "http://127.0.0.1"
@@ -221,16 +221,16 @@ def test_restarted_server_resumes_partial_and_queued_jobs(tmp_path, tiny_model_d
     queued = runs / "queued-job"
     check_run_settings(
         queued,
-        generation_settings(
+        SamplingSettings.for_request(
             Request.parse(["Mg", "O"]),
-            n=3,
+            3,
             batch_size=2,
             model="tiny-test",
             sampler="ddim",
             steps=1,
             guidance_scale=1.0,
             seed=3,
-        ),
+        ).to_json(),
     )
     # a partial run reached through a link out of --runs is neither listed nor resumed
     outside = tmp_path / "outside"
@@ -574,8 +574,7 @@ def test_pccd_serve_command_answers_on_loopback(tmp_path, tiny_model_dir):
 def test_serve_precision_is_recorded_per_job_and_the_worker_follows_it(tmp_path, tiny_model_dir):
     """``pccd serve --precision bfloat16`` records it in the run.json of the jobs the page
     submits; the worker runs a job at its recorded precision, so a bf16 run made in the shell
-    is one the page can continue, and float32 jobs keep the run.json they always had."""
-    from pccd.generator import Request
+    is one the page can continue, and a float32 server's jobs record float32."""
     from pccd.web.app import parse_generate
     from pccd.web.jobs import JobManager, _run_generate
 
@@ -584,12 +583,11 @@ def test_serve_precision_is_recorded_per_job_and_the_worker_follows_it(tmp_path,
         JobManager(runs, str(tiny_model_dir), precision="bf16")
     manager = JobManager(runs, str(tiny_model_dir), precision="bfloat16")
     settings, _ = parse_generate(dict(SMALL, n=2), manager, 10)
-    assert settings["precision"] == "bfloat16"
-    plain = generation_settings(Request.parse(["Na", "Cl"]), n=2, batch_size=2, model="tiny-test",
-                                sampler="ddim", steps=1, guidance_scale=1.0, seed=0)  # fmt: skip
-    assert "precision" not in plain
+    assert settings.precision == "bfloat16"
+    plain, _ = parse_generate(dict(SMALL, n=2), JobManager(runs, str(tiny_model_dir)), 10)
+    assert plain.precision == "float32"
     job = runs / "bf16-job"
-    check_run_settings(job, settings)
+    check_run_settings(job, settings.to_json())
     assert manager.disk_state(job)["resumable"]
     _run_generate({"dir": str(job), "model": str(tiny_model_dir)})  # in this process
     assert len(summary_rows(job)) == 2  # generate_to_directory accepted the bf16 run.json
@@ -730,17 +728,17 @@ def test_a_job_names_its_model_and_the_form_follows_it(tmp_path, two_models):
 
     manager = JobManager(tmp_path / "runs", str(two_models / "tiny-test"), models_dir=two_models)
     settings, _ = parse_generate(dict(SMALL, model="tiny-two"), manager, 10)
-    assert settings["model"] == "tiny-two"
-    assert parse_generate(dict(SMALL), manager, 10)[0]["model"] == "tiny-test"
+    assert settings.model == "tiny-two"
+    assert parse_generate(dict(SMALL), manager, 10)[0].model == "tiny-test"
     with pytest.raises(JobError, match="not trained on band_gap"):
         parse_generate(dict(SMALL, model="tiny-two", band_gap=1.0), manager, 10)
     with pytest.raises(JobError, match="not trained on formula"):
         parse_generate({"formula": "NaCl", "model": "tiny-two"}, manager, 10)
-    assert parse_generate(dict(SMALL, band_gap=1.0), manager, 10)[0]["band_gap"] == 1.0
+    assert parse_generate(dict(SMALL, band_gap=1.0), manager, 10)[0].band_gap == 1.0
     with pytest.raises(JobError, match="model must be one of"):
         parse_generate(dict(SMALL, model="pccd-cpu"), manager, 10)  # not in this models dir
     # a queued job of the second model is resumable and runs with that model's directory
-    check_run_settings(tmp_path / "runs" / "second", settings)
+    check_run_settings(tmp_path / "runs" / "second", settings.to_json())
     assert manager.disk_state(tmp_path / "runs" / "second")["resumable"]
     assert manager._job_model("second") == str((two_models / "tiny-two").resolve())
 

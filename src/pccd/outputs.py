@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pccd.errors import InputError, MissingInputError
@@ -61,8 +61,16 @@ class ResultTable:
             self.append(row)
 
 
-def check_run_settings(directory: str | Path, settings: Mapping[str, object]) -> None:
+def check_run_settings(
+    directory: str | Path,
+    settings: Mapping[str, object],
+    *,
+    migrate: Callable[[dict], dict] | None = None,
+) -> None:
     """Record a run's settings in ``run.json``; refuse to resume a run made with other settings.
+
+    ``migrate`` turns a recorded file of an older layout into the current one before the
+    comparison (e.g. :func:`pccd.runs.migrate_run_json`); the file itself is left as it is.
 
     Raises:
         ValueError: the directory holds a run whose settings differ (naming the differences).
@@ -83,6 +91,11 @@ def check_run_settings(directory: str | Path, settings: Mapping[str, object]) ->
             raise InputError(
                 f"{file} does not hold a settings object; delete it or use another output directory"
             )
+        if migrate is not None:
+            try:
+                previous = migrate(previous)
+            except InputError as exc:
+                raise InputError(f"{file}: {exc}") from exc
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in diff)

@@ -63,7 +63,7 @@ class PCCDPipeline(GeneratorBase):
     :data:`~pccd.diffusion.PRECISIONS`: ``"float32"`` (default) or ``"bfloat16"`` (autocast,
     faster on CPUs with AMX/AVX512-BF16, BENCHMARKS.md; see
     :func:`~pccd.diffusion.network_precision`). The weights stay fp32 either way. bfloat16
-    changes the crystals a seed gives, so runs record it (:func:`pccd.runs.precision_settings`).
+    changes the crystals a seed gives, so runs record it (:class:`pccd.runs.SamplingSettings`).
     """
 
     def __init__(

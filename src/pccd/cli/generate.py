@@ -31,15 +31,10 @@ from pccd.cli.support import (
 from pccd.conditioning import STABILITY_LABELS, STABLE_E_ABOVE_HULL
 from pccd.errors import InputError
 from pccd.experiments.csp import CSPSettings, run_csp
-from pccd.generator import Request
-from pccd.runs import generate_to_directory, generate_valid_to_directory
+from pccd.generator import Generator, Request
+from pccd.runs import SamplingSettings, generate_run
 from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 from pccd.screen.decode_relax import DecodeRelaxer
-
-
-def _guide(args: argparse.Namespace) -> dict[str, list[str]]:
-    """``guide`` for the pipeline only when asked, so runs made before the flag still resume."""
-    return {"guide": list(args.guide)} if args.guide else {}
 
 
 def _write_formats(structure, out: Path, stem: str, formats: Sequence[str]) -> None:
@@ -101,10 +96,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     check_run(pipeline, requests, args)
     out = Path(args.out)
     extra = [f for f in args.format if f != "cif"]
+    if args.valid_only and relaxer is not None:
+        raise InputError("--relax does not go with --valid-only; relax with pccd screen")
+    settings = SamplingSettings.of(
+        pipeline,
+        requests,
+        n,
+        relax=relaxer,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        guide=args.guide,
+        repulsion=args.repulsion,
+        seed=args.seed,
+        valid_only=args.valid_only,
+        max_draws=args.max_draws,
+    )
     if args.valid_only:
-        if relaxer is not None:
-            raise InputError("--relax does not go with --valid-only; relax with pccd screen")
-        return _generate_valid(args, pipeline, requests, out, extra, t0)
+        return _generate_valid(pipeline, settings, out, extra, t0)
     width = len(str(max(args.n - 1, 1)))  # the id width pccd.runs uses
     counts = {"ok": 0, "failed": 0}
     with progress.bar(args.n, "generated", "crystal") as pbar:
@@ -117,21 +127,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                     _write_formats(s.structure, out, stem, extra)
             pbar.update(len(batch))
 
-        summary = generate_to_directory(
-            pipeline,
-            requests,
-            n,
-            out,
-            batch_size=args.batch_size,
-            on_batch=report,
-            relax=relaxer,
-            sampler=args.sampler,
-            steps=args.steps,
-            guidance_scale=args.guidance,
-            seed=args.seed,
-            progress=False,
-            repulsion=args.repulsion,
-            **_guide(args),
+        summary = generate_run(
+            pipeline, settings, out, requests=requests, on_batch=report, relax=relaxer
         )
     relaxed = ""
     if relaxer is not None:
@@ -148,24 +145,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_valid(args, pipeline, request, out: Path, extra: list[str], t0: float) -> int:
+def _generate_valid(
+    pipeline: Generator, settings: SamplingSettings, out: Path, extra: list[str], t0: float
+) -> int:
     """``generate --valid-only``: sample until n crystals pass; report the acceptance rate."""
     with progress.bar(None, "drawn", "crystal") as pbar:
-        summary = generate_valid_to_directory(
-            pipeline,
-            request,
-            args.n,
-            out,
-            max_draws=args.max_draws,
-            batch_size=args.batch_size,
-            on_batch=lambda batch: pbar.update(len(batch)),
-            sampler=args.sampler,
-            steps=args.steps,
-            guidance_scale=args.guidance,
-            seed=args.seed,
-            progress=False,
-            repulsion=args.repulsion,
-            **_guide(args),
+        summary = generate_run(
+            pipeline, settings, out, on_batch=lambda batch: pbar.update(len(batch))
         )
     if extra:
         with summary.open(newline="") as fh:

@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from pccd import __version__
 from pccd.generator import Request as CrystalRequest
+from pccd.runs import SamplingSettings
 from pccd.web.auth import TokenGate
 from pccd.web.jobs import (
     SCREEN_DIR,
@@ -40,7 +41,6 @@ from pccd.web.jobs import (
     STRUCTURE_ID,
     JobError,
     JobManager,
-    generation_settings,
     resolve_inside,
 )
 from pccd.web.schema import (
@@ -105,8 +105,8 @@ def _validate(schema: type[BaseModel], data: dict):
 
 def parse_generate(
     data: dict, manager: JobManager, max_n: int, schema: type[GenerateBase] | None = None
-) -> tuple[dict, str]:
-    """Validate a POST /api/jobs body → (run.json settings, label for the job id).
+) -> tuple[SamplingSettings, str]:
+    """Validate a POST /api/jobs body → (the job's run settings, label for the job id).
 
     ``schema`` is the server's request model (:func:`generate_request_model`; made here when
     not given); what only the chosen model can say — its samplers, steps and trained
@@ -149,16 +149,16 @@ def parse_generate(
     if body.steps is not None and body.steps > info.timesteps:
         raise JobError(400, f"steps of {info.name} must be between 1 and {info.timesteps}")
     guidance = body.guidance if body.guidance is not None else body.guidance_scale
-    settings = generation_settings(
+    settings = SamplingSettings.for_request(
         request,
-        n=body.n,
+        body.n,
         batch_size=body.batch_size,
         model=info.name,
+        precision=manager.precision,
         sampler=sampler,
         steps=body.steps,
         guidance_scale=1.0 if guidance is None else guidance,
         seed=body.seed,
-        precision=manager.precision,
     )
     if request.formula:
         label = cell_formula([e.symbol for e in request.elements], list(request.formula))

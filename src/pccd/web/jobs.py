@@ -40,9 +40,10 @@ from pathlib import Path
 import torch
 
 from pccd.diffusion import DEFAULT_PRECISION, check_precision
-from pccd.generator import WEIGHTS_DIR, Request, describe_model, load_pretrained
+from pccd.errors import InputError
+from pccd.generator import WEIGHTS_DIR, describe_model, load_pretrained
 from pccd.outputs import check_run_settings
-from pccd.runs import generate_to_directory, precision_settings, request_settings
+from pccd.runs import SamplingSettings, generate_run
 from pccd.screen.screening import ScreenSettings, screen_directory
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -86,59 +87,9 @@ def read_run_json(directory: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def formula_string(elements: list[str], counts: list[int] | None) -> str | None:
-    """``["Mg", "O"], [4, 4]`` → ``"Mg4O4"`` (the cell formula a run.json records as counts)."""
-    if not counts:
-        return None
-    return "".join(f"{e}{c}" for e, c in zip(elements, counts, strict=True))
-
-
-def generation_settings(
-    request,
-    *,
-    n: int,
-    batch_size: int,
-    model: str,
-    sampler: str,
-    steps: int | None,
-    guidance_scale: float,
-    seed: int,
-    precision: str = "float32",
-) -> dict[str, object]:
-    """The ``run.json`` that :func:`pccd.runs.generate_to_directory` records for one request.
-
-    Written when a job is submitted, so a queued job is already a resumable run on disk.
-    """
-    return {
-        **request_settings(request),
-        "n": n,
-        "batch_size": batch_size,
-        "model": model,
-        **precision_settings(precision),
-        "sampler": sampler,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "seed": seed,
-    }
-
-
-#: run.json keys of a run the page can continue; others (--relax, --valid-only, …) it leaves
-#: to the shell
-GENERATION_KEYS = {
-    "elements",
-    "formula",
-    "band_gap",
-    "magnetic",
-    "stability",
-    "n",
-    "batch_size",
-    "model",
-    "precision",
-    "sampler",
-    "steps",
-    "guidance_scale",
-    "seed",
-}
+#: settings of a run the page leaves to the shell unless they are at their defaults (the form
+#: has no field for them; a relaxation needs an MLIP the worker does not load)
+SHELL_ONLY = ("repulsion", "guide", "valid_only", "max_draws", "relax")
 
 
 def resolve_inside(root: Path, *parts: str) -> Path:
@@ -154,10 +105,8 @@ def resolve_inside(root: Path, *parts: str) -> Path:
 _PIPELINES: dict[tuple[str, str], object] = {}
 
 
-def _pipeline(model: str | None, precision: str | None = None):
-    """The worker's pipeline of ``model`` at ``precision``, loaded once; None is the default
-    (what a run.json without ``precision`` means, see :func:`pccd.runs.precision_settings`)."""
-    precision = precision or DEFAULT_PRECISION
+def _pipeline(model: str | None, precision: str = DEFAULT_PRECISION):
+    """The worker's pipeline of ``model`` at ``precision``, loaded once."""
     key = (str(model), precision)
     if key not in _PIPELINES:
         _PIPELINES[key] = load_pretrained(model, precision=precision)
@@ -166,28 +115,12 @@ def _pipeline(model: str | None, precision: str | None = None):
 
 def _run_generate(task: Mapping) -> None:
     directory = Path(task["dir"])
-    settings = read_run_json(directory)
-    if settings is None or "elements" not in settings:
-        raise ValueError(f"{directory.name} has no run.json of a single-request run")
-    elements = list(settings["elements"])
-    request = Request.parse(
-        elements,
-        formula=formula_string(elements, settings.get("formula")),
-        band_gap=settings.get("band_gap"),
-        magnetic=settings.get("magnetic"),
-        stability=settings.get("stability"),
-    )
-    generate_to_directory(
-        _pipeline(task["model"], settings.get("precision")),  # the job's own, as recorded
-        request,
-        int(settings["n"]),
-        directory,
-        batch_size=int(settings["batch_size"]),
-        sampler=settings.get("sampler", "ddim"),
-        steps=settings.get("steps"),
-        guidance_scale=float(settings.get("guidance_scale", 1.0)),
-        seed=int(settings.get("seed", 0)),
-    )
+    recorded = read_run_json(directory)
+    if recorded is None:
+        raise InputError(f"{directory.name} has no run.json")
+    settings = SamplingSettings.from_json(recorded)
+    pipeline = _pipeline(task["model"], settings.precision)  # the job's own, as recorded
+    generate_run(pipeline, settings, directory)
 
 
 def _run_screen(task: Mapping) -> None:
@@ -232,7 +165,7 @@ def _worker_main(conn, model: str | None, threads: int, parent: int | None = Non
             elif task["kind"] == "screen":
                 _run_screen(task)
             elif task["kind"] == "warm":
-                _pipeline(model, task.get("precision"))
+                _pipeline(model, task["precision"])
             reply = ("ok", "")
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}")
@@ -459,18 +392,7 @@ class JobManager:
         if settings.get("valid_only"):  # `pccd generate --valid-only`: n passing crystals
             done = sum(1 for r in rows if r.get("status") == "ok")
             complete = done >= total or (path / "acceptance.json").exists()
-        reason = ""
-        options = sorted(set(settings) - GENERATION_KEYS)
-        if not complete:
-            if "elements" not in settings:
-                reason = "made with one element list per crystal; continue it from the shell"
-            elif options:
-                reason = f"made with {', '.join(options)}; continue it from the shell"
-            elif settings.get("model") not in self.models:
-                reason = (
-                    f"made with model {settings.get('model')!r}, this server has "
-                    f"{', '.join(map(repr, self.models))}; continue it from the shell"
-                )
+        reason = "" if complete else self._leave_to_shell(settings)
         return {
             "settings": settings,
             "rows": rows,
@@ -480,6 +402,25 @@ class JobManager:
             "resumable": not complete and not reason,
             "reason": reason,
         }
+
+    def _leave_to_shell(self, recorded: dict) -> str:
+        """Why the page cannot continue the run ``recorded`` (a run.json) ("": it can)."""
+        try:
+            settings = SamplingSettings.from_json(recorded)
+        except InputError as exc:
+            return f"{exc}; continue it from the shell"
+        default = SamplingSettings(n=settings.n)
+        options = [k for k in SHELL_ONLY if getattr(settings, k) != getattr(default, k)]
+        if settings.elements is None:
+            return "made with one element list per crystal; continue it from the shell"
+        if options:
+            return f"made with {', '.join(options)}; continue it from the shell"
+        if settings.model not in self.models:
+            return (
+                f"made with model {settings.model!r}, this server has "
+                f"{', '.join(map(repr, self.models))}; continue it from the shell"
+            )
+        return ""
 
     def screen_disk_state(self, path: Path) -> dict | None:
         out = path / SCREEN_DIR
@@ -515,7 +456,7 @@ class JobManager:
         self._queue.put((kind, job_id, extra))
         return state
 
-    def submit_generate(self, job_id: str, settings: dict[str, object]) -> TaskState:
+    def submit_generate(self, job_id: str, settings: SamplingSettings) -> TaskState:
         """Create ``runs/<job_id>`` with its run.json and queue its generation."""
         if not JOB_ID.match(job_id):
             raise JobError(400, f"job name {job_id!r} must match {JOB_ID.pattern}")
@@ -527,7 +468,7 @@ class JobManager:
                 raise JobError(409, f"job {job_id!r} exists already")
             self._check_room()  # before the directory: a refused job leaves nothing behind
             path.mkdir()
-            check_run_settings(path, settings)
+            check_run_settings(path, settings.to_json())
             return self._enqueue(job_id, "generate")
 
     def submit_screen(self, job_id: str, settings: dict[str, object]) -> TaskState:
