@@ -189,10 +189,28 @@ def test_damaged_csv_gz_is_a_clean_error(kind, tmp_path, capsys):
         bad.write_bytes(b"")
     code, _, err = run(capsys, "data", "inspect", bad)
     assert_user_error(code, err, bad.name)
+    assert err.count(bad.name) == 1, err  # the library names the file; the CLI adds no second
     out = tmp_path / "gen"
     code, _, err = run(capsys, "generate", "--elements-from", bad, "--out", out)
     assert_user_error(code, err, bad.name)
+    assert err.count(bad.name) == 1, err
     assert not out.exists()
+
+
+def test_a_file_is_named_once_in_an_error(tmp_path, capsys):
+    """The library's messages about a file start with its name (so does an OSError's): the
+    CLI adds the name only to a message without it."""
+    from pccd.cli.support import about
+
+    table = tmp_path / "no_cif.csv"
+    table.write_text("material_id,formula\nx,NaCl\n")
+    code, _, err = run(capsys, "generate", "--elements-from", table, "--out", tmp_path / "o")
+    assert_user_error(code, err, "no 'cif' column")
+    assert err.count(table.name) == 1, err
+    assert about("a.cif", PermissionError(13, "Permission denied", "a.cif")) == (
+        "a.cif: Permission denied"
+    )
+    assert about("a.cif", ValueError("no structure")) == "a.cif: no structure"
 
 
 def test_model_option_fails_before_data_loads(tmp_path, capsys, monkeypatch):

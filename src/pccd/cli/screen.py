@@ -13,11 +13,11 @@ from pymatgen.core import Structure
 from pccd import progress
 from pccd.cli import options as opt
 from pccd.cli.support import (
+    about,
     check_mlip,
     check_options,
     device,
     load_model,
-    one_line,
     require_path,
     sampler,
     set_threads,
@@ -170,7 +170,7 @@ def _read_crystal(path: Path) -> Structure:
             warnings.simplefilter("ignore")
             structure = Structure.from_file(path)
     except Exception as exc:  # pymatgen raises many types on malformed files
-        raise InputError(f"cannot read {path}: {one_line(exc)}") from exc
+        raise InputError(f"cannot read {about(path, exc)}") from exc
     if not structure.is_ordered:
         raise InputError(f"{path}: partial occupancies; phonons need an ordered crystal")
     return structure
@@ -195,8 +195,7 @@ def _cmd_phonons(args: argparse.Namespace) -> int:
         result = compute_phonons(structure, mlip, min_length=args.min_length)
     except (RelaxationError, MLIPError) as exc:
         raise InputError(
-            f"{path}: {one_line(exc)}; no phonons computed (check the structure, or try "
-            "another --mlip)"
+            f"{about(path, exc)}; no phonons computed (check the structure, or try another --mlip)"
         ) from exc
     (out / "phonons.json").write_text(json.dumps(result.to_dict(), indent=2))
     plot_band_structure(result, out / "band_structure.png")

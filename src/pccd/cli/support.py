@@ -33,6 +33,14 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def about(path: str | Path, exc: BaseException) -> str:
+    """``exc`` as one line about the file ``path``: prefixed with the path unless the message
+    names it already (the library's whole-file errors and an ``OSError`` with its filename
+    do), so an error never reads ``error: foo.cif: foo.cif: ...``."""
+    text = one_line(exc)
+    return text if str(path) in text else f"{path}: {text}"
+
+
 def split(text: str | None) -> list[str] | None:
     """A comma list as its stripped, non-empty items (None when not given)."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
@@ -70,7 +78,7 @@ def load_data(
     except FileNotFoundError as exc:
         raise MissingInputError(one_line(exc)) from exc
     except (ValueError, OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: {one_line(exc)}") from exc
+        raise InputError(about(path, exc)) from exc
 
 
 def load_split(args: argparse.Namespace) -> data.CrystalTable:
