@@ -260,6 +260,24 @@ def test_sampling_is_seeded_and_keeps_given_types():
     assert pc.frac.shape == runs[0].frac.shape
 
 
+def test_sampling_in_bfloat16_stays_close_to_float32():
+    """``--precision bfloat16`` runs the network under autocast: matrix products in bfloat16,
+    messages summed per atom; the chain must run and land near the float32 one."""
+    from pccd.diffusion import network_precision
+    from pccd.families.atoms.diffusion import AtomDiffusion
+
+    torch.manual_seed(0)
+    model = AtomDiffusion(TINY)
+    batch = tiny_arrays().batch(np.arange(3))
+    spec = SampleSpec(batch.slots, batch.mask.sum(1), batch.types)
+    full = sample(model, spec, steps=5, generator=torch.Generator().manual_seed(3))
+    with network_precision("bfloat16", "cpu"):
+        half = sample(model, spec, steps=5, generator=torch.Generator().manual_seed(3))
+    assert half.frac.dtype == torch.float32 and torch.isfinite(half.lattice).all()
+    shift = (half.frac - full.frac + 0.5) % 1 - 0.5  # on the torus
+    assert float(shift.abs().max()) < 0.05
+
+
 def test_de_novo_cells_hold_exactly_the_requested_elements():
     torch.manual_seed(0)
     from pccd.families.atoms.diffusion import AtomDiffusion

@@ -120,7 +120,7 @@ class MessageLayer(nn.Module):
         weight = self.pair.weight
         node = self.src(x) + (gram @ weight[:, k:].T)[packing.cell]
         m = self.message(node[packing.src] + self.dst(x)[packing.dst] + pair @ weight[:, :k].T)
-        agg = torch.zeros_like(x).index_add_(0, packing.src, m)
+        agg = m.new_zeros(x.shape).index_add_(0, packing.src, m).to(x.dtype)  # m may be bf16
         agg = agg / packing.counts[packing.cell, None].to(x.dtype)
         return h + self.update(torch.cat([x, agg], dim=-1))
 
