@@ -251,15 +251,28 @@ def precision_settings(precision: str) -> dict[str, str]:
     return {} if precision == DEFAULT_PRECISION else {"precision": precision}
 
 
-def model_settings(pipeline: Generator, label: str | None = None) -> dict[str, object]:
-    """How an experiment records the model it ran in its ``run.json`` (CSP, reconstruction):
-    its name (or ``label``), its training steps and a non-default precision, so a rerun with
-    other weights is refused instead of mixing two models' results."""
-    return {
-        "model": label or model_name(pipeline),
-        "model_steps": pipeline.meta.get("training", {}).get("steps"),
-        **precision_settings(pipeline.precision),
-    }
+def check_experiment_settings(
+    out_dir: str | Path,
+    settings: Mapping[str, object],
+    pipeline: Generator,
+    *,
+    source: str,
+    model_label: str | None = None,
+) -> None:
+    """Record an experiment's settings in its ``run.json`` (CSP, reconstruction) with the
+    split it ran on (``source``) and the model: its name (or ``model_label``), its training
+    steps and a non-default precision, so a rerun with other weights or another split is
+    refused instead of mixing two runs' results (:func:`~pccd.outputs.check_run_settings`)."""
+    check_run_settings(
+        out_dir,
+        {
+            **settings,
+            "source": source,
+            "model": model_label or model_name(pipeline),
+            "model_steps": pipeline.meta.get("training", {}).get("steps"),
+            **precision_settings(pipeline.precision),
+        },
+    )
 
 
 def generate_to_directory(

@@ -40,8 +40,8 @@ from pccd.evaluate.matching import MATCHER_TOLERANCES, cell_formula, match_candi
 from pccd.evaluate.report import fmt, markdown_table, pct, write_metrics, write_report
 from pccd.experiments.reconstruction import select_indices
 from pccd.generator import Request
-from pccd.outputs import ResultTable, check_run_settings
-from pccd.runs import model_settings
+from pccd.outputs import ResultTable
+from pccd.runs import check_experiment_settings
 
 _log = logging.getLogger(__name__)
 
@@ -123,13 +123,8 @@ def run_csp(
     pipeline.check_options(settings.sampler, settings.steps, settings.repulsion)  # before any work
     pipeline = pipeline.with_formula_decoding(settings.formula_decoding)
     out = Path(out_dir)
-    check_run_settings(
-        out,
-        {
-            **settings.to_dict(),
-            "source": source,
-            **model_settings(pipeline, model_label),
-        },
+    check_experiment_settings(
+        out, settings.to_dict(), pipeline, source=source, model_label=model_label
     )
     idx = select_indices(len(table), settings.n, settings.seed)
     sub = table.subset(idx)

@@ -48,9 +48,9 @@ from pccd.evaluate import plots
 from pccd.evaluate.csp_distances import METRICS, UNITS, CSPDistances
 from pccd.evaluate.matching import compare_structures, effective_rate, plain_rate
 from pccd.evaluate.report import markdown_table, pct, write_metrics, write_report
-from pccd.outputs import ResultTable, check_run_settings
+from pccd.outputs import ResultTable
 from pccd.pipeline import DEFAULT_DDIM_STEPS
-from pccd.runs import model_settings
+from pccd.runs import check_experiment_settings
 
 _log = logging.getLogger(__name__)
 
@@ -258,13 +258,8 @@ def run_reconstruction(
     if settings.distances and distance_t not in settings.timesteps:
         raise InputError(f"distance t {distance_t} is not one of the timesteps")
     pipeline.make_scheduler(settings.sampler, settings.steps)  # validates sampler and steps
-    check_run_settings(
-        out,
-        {
-            **settings.to_dict(),
-            "source": source,
-            **model_settings(pipeline, model_label),
-        },
+    check_experiment_settings(
+        out, settings.to_dict(), pipeline, source=source, model_label=model_label
     )
     idx = select_indices(len(table), settings.n, settings.seed)
     sub = table.subset(idx)
