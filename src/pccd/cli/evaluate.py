@@ -149,15 +149,7 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
     p_rec = sub.add_parser(
         "reconstruct",
         help="noise crystals to step t, denoise, decode, compare (paper Fig. 1)",
-        parents=[
-            verbosity,
-            opt.threads_parent(),
-            opt.model_parent(),
-            opt.device_parent(),
-            opt.seed_parent(),
-            opt.sampling_parent("ddpm", 64),
-            opt.filter_parent(),
-        ],
+        parents=[*opt.model_parents(verbosity, "ddpm", 64), opt.filter_parent()],
     )
     p_rec.add_argument("path", help="the split to draw crystals from (CSV, CIF dir, ASE file)")
     p_rec.add_argument("--out", required=True, help="output directory (resumable)")

@@ -205,23 +205,16 @@ def _cmd_csp(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_parents(verbosity, batch_size: int = 100) -> list[argparse.ArgumentParser]:
-    return [
-        verbosity,
-        opt.threads_parent(),
-        opt.model_parent(),
-        opt.device_parent(),
-        opt.seed_parent(),
-        opt.sampling_parent(None, batch_size),
-    ]
-
-
 def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser) -> None:
     """Add ``generate`` and ``csp`` to the ``pccd`` parser."""
     p_gen = sub.add_parser(
         "generate",
         help="generate crystals with a pretrained model",
-        parents=[*_model_parents(verbosity), opt.relax_engine_parent()],
+        parents=[
+            *opt.model_parents(verbosity),
+            opt.repulsion_parent(),
+            opt.relax_engine_parent(),
+        ],
     )
     which = p_gen.add_mutually_exclusive_group()
     which.add_argument("--elements", help="comma-separated, e.g. Mg,Mn,O (≤3)")
@@ -253,14 +246,6 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
         "other formats go beside it with the same name)",
     )
     p_gen.add_argument(
-        "--repulsion",
-        type=opt.FINITE_FLOAT,
-        metavar="TAU",
-        help="sampling-time guidance (off by default): in the second half of the chain push "
-        "atoms apart to ≥ TAU × their covalent bond length, e.g. 0.85 (samples are then "
-        "guided, not the raw model)",
-    )
-    p_gen.add_argument(
         "--guide",
         type=opt.conditions_list,
         metavar="CONDITIONS",
@@ -288,7 +273,13 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
     p_csp = sub.add_parser(
         "csp",
         help="crystal structure prediction benchmark: k candidates per formula",
-        parents=[*_model_parents(verbosity), opt.filter_parent()],
+        parents=[
+            *opt.model_parents(verbosity),
+            opt.repulsion_parent(
+                "sampling-time repulsion (see pccd generate --help); off = the raw model"
+            ),
+            opt.filter_parent(),
+        ],
     )
     p_csp.add_argument("path", help="the split whose formulas are predicted (e.g. val)")
     p_csp.add_argument("--out", required=True, help="output directory (resumable)")
@@ -301,11 +292,5 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
         choices=["blocks", "cluster"],
         default="blocks",
         help="atoms from the row blocks the formula fixes (default) or DBSCAN (the paper's)",
-    )
-    p_csp.add_argument(
-        "--repulsion",
-        type=opt.FINITE_FLOAT,
-        metavar="TAU",
-        help="sampling-time repulsion (see pccd generate --help); off = the raw model",
     )
     p_csp.set_defaults(func=_cmd_csp)

@@ -163,6 +163,38 @@ def sampling_parent(
     return p
 
 
+def model_parents(
+    verbosity: argparse.ArgumentParser,
+    sampler: str | None = None,
+    batch_size: int | None = 100,
+    guidance: bool = True,
+) -> list[argparse.ArgumentParser]:
+    """The flags of every command that samples a model (generate, csp, reconstruct, batch):
+    verbosity, threads, model, device, seed and :func:`sampling_parent`'s."""
+    return [
+        verbosity,
+        threads_parent(),
+        model_parent(),
+        device_parent(),
+        seed_parent(),
+        sampling_parent(sampler, batch_size, guidance),
+    ]
+
+
+REPULSION_HELP = (
+    "sampling-time guidance (off by default): in the second half of the chain push atoms apart "
+    "to ≥ TAU × their covalent bond length, e.g. 0.85 (samples are then guided, not the raw "
+    "model)"
+)
+
+
+def repulsion_parent(help_text: str = REPULSION_HELP) -> argparse.ArgumentParser:
+    """``--repulsion TAU`` (generate, csp)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--repulsion", type=FINITE_FLOAT, metavar="TAU", help=help_text)
+    return p
+
+
 def filter_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(

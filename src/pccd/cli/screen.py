@@ -229,12 +229,7 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
         "batch",
         help="a discovery batch of the paper: generate + screen",
         parents=[
-            verbosity,
-            opt.threads_parent(),
-            opt.model_parent(),
-            opt.device_parent(),
-            opt.seed_parent(),
-            opt.sampling_parent(None, None, guidance=False),
+            *opt.model_parents(verbosity, None, None, guidance=False),
             opt.screen_parent(),
             opt.relax_pool_parent(),
         ],
