@@ -382,6 +382,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (405, "method not allowed"),
     )
 }
+#: the answer of a route that queues a task, when the queue is full (with when to try again)
+QUEUE_FULL: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "the queue is full",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
@@ -527,11 +535,7 @@ def create_app(
         responses={
             **BODY_ERRORS,
             409: {"model": ErrorBody, "description": "a job of that name exists"},
-            429: {
-                "model": ErrorBody,
-                "description": "the queue is full",
-                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-            },
+            **QUEUE_FULL,
         },
         openapi_extra=_json_request_body(generate_schema),
     )
@@ -603,11 +607,7 @@ def create_app(
         responses={
             **BODY_ERRORS,
             409: {"model": ErrorBody, "description": "not finished, or screening already"},
-            429: {
-                "model": ErrorBody,
-                "description": "the queue is full",
-                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-            },
+            **QUEUE_FULL,
         },
         openapi_extra=_json_request_body(ScreenRequest),
     )
