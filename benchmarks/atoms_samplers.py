@@ -57,11 +57,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="float32", help="the network's (--precision)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "atoms_samplers.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     table = data.load(args.data).table
-    pipe = load_pretrained(args.model, "cpu")
+    pipe = load_pretrained(args.model, "cpu", precision=args.precision)
     lists = table.draw_element_lists(args.n, args.seed)
     denovo = [Request.parse(els) for els in lists]
     index = np.random.default_rng(args.seed).choice(len(table), args.n, replace=False)
@@ -81,6 +82,7 @@ def main() -> None:
         row = {
             "config": config,
             "model": str(args.model),
+            "precision": args.precision,
             "training_steps": pipe.meta.get("training", {}).get("steps"),
             "n": args.n,
             "denovo": {
