@@ -402,6 +402,30 @@ def test_generate_and_csp_commands_take_an_atom_model(atoms_model_dir, tmp_path,
     assert_user_error(2, capsys.readouterr().err, "point-cloud")
 
 
+def test_an_atom_model_samples_in_bfloat16_only_where_the_hardware_has_it(
+    atoms_model_dir, tmp_path, monkeypatch
+):
+    """precision=None is the family's choice: bfloat16 where native, else float32; a rerun of
+    a run directory that names no precision resumes at the precision the run recorded."""
+    import pccd.families.atoms.pipeline as atoms_pipeline
+    from pccd.cli import main
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(atoms_pipeline, "native_bfloat16", lambda device, n=native: n)
+        assert load_pretrained(atoms_model_dir, "cpu").precision == expected
+        assert load_pretrained(atoms_model_dir, "cpu", precision="float32").precision == "float32"
+    out = tmp_path / "gen"
+    args = ["generate", "--model", str(atoms_model_dir), "--elements", "Mg,O", "-n", "2",
+            "--steps", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0  # made in float32 (native: False)
+    assert json.loads((out / "run.json").read_text())["precision"] == "float32"
+    monkeypatch.setattr(atoms_pipeline, "native_bfloat16", lambda device: True)
+    (out / "summary.csv").write_text((out / "summary.csv").read_text().splitlines()[0] + "\n")
+    assert main(args) == 0  # resumed (both crystals made again), not refused
+    assert json.loads((out / "run.json").read_text())["precision"] == "float32"
+    assert len((out / "summary.csv").read_text().splitlines()) == 3
+
+
 def test_export_goes_through_the_family_registry(tmp_path):
     from pccd.errors import InputError
     from pccd.generator import export_model

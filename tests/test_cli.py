@@ -487,10 +487,11 @@ def test_precision_flag_reaches_the_pipeline_and_run_json(tiny_model_dir, cif_di
     from pccd.pipeline import PCCDPipeline
 
     parser = build_parser()
-    for argv in (["generate", "--out", "o"], ["csp", "x", "--out", "o"],
-                 ["reconstruct", "x", "--out", "o"], ["batch", "--pool", "3", "--out", "o"],
-                 ["serve"]):  # fmt: skip
-        assert parser.parse_args(argv).precision == "float32"
+    for argv, default in ((["generate", "--out", "o"], None), (["csp", "x", "--out", "o"], None),
+                          (["reconstruct", "x", "--out", "o"], None),
+                          (["batch", "--pool", "3", "--out", "o"], None),
+                          (["serve"], "float32")):  # fmt: skip
+        assert parser.parse_args(argv).precision == default  # None: the model's own choice
         assert parser.parse_args([*argv, "--precision", "bfloat16"]).precision == "bfloat16"
     code, _, err = run(capsys, "serve", "--precision", "fp16")
     assert_user_error(code, err, "--precision")
@@ -510,8 +511,10 @@ def test_precision_flag_reaches_the_pipeline_and_run_json(tiny_model_dir, cif_di
     assert code == 0, err
     assert used == ["bfloat16"]
     assert json.loads((gen / "run.json").read_text())["precision"] == "bfloat16"
-    code, _, err = run(capsys, *args)
+    code, _, err = run(capsys, *args, "--precision", "float32")
     assert_user_error(code, err, "precision: 'bfloat16' → 'float32'")
+    code, _, err = run(capsys, *args)  # no --precision: resumes at the run's own
+    assert code == 0, err
 
     csp = tmp_path / "csp"
     code, _, err = run(capsys, "csp", cif_dir, "-n", "1", "-k", "1", "--steps", "2",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pccd.cli import main
-from pccd.generator import Request
-from pccd.pipeline import PCCDPipeline
+from pccd.generator import Request, read_meta
+from pccd.pipeline import PCCDPipeline, load
 from pccd.runs import generate_to_directory
 from tests.conftest import nacl, silicon, wurtzite
 
@@ -357,11 +358,16 @@ def test_repulsion_option_is_validated_and_changes_samples(tiny_model_dir, tmp_p
 def test_precision_option_is_validated(tiny_model_dir):
     pipe = PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu")
     assert pipe.precision == "float32"
-    for bad in ("bf16", "bf16-mixed", "float16", "", None):
+    for bad in ("bf16", "bf16-mixed", "float16", ""):
         with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
             PCCDPipeline.from_pretrained(tiny_model_dir, device="cpu", precision=bad)
+    for bad in ("bf16", "float16", "", None):
         with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
             PCCDPipeline(pipe.model, pipe.rep_config, precision=bad)
+    # the loader's None is the family's choice: float32 for point-cloud models, on any CPU
+    assert load(Path(tiny_model_dir), read_meta(Path(tiny_model_dir)), "cpu", None).precision == (
+        "float32"
+    )
     assert PCCDPipeline(pipe.model, pipe.rep_config, precision="bfloat16").precision == "bfloat16"
 
 

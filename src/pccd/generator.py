@@ -501,9 +501,13 @@ def load_pretrained(
     name_or_path: str | Path | None = None,
     device: Any = None,
     *,
-    precision: str = "float32",
+    precision: str | None = None,
 ) -> Generator:
     """One-line load of a shipped model (by name) or a model directory, whatever its family.
+
+    ``precision`` is how the network computes while sampling; None leaves it to the family:
+    point-cloud models float32, atom models bfloat16 where the device has bfloat16 arithmetic
+    (float32 elsewhere). The generator's ``precision`` says what was chosen, and runs record it.
 
     Example: ``load_pretrained().sample(["Mg", "Mn", "O"], n=10, seed=1)``.
     """

@@ -303,10 +303,11 @@ class PCCDPipeline(GeneratorBase):
 
 
 def load(
-    directory: Path, meta: dict, device: torch.device | str | None, precision: str
+    directory: Path, meta: dict, device: torch.device | str | None, precision: str | None
 ) -> PCCDPipeline:
-    """The point-cloud family's loader (see :data:`pccd.generator.FAMILIES`)."""
-    check_precision(precision)  # before the weights are read
+    """The point-cloud family's loader (see :data:`pccd.generator.FAMILIES`); its networks
+    sample in float32 unless asked (``precision=None``), the paper's arithmetic."""
+    precision = check_precision(DEFAULT_PRECISION if precision is None else precision)
     model = PCCDUNet.from_pretrained(directory, map_location="cpu")
     rep_config = rep.RepresentationConfig.from_dict(meta["representation"])
     return PCCDPipeline(model, rep_config, meta["diffusion"], meta, device, precision)

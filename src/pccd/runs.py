@@ -91,6 +91,27 @@ def migrate_run_json(data: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
+def recorded_precision(directory: Path) -> str | None:
+    """The network precision a run directory's ``run.json`` records (an old file's float32),
+    or None where there is no readable record yet.
+
+    Why: a model may choose its precision by hardware (atom models: bfloat16 where it is
+    native), so a rerun that does not name one resumes at the run's own, not at whatever the
+    default is today; a damaged record is left for the settings check to report.
+    """
+    try:
+        data = json.loads((directory / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        precision = migrate_run_json(data).get("precision")
+    except InputError:
+        return None
+    return precision if isinstance(precision, str) else None
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Everything that determines the crystals of a generation run: its ``run.json``.

@@ -32,7 +32,7 @@ from pccd.conditioning import STABILITY_LABELS, STABLE_E_ABOVE_HULL
 from pccd.errors import InputError
 from pccd.experiments.csp import CSPSettings, run_csp
 from pccd.generator import Generator, Request
-from pccd.runs import SamplingSettings, generate_run
+from pccd.runs import SamplingSettings, generate_run, recorded_precision
 from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 from pccd.screen.decode_relax import DecodeRelaxer
 
@@ -91,10 +91,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             stability=args.stability,
         )  # validated before loading anything heavy
     set_threads(args.threads)
+    out = Path(args.out)
+    if args.precision is None:  # a rerun resumes at the precision its run recorded
+        args.precision = recorded_precision(out)
     pipeline = load_model(args)
     args.sampler = sampler(pipeline, args)
     check_run(pipeline, requests, args)
-    out = Path(args.out)
     extra = [f for f in args.format if f != "cif"]
     if args.valid_only and relaxer is not None:
         raise InputError("--relax does not go with --valid-only; relax with pccd screen")

@@ -10,7 +10,7 @@ import argparse
 import math
 
 from pccd.conditioning import CONDITION_NAMES
-from pccd.diffusion.sampling import DEFAULT_PRECISION, PRECISIONS
+from pccd.diffusion.sampling import PRECISIONS
 from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE
 
 GENERATE_FORMATS = ("cif", "extxyz", "poscar")
@@ -123,8 +123,9 @@ def seed_parent() -> argparse.ArgumentParser:
 
 
 SAMPLING_PRECISION_HELP = (
-    "how the network computes while sampling (default float32); bfloat16: autocast, faster on "
-    "CPUs with AMX/AVX512-BF16 (BENCHMARKS.md), other crystals for the same seed"
+    "how the network computes while sampling (default: the model's own; point-cloud models "
+    "float32, atom models bfloat16 where the CPU/GPU has bfloat16 arithmetic, else float32); "
+    "bfloat16: autocast, faster on CPUs with AMX/AVX512-BF16, other crystals for the same seed"
 )
 TRAINING_PRECISION_HELP = (
     "bfloat16: autocast with fp32 weights and optimiser, faster per step on CPUs with "
@@ -132,10 +133,12 @@ TRAINING_PRECISION_HELP = (
 )
 
 
-def precision_parent(help_text: str = SAMPLING_PRECISION_HELP) -> argparse.ArgumentParser:
-    """``--precision``: one set of names for sampling and training."""
+def precision_parent(
+    help_text: str = SAMPLING_PRECISION_HELP, default: str | None = None
+) -> argparse.ArgumentParser:
+    """``--precision``: one set of names for sampling and training (None: the model's own)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=help_text)
+    p.add_argument("--precision", choices=PRECISIONS, default=default, help=help_text)
     return p
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from pccd.cli import options as opt
+from pccd.diffusion import DEFAULT_PRECISION
 from pccd.web import serve  # light: the web extra (FastAPI, uvicorn) loads when serve() runs
+
+SERVE_PRECISION_HELP = (
+    "how the network computes for the jobs the page submits (default float32, for every "
+    "model: a job records it and resumes at it); bfloat16: autocast, faster on CPUs with "
+    "AMX/AVX512-BF16"
+)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -30,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p_srv = sub.add_parser(
         "serve",
         help="local web page + JSON API to generate and view crystals",
-        parents=[opt.precision_parent()],
+        parents=[opt.precision_parent(SERVE_PRECISION_HELP, DEFAULT_PRECISION)],
     )
     p_srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p_srv.add_argument("--port", type=opt.int_type(1, 65535), default=8000)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pccd.cli import options as opt
 from pccd.cli.support import key_values, one_line, require_path, set_threads
+from pccd.diffusion import DEFAULT_PRECISION
 from pccd.errors import InputError, MissingInputError
 from pccd.generator import FAMILIES, export_model
 
@@ -101,7 +102,7 @@ def register(sub: argparse._SubParsersAction, verbosity: argparse.ArgumentParser
             verbosity,
             opt.threads_parent(),
             opt.seed_parent(),
-            opt.precision_parent(opt.TRAINING_PRECISION_HELP),
+            opt.precision_parent(opt.TRAINING_PRECISION_HELP, DEFAULT_PRECISION),
         ],
     )
     p_train.add_argument("--data", required=True, help="training crystals (CSV, dir, ASE file)")

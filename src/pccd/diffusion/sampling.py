@@ -28,6 +28,18 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def native_bfloat16(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports
+    it, or a CPU with AVX512-BF16 / AMX as oneDNN reports. Elsewhere bfloat16 is emulated and
+    slower than float32, so a model may prefer it only where this is true."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
 def network_precision(
     precision: str, device: torch.device | str
 ) -> contextlib.AbstractContextManager:
