@@ -75,6 +75,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": str(args.model or "shipped"),
         "family": pipe.family,
+        "precision": pipe.precision,
         "settings": vars(args),
         "n": args.n,
         "decoded": len(counts) / args.n,
