@@ -4,6 +4,7 @@ interrupted screen resumes without losing or duplicating a row."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import json
@@ -559,3 +560,31 @@ def test_a_split_no_crystal_survives_is_refused(command, tmp_path, capsys):
     code, _, err = run(capsys, command, split, "--max-sites", "1", "--out", tmp_path / "o")
     assert_user_error(code, err, "no crystal passed the filter")
     assert not (tmp_path / "o").exists()
+
+
+def test_each_command_is_registered_by_the_module_main_imports_for_it():
+    """main() builds the parser from the invoked command's module only (a fast start); the
+    table it uses must name every command and its true module."""
+    from pccd.cli import COMMANDS, MODULES, build_parser
+
+    full = build_parser()
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)
+    assert set(COMMANDS.values()) == set(MODULES)
+    for command, module in COMMANDS.items():
+        alone = build_parser(command)
+        only = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction))
+        assert command in only.choices, (command, module)
+
+
+def test_generate_starts_without_the_other_commands_stacks():
+    """`pccd generate` must not import the CSP benchmark, the structure matcher or the
+    point-cloud decoder's scikit-learn: each costs a fraction of a second per call."""
+    code = (
+        "import sys; from pccd.cli import build_parser; build_parser('generate'); "
+        "import pccd.runs, pccd.families.atoms.family; "
+        "print(sorted(m for m in ('pccd.experiments.csp', 'sklearn.cluster', "
+        "'pymatgen.analysis.structure_matcher', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

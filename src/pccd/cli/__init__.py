@@ -18,12 +18,12 @@ command enables them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from pccd import progress
-from pccd.cli import data, evaluate, generate, models, screen, serve, train
 from pccd.cli.options import verbosity_parent
 from pccd.cli.support import one_line
 from pccd.errors import IncompleteRun, InputError
@@ -52,17 +52,36 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pccd`` parser: each command module adds its own sub-commands."""
+MODULES = ("data", "generate", "train", "evaluate", "screen", "serve", "models")
+"""The command modules of :mod:`pccd.cli`, in the order ``pccd --help`` lists them."""
+COMMANDS = {
+    "data": "data", "roundtrip": "data",
+    "generate": "generate", "csp": "generate",
+    "train": "train", "export": "train", "checkpoint": "train",
+    "reconstruct": "evaluate", "evaluate": "evaluate",
+    "screen": "screen", "batch": "screen", "phonons": "screen", "references": "screen",
+    "serve": "serve",
+    "models": "models",
+}  # fmt: skip
+"""Each command → the module that registers it. ``main`` imports only the invoked command's
+module: every module pulls in its own stack (the structure matcher, phonopy, FastAPI, …), and
+importing all of them cost each ``pccd generate`` about a second."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``pccd`` parser: each command module adds its own sub-commands (only ``command``'s
+    module when given: what :func:`main` uses to start fast)."""
     parser = _Parser(
         prog="pccd", description="Point-cloud crystal diffusion (PCCD, arXiv 2401.13192)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     verbosity = verbosity_parent()
-    for module in (data, generate, train, evaluate, screen):
-        module.register(sub, verbosity)
-    serve.register(sub)
-    models.register(sub)
+    for name in MODULES if command is None else (COMMANDS[command],):
+        module = importlib.import_module(f"pccd.cli.{name}")
+        if name in ("serve", "models"):
+            module.register(sub)
+        else:
+            module.register(sub, verbosity)
     return parser
 
 
@@ -101,7 +120,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pccd`` command."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:

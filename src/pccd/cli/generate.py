@@ -30,7 +30,6 @@ from pccd.cli.support import (
 )
 from pccd.conditioning import STABILITY_LABELS, STABLE_E_ABOVE_HULL
 from pccd.errors import InputError
-from pccd.experiments.csp import CSPSettings, run_csp
 from pccd.generator import Generator, Request
 from pccd.runs import SamplingSettings, generate_run, recorded_precision
 from pccd.screen.batched import DEFAULT_RELAX_ENGINE
@@ -172,6 +171,9 @@ def _generate_valid(
 
 def _cmd_csp(args: argparse.Namespace) -> int:
     """The DiffCSP crystal-structure-prediction benchmark on a split."""
+    # the benchmark's matcher, plots and reports: a second of imports `pccd generate` skips
+    from pccd.experiments.csp import CSPSettings, run_csp
+
     require_path(args.path, "split")
     set_threads(args.threads)
     pipeline = load_model(args)

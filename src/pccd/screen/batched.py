@@ -25,7 +25,6 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.filters import FrechetCellFilter
-from ase.optimize import FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -217,12 +216,14 @@ class _Run:
     key: Any
     structure: Structure
     atoms: Atoms
-    optimizer: FIRE
+    optimizer: FIRE  # noqa: F821 (imported where it is made, in _start)
     seconds: float = 0.0  # this crystal's share of the batch's wall time
     initial_raw_energy: float | None = None
 
 
 def _start(key, structure: Structure, fmax: float, max_steps: int, relax_cell: bool) -> _Run:
+    from ase.optimize import FIRE  # half a second of imports that only a relaxation needs
+
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = _Cached()
     target = FrechetCellFilter(atoms) if relax_cell else atoms

@@ -6,7 +6,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from pccd.families.atoms.batch import AtomBatch, lattice_scale
-from pccd.representation import DecodeFailure, DecodeReason
+from pccd.generator import DecodeFailure, DecodeReason
 
 MAX_LENGTH = 100.0
 """Longest cell edge (Å) a sample may have; the bulk training split's longest is ~50 Å."""
