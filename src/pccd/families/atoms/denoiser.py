@@ -55,6 +55,14 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
 
 
+def _segment_mean(
+    x: torch.Tensor, index: torch.Tensor, size: int, counts: torch.Tensor
+) -> torch.Tensor:
+    """Rows of ``x`` summed into ``size`` segments by ``index``, divided by ``counts``."""
+    total = x.new_zeros((size, *x.shape[1:])).index_add_(0, index, x)
+    return total / counts.to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+
+
 @dataclass(frozen=True)
 class Packing:
     """Where the real atoms and pairs of a dense (B, N) batch sit in flat arrays.
@@ -84,8 +92,12 @@ class Packing:
 
     def cell_mean(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) mean over each cell's atoms of per-atom ``x`` (A, ...)."""
-        total = x.new_zeros((len(self.counts), *x.shape[1:])).index_add_(0, self.cell, x)
-        return total / self.counts.clamp(min=1).to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+        return _segment_mean(x, self.cell, len(self.counts), self.counts.clamp(min=1))
+
+    def message_mean(self, m: torch.Tensor) -> torch.Tensor:
+        """(A, ...) mean over each atom's incoming pairs of per-pair ``m`` (P, ...): an atom
+        receives one message from every atom of its cell, itself included."""
+        return _segment_mean(m, self.src, len(self.cell), self.counts[self.cell])
 
     def dense(self, x: torch.Tensor, width: int) -> torch.Tensor:
         """Per-atom ``x`` (A, ...) as (B, width, ...), zeros where there is no atom."""
@@ -125,8 +137,7 @@ class MessageLayer(nn.Module):
         inplace = not torch.is_grad_enabled()
         linear = self.message[1]  # message = SiLU, Linear, SiLU, applied here
         m = F.silu(linear(F.silu(pre, inplace=inplace)), inplace=inplace)
-        agg = m.new_zeros(x.shape).index_add_(0, packing.src, m).to(x.dtype)  # m may be bf16
-        agg = agg / packing.counts[packing.cell, None].to(x.dtype)
+        agg = packing.message_mean(m).to(x.dtype)  # m may be bf16
         return h + self.update(torch.cat([x, agg], dim=-1))
 
 
