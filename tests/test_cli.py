@@ -73,10 +73,14 @@ INVALID = [
     (["generate", "--elements", "Na,Cl", "--band-gap", "-1"], "--band-gap"),
     (["generate", "--elements", "Na,Cl", "--stability", "metastable"], "--stability"),
     (["generate", "--elements", "Na,Cl", "--stability", "Stable"], "--stability"),
-    (["generate", "--elements", "Na,Cl", "--stability", "stable", "--model", "pccd-cpu"],
-     "not trained on stability"),
-    (["generate", "--elements", "Na,Cl", "--repulsion", "0.8", "--model", "pccd-atoms"],
-     "point-cloud"),
+    (
+        ["generate", "--elements", "Na,Cl", "--stability", "stable", "--model", "pccd-cpu"],
+        "not trained on stability",
+    ),
+    (
+        ["generate", "--elements", "Na,Cl", "--repulsion", "0.8", "--model", "pccd-atoms"],
+        "point-cloud",
+    ),
     (["generate", "--elements", "Na,Cl", "--guide", "stabilty", "--guidance", "2"], "stabilty"),
     (["generate", "--elements", "Na,Cl", "--format", "cif,xyz"], "--format"),
     (["generate", "--elements", "Na,Cl", "--device", "tpu"], "--device"),
