@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pccd import load_pretrained
 from pccd.cli import main
 from pccd.generator import Request, read_meta
 from pccd.pipeline import PCCDPipeline, load
@@ -118,9 +119,8 @@ def test_shipped_model_loads_offline_and_meets_its_quality_floor():
     and hit the requested elements. Measured on pccd-cpu step 34,700 (2026-12-01, 2-core CPU):
     seeds 0 / 1 / 2 decoded 20/20 each, exactly the requested elements 18 / 19 / 19 of 20. The
     floors sit one crystal below (seed 0), so a regression of two or more crystals fails."""
-    from pccd import load_pretrained
 
-    pipe = load_pretrained(device="cpu")
+    pipe = load_pretrained("pccd-cpu", device="cpu")
     assert pipe.meta["name"] == "pccd-cpu"
     requests = [Request.parse(els) for els in QUALITY_LISTS]
     samples = pipe.generate(requests, seed=0)
@@ -184,14 +184,16 @@ def test_untrained_condition_is_refused_before_anything_is_written(tiny_model_di
     assert len(ok) == 1
 
 
-def test_shipped_model_refuses_magnetic_ordering():
-    pipe = PCCDPipeline.from_pretrained(None, device="cpu")
-    assert "magnetic" not in pipe.trained_conditions
-    with pytest.raises(ValueError, match="not trained on magnetic"):
-        pipe.generate(Request.parse(["Fe", "O"], magnetic="FM"), 1, steps=2)
+def test_shipped_models_refuse_magnetic_ordering():
+    """No split has magnetic labels; pccd-cpu has the (untrained) slot, pccd-atoms not even that."""
+    for name in ("pccd-cpu", "pccd-atoms"):
+        pipe = load_pretrained(name, device="cpu")
+        assert "magnetic" not in pipe.trained_conditions
+        with pytest.raises(ValueError, match="not trained on magnetic"):
+            pipe.generate(Request.parse(["Fe", "O"], magnetic="FM"), 1, steps=2)
 
 
-def test_shipped_model_has_no_stability_and_samples_as_before():
+def test_pccd_cpu_has_no_stability_and_samples_as_before():
     """pccd-cpu predates the stability condition and the SNR shift (it samples with the plain
     cosine it was trained on): its config lists four conditions, it loads
     without a stability embedding, refuses stability requests, and a stability value in a
@@ -201,7 +203,7 @@ def test_shipped_model_has_no_stability_and_samples_as_before():
     from pccd.conditioning import Conditions
     from pccd.model.unet import example_inputs
 
-    pipe = PCCDPipeline.from_pretrained(None, device="cpu")
+    pipe = PCCDPipeline.from_pretrained("pccd-cpu", device="cpu")
     assert pipe.make_scheduler("ddim", None).snr_shift == 1.0
     assert pipe.model.config.conditions == ("elements", "band_gap", "magnetic", "formula")
     assert not hasattr(pipe.model.cond_encoder, "stability_embed")

@@ -53,9 +53,12 @@ def test_headline_figures_name_result_files_that_exist():
 def test_text_listing(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
+    atoms = next(m for m in shipped_models() if m.info.name == "pccd-atoms")
     cpu = next(m for m in shipped_models() if m.info.name == "pccd-cpu")
-    assert "pccd-cpu  (default)" in out
+    assert "pccd-atoms  (default)" in out and "pccd-cpu  (default)" not in out
+    assert f"parameters  {atoms.parameters:,}" in out
     assert f"parameters  {cpu.parameters:,}" in out
+    assert "conditions  elements, formula, band_gap, stability" in out
     assert "conditions  elements, band_gap, formula" in out
     assert "headline figures:" in out and "benchmarks/results/" in out
 

@@ -363,12 +363,15 @@ BAD_JOBS = [
 
 
 def test_page_offers_only_the_conditions_the_model_learned(tmp_path):
-    """The page shows the stability choice only for a model trained with it; the shipped
-    model predates the condition."""
+    """The page shows the stability choice only for a model trained with it (app.js unhides
+    it from the chosen model's conditions): the default pccd-atoms learned it, pccd-cpu
+    predates it."""
     from pccd.web.jobs import JobManager
 
-    manager = JobManager(tmp_path / "runs")  # the shipped model; nothing is started
-    assert manager.trained_conditions == ("elements", "band_gap", "formula")
+    manager = JobManager(tmp_path / "runs")  # the default model; nothing is started
+    assert manager.trained_conditions == ("elements", "formula", "band_gap", "stability")
+    cpu = JobManager(tmp_path / "runs", "pccd-cpu")
+    assert cpu.trained_conditions == ("elements", "band_gap", "formula")
     html = (Path(__file__).resolve().parents[1] / "src/pccd/web/static/index.html").read_text()
     assert 'id="f-stability-row" hidden' in html
 

@@ -38,7 +38,7 @@ SERVE = "import json, sys; from pccd.web import serve; serve(**json.loads(sys.ar
 class Server:
     """One ``pccd serve`` process; ``url`` once it answers."""
 
-    def __init__(self, runs: Path, model: Path | None, **kwargs):
+    def __init__(self, runs: Path, model: Path | str | None, **kwargs):
         self.port = kwargs.pop("port", None) or free_port()
         args = {"port": self.port, "runs": str(runs), "threads": 1}
         if model is not None:  # else the shipped default
@@ -103,7 +103,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(runs: Path, model: Path | None, **kwargs) -> Iterator[Server]:
+def serving(runs: Path, model: Path | str | None, **kwargs) -> Iterator[Server]:
     server = Server(runs, model, **kwargs)
     try:
         server.wait()
@@ -149,8 +149,9 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(tmp_path, tiny_m
 # ---- SIGKILL in the middle of a job ---------------------------------------------------------
 @pytest.mark.slow
 def test_a_killed_server_resumes_its_job_with_no_crystal_lost_or_doubled(tmp_path):
-    """The shipped model, whose crystals decode (the tiny random one's do not), so that the
-    CIFs served mid-run can be parsed and compared with an uninterrupted run's."""
+    """A shipped model, whose crystals decode (the tiny random one's do not), so that the
+    CIFs served mid-run can be parsed and compared with an uninterrupted run's: pccd-cpu, whose
+    DDIM chain this job's timing was sized for."""
     from pymatgen.core import Structure
 
     from pccd.generator import Request, load_pretrained
@@ -159,7 +160,7 @@ def test_a_killed_server_resumes_its_job_with_no_crystal_lost_or_doubled(tmp_pat
     runs = tmp_path / "runs"
     job = {"elements": ["Na", "Cl"], "n": 12, "batch_size": 2, "steps": 100, "name": "killed"}
     served_cifs = 0
-    with serving(runs, None) as server:
+    with serving(runs, "pccd-cpu") as server:
         status, body = server.post("/api/jobs", job)
         assert status == 201, body
         deadline = time.monotonic() + 240
@@ -188,7 +189,7 @@ def test_a_killed_server_resumes_its_job_with_no_crystal_lost_or_doubled(tmp_pat
     left = summary(runs / "killed")
     assert 4 <= len(left) < 12
 
-    with serving(runs, None) as server:
+    with serving(runs, "pccd-cpu") as server:
         deadline = time.monotonic() + 240
         while (body := server.get("/api/jobs/killed")[1])["status"] != "done":
             assert body["status"] in ("queued", "running"), body
@@ -201,7 +202,7 @@ def test_a_killed_server_resumes_its_job_with_no_crystal_lost_or_doubled(tmp_pat
     # and they are the crystals an uninterrupted run makes
     reference = tmp_path / "reference"
     generate_to_directory(
-        load_pretrained(),
+        load_pretrained("pccd-cpu"),
         Request.parse(["Na", "Cl"]),
         12,
         reference,

@@ -43,8 +43,10 @@ from pccd.errors import InputError, MissingInputError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Model directories shipped inside the package (``pccd.json`` + weights + model card)."""
-DEFAULT_MODEL = "pccd-cpu"
-"""The model every generating command uses when none is named."""
+DEFAULT_MODEL = "pccd-atoms"
+"""The model every generating command uses when none is named: the atom-level model, whose raw
+samples look like crystals (benchmarks/results/atoms/; ``--model pccd-cpu`` is the paper's
+point-cloud model)."""
 FAMILIES = {"points": "pccd.families.points", "atoms": "pccd.families.atoms.family"}
 """Model family → its module (``load``, ``describe``, ``export``; see the module docstring)."""
 LEGACY_FAMILY = "points"

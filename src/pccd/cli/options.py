@@ -11,6 +11,7 @@ import math
 
 from pccd.conditioning import CONDITION_NAMES
 from pccd.diffusion.sampling import PRECISIONS
+from pccd.generator import DEFAULT_MODEL
 from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE
 
 GENERATE_FORMATS = ("cif", "extxyz", "poscar")
@@ -110,9 +111,15 @@ def device_parent() -> argparse.ArgumentParser:
     return p
 
 
-def model_parent() -> argparse.ArgumentParser:
+def model_parent(default: str | None = None) -> argparse.ArgumentParser:
+    """``--model``; None stands for :data:`~pccd.generator.DEFAULT_MODEL`, a command tied to one
+    family (reconstruct) names its own default."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", help="model directory or shipped model name (default pccd-cpu)")
+    p.add_argument(
+        "--model",
+        default=default,
+        help=f"model directory or shipped model name (default {default or DEFAULT_MODEL})",
+    )
     return p
 
 
@@ -171,13 +178,15 @@ def model_parents(
     sampler: str | None = None,
     batch_size: int | None = 100,
     guidance: bool = True,
+    model: str | None = None,
 ) -> list[argparse.ArgumentParser]:
     """The flags of every command that samples a model (generate, csp, reconstruct, batch):
-    verbosity, threads, model, device, seed and :func:`sampling_parent`'s."""
+    verbosity, threads, model (default ``model``, see :func:`model_parent`), device, seed and
+    :func:`sampling_parent`'s."""
     return [
         verbosity,
         threads_parent(),
-        model_parent(),
+        model_parent(model),
         device_parent(),
         seed_parent(),
         sampling_parent(sampler, batch_size, guidance),

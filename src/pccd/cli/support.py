@@ -20,7 +20,7 @@ import torch
 
 from pccd import data
 from pccd.errors import InputError, MissingInputError
-from pccd.generator import Generator, Request, load_pretrained
+from pccd.generator import DEFAULT_MODEL, Generator, Request, load_pretrained
 from pccd.mlip import BUILTIN, MLIP, SCREEN_EXTRA_HINT
 
 
@@ -118,7 +118,7 @@ def load_model(args: argparse.Namespace) -> Generator:
     """The model of ``--model`` on ``--device`` at ``--precision``; a damaged model directory is
     a user error."""
     chosen = device(args)
-    label = args.model or "the shipped model"
+    label = args.model or DEFAULT_MODEL
     try:
         return load_pretrained(args.model, chosen, precision=args.precision)
     except InputError:
