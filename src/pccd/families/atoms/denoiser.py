@@ -81,6 +81,11 @@ class Packing:
     """(P,) the atom j."""
     counts: torch.Tensor
     """(B,) atoms per cell."""
+    pair_cell: torch.Tensor
+    """(P,) the cell of each pair."""
+    incoming: torch.Tensor
+    """(A,) messages each atom receives: its cell's atom count (indexed once here, not in
+    every message layer)."""
 
     @classmethod
     def of(cls, mask: torch.Tensor) -> Packing:
@@ -88,7 +93,10 @@ class Packing:
         index = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
         index[cell, row] = torch.arange(len(cell), device=mask.device)
         pair_cell, i, j = (mask[:, :, None] & mask[:, None, :]).nonzero(as_tuple=True)
-        return cls(cell, row, index[pair_cell, i], index[pair_cell, j], mask.sum(1))
+        counts = mask.sum(1)
+        return cls(
+            cell, row, index[pair_cell, i], index[pair_cell, j], counts, pair_cell, counts[cell]
+        )
 
     def cell_mean(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) mean over each cell's atoms of per-atom ``x`` (A, ...)."""
@@ -97,7 +105,7 @@ class Packing:
     def message_mean(self, m: torch.Tensor) -> torch.Tensor:
         """(A, ...) mean over each atom's incoming pairs of per-pair ``m`` (P, ...): an atom
         receives one message from every atom of its cell, itself included."""
-        return _segment_mean(m, self.src, len(self.cell), self.counts[self.cell])
+        return _segment_mean(m, self.src, len(self.cell), self.incoming)
 
     def dense(self, x: torch.Tensor, width: int) -> torch.Tensor:
         """Per-atom ``x`` (A, ...) as (B, width, ...), zeros where there is no atom."""
@@ -219,7 +227,7 @@ class AtomDenoiser(nn.Module):
         angle = diff[..., None] * self.freqs  # (P, 3, K)
         fourier = torch.cat([angle.sin(), angle.cos()], dim=-1).flatten(-2)
         nearest = diff - torch.round(diff)
-        cart = torch.einsum("pk,pkl->pl", nearest, lat[packing.cell[packing.src]])
+        cart = torch.einsum("pk,pkl->pl", nearest, lat[packing.pair_cell])
         dist = torch.linalg.vector_norm(cart, dim=-1)  # (P,)
         width = self.config.rbf_max / self.config.rbf
         rbf = torch.exp(-(((dist[..., None] - self.centres) / width) ** 2))
