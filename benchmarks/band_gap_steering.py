@@ -68,8 +68,7 @@ from pccd.evaluate.geometry import (
     space_group_number,
     summarize_geometry,
 )
-from pccd.generator import Request
-from pccd.pipeline import DEFAULT_DDIM_STEPS, PCCDPipeline
+from pccd.generator import Generator, Request, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -122,7 +121,7 @@ def _round(value: float, digits: int = 4) -> float | None:
 
 
 def measure_setting(
-    pipe: PCCDPipeline,
+    pipe: Generator,
     instrument: bg.BandGapModel,
     element_lists: list[tuple[Element, ...]],
     per_list: int,
@@ -376,7 +375,7 @@ def main() -> None:
     summary_path = out.with_name(f"{out.stem}{tag}_summary.json")
     split = _resolve(args.split)
 
-    pipe = PCCDPipeline.from_pretrained(args.model)
+    pipe = load_pretrained(args.model)  # either family, through the generator seam
     instrument = bg.load_shipped()
     table = data.load(split).table
     element_lists = [
@@ -392,8 +391,10 @@ def main() -> None:
         "split": str(split.relative_to(ROOT.parent))
         if split.is_relative_to(ROOT.parent)
         else str(split),
-        "sampler": "ddim",
-        "steps": DEFAULT_DDIM_STEPS,
+        "family": pipe.family,
+        "sampler": pipe.samplers[0],
+        "steps": pipe.default_steps(pipe.samplers[0]),
+        "precision": pipe.precision,
         "batch_size": args.batch_size,
         "instrument": instrument.fingerprint,
         **({"guide": guide} if guide else {}),

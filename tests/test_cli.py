@@ -585,13 +585,16 @@ def test_each_command_is_registered_by_the_module_main_imports_for_it():
 
 
 def test_generate_starts_without_the_other_commands_stacks():
-    """`pccd generate` must not import the CSP benchmark, the structure matcher or the
-    point-cloud decoder's scikit-learn: each costs a fraction of a second per call."""
+    """`pccd generate` must not import the CSP benchmark, the structure matcher, the
+    point-cloud decoder's scikit-learn or ASE's readers, optimisers and symmetry stack (only
+    `--relax`, `--format extxyz` and ASE input files need them): each costs a fraction of a
+    second per call."""
     code = (
         "import sys; from pccd.cli import build_parser; build_parser('generate'); "
-        "import pccd.runs, pccd.families.atoms.family; "
+        "import pccd.cli.generate, pccd.runs, pccd.families.atoms.family; "
         "print(sorted(m for m in ('pccd.experiments.csp', 'sklearn.cluster', "
-        "'pymatgen.analysis.structure_matcher', 'matplotlib') if m in sys.modules))"
+        "'pymatgen.analysis.structure_matcher', 'matplotlib', 'ase.io', 'ase.optimize', "
+        "'ase.spacegroup', 'pymatgen.io.ase', 'pccd.screen.batched') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

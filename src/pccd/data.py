@@ -37,10 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from ase.io import read as read_ase
 from pymatgen.core import DummySpecies, Lattice, Structure
 from pymatgen.core.periodic_table import Element
-from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifParser
 
 from pccd.conditioning import MAGNETIC_ORDERINGS, stability_index
@@ -666,6 +664,11 @@ def _atoms_props(info: dict) -> dict[str, float | str]:
 
 
 def _read_ase(path: Path, options: FilterOptions) -> tuple[list[CrystalRecord], list[Rejection]]:
+    # ASE's readers and pymatgen's adaptor cost ~0.6 s to import; every command imports this
+    # module (the CLI's split loading), and only ASE files need them
+    from ase.io import read as read_ase
+    from pymatgen.io.ase import AseAtomsAdaptor
+
     records: list[CrystalRecord] = []
     rejected: list[Rejection] = []
     items: list[tuple[str, object, dict]] = []

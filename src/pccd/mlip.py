@@ -18,7 +18,6 @@ from functools import cache
 from typing import Any
 
 from pymatgen.core import Structure
-from pymatgen.io.ase import AseAtomsAdaptor
 
 from pccd.errors import InputError
 
@@ -83,6 +82,10 @@ class MLIP:
             if not math.isfinite(energy):
                 raise MLIPError(f"chgnet returned a non-finite energy for {structure.formula}")
             return energy
+        # the adaptor imports ASE's symmetry stack (~0.3 s); the CLI imports this module for
+        # every command, and only an energy evaluation needs it
+        from pymatgen.io.ase import AseAtomsAdaptor
+
         atoms = AseAtomsAdaptor.get_atoms(structure)
         try:
             atoms.calc = self.calculator  # SevenNet checks the elements here

@@ -9,9 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ase.io import write
 from pymatgen.core import Structure
-from pymatgen.io.ase import AseAtomsAdaptor
 
 from pccd import progress
 from pccd.cli import options as opt
@@ -32,15 +30,18 @@ from pccd.conditioning import STABILITY_LABELS, STABLE_E_ABOVE_HULL
 from pccd.errors import InputError
 from pccd.generator import Generator, Request
 from pccd.runs import SamplingSettings, generate_run, recorded_precision
-from pccd.screen.batched import DEFAULT_RELAX_ENGINE
 from pccd.screen.decode_relax import DecodeRelaxer
+from pccd.screen.engines import DEFAULT_RELAX_ENGINE
 
 
 def _write_formats(structure, out: Path, stem: str, formats: Sequence[str]) -> None:
     """Write ``structure`` in the extra formats beside its CIF (same stem)."""
     if "poscar" in formats:
         structure.to(filename=str(out / f"{stem}.vasp"), fmt="poscar")
-    if "extxyz" in formats:
+    if "extxyz" in formats:  # ASE's writer and the adaptor cost ~0.6 s to import
+        from ase.io import write
+        from pymatgen.io.ase import AseAtomsAdaptor
+
         write(out / f"{stem}.extxyz", AseAtomsAdaptor.get_atoms(structure), format="extxyz")
 
 

@@ -12,7 +12,7 @@ import math
 from pccd.conditioning import CONDITION_NAMES
 from pccd.diffusion.sampling import PRECISIONS
 from pccd.generator import DEFAULT_MODEL
-from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE
+from pccd.screen.engines import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE, RELAX_ENGINES
 
 GENERATE_FORMATS = ("cif", "extxyz", "poscar")
 
@@ -241,7 +241,7 @@ def relax_engine_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--relax-engine",
-        choices=["ase", "batched"],
+        choices=list(RELAX_ENGINES),
         help=f"{DEFAULT_RELAX_ENGINE} (default): many crystals in lockstep, one MLIP call per "
         "step for all; ase: per-crystal FIRE (same FIRE, checks and failure classes; runs made "
         "before 2026-12-02 used it and resume with it)",

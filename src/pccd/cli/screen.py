@@ -26,7 +26,7 @@ from pccd.errors import InputError, MissingInputError
 from pccd.experiments.discovery import BatchSettings, check_batch_settings, run_batch
 from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import list_cifs
-from pccd.screen.batched import DEFAULT_RELAX_ENGINE
+from pccd.screen.engines import DEFAULT_RELAX_ENGINE
 from pccd.screen.phonons import compute_phonons, plot_band_structure
 from pccd.screen.references import (
     compute_reference_energies,

@@ -30,6 +30,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from pccd.errors import InputError
 from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
+from pccd.screen.engines import DEFAULT_BATCH_SIZE
 from pccd.screen.relax import (
     Relaxation,
     RelaxationError,
@@ -37,13 +38,6 @@ from pccd.screen.relax import (
     check_step,
     finish_relaxation,
 )
-
-#: engines of the relaxation: per-crystal ASE FIRE (``relax``) or this module's lockstep batch
-RELAX_ENGINES = ("ase", "batched")
-#: the default since 2026-12-02: 4.15x the crystals per minute of "ase" on the same 40 crystals,
-#: same energies and failure classes (BENCHMARKS.md, batched relaxation A/B)
-DEFAULT_RELAX_ENGINE = "batched"
-DEFAULT_BATCH_SIZE = 16
 
 Results = dict[str, Any]
 #: an evaluator maps a batch of Atoms to one results dict, or the exception it raised, each

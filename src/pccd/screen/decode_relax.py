@@ -19,8 +19,7 @@ from pymatgen.core import Structure
 
 from pccd.errors import InputError
 from pccd.mlip import EVAL_ERRORS, MLIP, MLIPError
-from pccd.screen.batched import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE, RELAX_ENGINES, relax_many
-from pccd.screen.relax import RelaxationError, relax
+from pccd.screen.engines import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE, RELAX_ENGINES
 
 RELAX_COLUMNS = (
     "energy_per_atom",
@@ -72,6 +71,11 @@ class DecodeRelaxer:
     def relax_rows(self, rows: list[dict[str, object]], out: Path) -> None:
         """Relax the crystals of ``rows`` (summary rows with a ``cif``) and fill in their
         relaxation columns; relaxed CIFs are written to ``out/relaxed/``."""
+        # the relaxers import ASE's optimisers (~0.5 s); every `pccd generate` imports this
+        # module, and only `--relax` needs them
+        from pccd.screen.batched import relax_many
+        from pccd.screen.relax import RelaxationError, relax
+
         todo: list[tuple[int, Structure]] = []
         for k, row in enumerate(rows):
             if row.get("cif"):

@@ -34,12 +34,8 @@ from pccd.evaluate.geometry import describe_structure
 from pccd.evaluate.novelty import ReferenceIndex
 from pccd.mlip import MLIP, MLIPError
 from pccd.outputs import ResultTable, check_run_settings, list_cifs
-from pccd.screen.batched import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_RELAX_ENGINE,
-    RELAX_ENGINES,
-    relax_many,
-)
+from pccd.screen.batched import relax_many
+from pccd.screen.engines import DEFAULT_BATCH_SIZE, DEFAULT_RELAX_ENGINE, RELAX_ENGINES
 from pccd.screen.hull import ConvexHull, HullError
 from pccd.screen.references import ReferenceEnergies
 from pccd.screen.relax import Relaxation, RelaxationError, relax

@@ -60,15 +60,16 @@ class TorusScore:
         self.sigmas = torch.cat([torch.zeros(1, dtype=torch.float64), geo]).float()
         self.norms = self._score_norms()
 
-    def _score_norms(self, points: int = 2000) -> torch.Tensor:
+    def _score_norms(self, points: int = 256) -> torch.Tensor:
         """λ_t = E‖score‖² per coordinate under the process.
 
         Where σ ≤ :data:`GAUSSIAN_SIGMA` the wrapped normal differs from a normal only where
         its density is below exp(−0.5²/(2σ²)) ≈ 2e−22 (near d = ±½, where two images meet), so
         λ = 1/σ² to float64. Wider σ (half of the timesteps) use the periodic trapezoid rule,
-        which converges exponentially for a smooth periodic integrand. Exact, unlike a Monte
-        Carlo estimate, and cheap: building a model (each ``pccd generate``) spends ~0.5 s
-        here, half of what the rule over every σ took.
+        which converges exponentially for a smooth periodic integrand: with 256 points (the
+        narrowest wide σ spans 13 of them) the float32 norms are bit-identical to 2,000
+        points' (checked 2026-12-07; 128 points still were), and building a model (each
+        ``pccd generate``) spends ~0.05 s here instead of ~0.7 s.
         """
         sig_all = self.sigmas[1:].double()
         lam = 1 / sig_all**2
