@@ -1,7 +1,8 @@
 """Recompute the discovery-batch and screening-throughput shares from the result files.
 
 Every share counts every crystal (a failed relaxation is a miss, listed by kind); the shares
-over crystals that got an E_hull are printed apart. Reads only ``benchmarks/results/``:
+over crystals that got an E_hull are printed apart. ``batches/`` holds `pccd-cpu`'s three
+discovery batches, ``batches_atoms/`` `pccd-atoms`'s. Reads only ``benchmarks/results/``:
 
     .venv/bin/python benchmarks/result_shares.py
 """
@@ -22,7 +23,7 @@ def pct(x: float | None) -> str:
 
 
 def main() -> None:
-    for path in sorted(RESULTS.glob("batches/batch*/batch*.csv")):
+    for path in sorted(RESULTS.glob("batches*/batch*/batch*.csv")):
         with path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
         s = batch_statistics(rows)
