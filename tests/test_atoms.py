@@ -486,9 +486,10 @@ def test_a_curve_file_with_other_columns_is_refused_not_mixed_into(tmp_path):
 
 def test_the_shipped_atom_model_makes_crystals_that_look_like_crystals():
     """pccd-atoms through the seam, default sampler: 20 de novo crystals for 4 element lists.
-    Measured on 1,000 val lists: 84.8% plausible, 46.8% above P1, 100% exact elements
-    (benchmarks/results/atoms/generation_quality_mp_pccd_pc100.json); the floors here are
-    far below that, so a broken model or sampler fails and the noise of 20 samples does not."""
+    Measured on 1,000 val lists: 89.3% plausible, 51.1% above P1, 100% exact elements
+    (benchmarks/results/atoms/a1_vs_a2/generation_quality_a2_mp_pccd_pc100.json); the floors
+    here are far below that, so a broken model or sampler fails and the noise of 20 samples
+    does not."""
     from pccd.evaluate.geometry import geometry_summary
 
     pipe = load_pretrained("pccd-atoms", "cpu")
