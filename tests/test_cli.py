@@ -598,3 +598,18 @@ def test_generate_starts_without_the_other_commands_stacks():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_packing_and_exporting_a_checkpoint_load_neither_lightning_nor_scikit_learn():
+    """`pccd checkpoint pack|unpack` and `pccd export` only move tensors: Lightning (4.7 s) and
+    the decoder's scikit-learn (1.3 s) are for training and decoding, and halved these commands'
+    time when `pccd.training` imported them all."""
+    code = (
+        "import sys; from pccd.cli import build_parser; build_parser('checkpoint'); "
+        "import pccd.cli.train; "
+        "from pccd.training import export_pretrained, pack_checkpoint, unpack_checkpoint; "
+        "from pccd.training import TrainConfig, CrystalDataset; "
+        "print(sorted(m for m in ('lightning', 'sklearn.cluster') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -36,7 +36,6 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.periodic_table import Element
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
-from sklearn.cluster import DBSCAN
 
 from pccd.conditioning import MAX_SLOTS
 from pccd.generator import DecodeFailure, DecodeReason, as_elements
@@ -431,6 +430,10 @@ def cluster_rows(
     for different elements are never neighbours; overlapping clusters are merged when
     ``merge_overlaps``. The ``spread`` layout's grouping (see :func:`atom_labels`).
     """
+    # imported here: scikit-learn takes 1.3 s to import, and packing, exporting or configuring
+    # a point-cloud run reads this module without decoding anything
+    from sklearn.cluster import DBSCAN
+
     dist = lattice.get_all_distances(frac, frac)
     if config.cluster_by is ClusterBy.ELEMENT:
         # rows voting for different elements are never neighbours: one DBSCAN call clusters

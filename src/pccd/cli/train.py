@@ -64,8 +64,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     """Pack a run's last.ckpt into files a git repository takes, or rebuild it from them."""
-    # imported when run: Lightning takes seconds to import and no other command needs it
-    from pccd.training import pack_checkpoint, unpack_checkpoint  # Lightning: only here
+    # imported when run: torch and the network's modules are not needed to parse arguments
+    from pccd.training import pack_checkpoint, unpack_checkpoint  # no Lightning: it is lazy
 
     if args.action == "pack":
         path = Path(args.source)

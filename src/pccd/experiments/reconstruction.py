@@ -51,6 +51,7 @@ from pccd.evaluate.report import markdown_table, pct, write_metrics, write_repor
 from pccd.outputs import ResultTable
 from pccd.pipeline import DEFAULT_DDIM_STEPS
 from pccd.runs import check_experiment_settings
+from pccd.training import CrystalDataset, collate
 
 _log = logging.getLogger(__name__)
 
@@ -244,9 +245,6 @@ def run_reconstruction(
     Returns:
         The metrics dictionary also written to ``metrics.json``.
     """
-    # pccd.training loads Lightning (1.7 s): only when a reconstruction runs
-    from pccd.training import CrystalDataset, collate
-
     out = Path(out_dir)
     T = pipeline.num_train_timesteps
     if not settings.timesteps:

@@ -30,7 +30,7 @@ def export(source: Path, out: Path, *, dtype: str = "float32") -> Path:
     """
     import pickle
 
-    from pccd.training import export_pretrained  # Lightning: loaded only when exporting
+    from pccd.training import export_pretrained  # imports no Lightning (pccd.training is lazy)
 
     if not source.is_file():
         raise MissingInputError(f"{source}: no such checkpoint file")
