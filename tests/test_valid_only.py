@@ -67,6 +67,22 @@ def test_valid_only_writes_exactly_n(pipe, tmp_path, n, batch_size):
     assert (acc["accepted"], acc["drawn"]) == (n, last + 1)
 
 
+def test_valid_only_draws_in_batches_of_at_most_n(pipe, tmp_path, monkeypatch):
+    """A batch is sampled and decoded whole: `-n 2` with the default batch of 100 must not make
+    100 crystals to keep 2."""
+    asked = []
+
+    def recording(self, requests, n=None, *, batch_size=100, start=0, **kwargs):
+        asked.append(batch_size)
+        yield from fake_iter_generate(self, requests, n, batch_size=batch_size, start=start)
+
+    monkeypatch.setattr(PCCDPipeline, "iter_generate", recording)
+    out = tmp_path / "run"
+    runs.generate_valid_to_directory(pipe, Request.parse(["Na", "Cl"]), 2, out, batch_size=100)
+    assert asked and set(asked) == {2}
+    assert sum(r["status"] == "ok" for r in rows(out)) == 2
+
+
 class Interrupted(Exception):
     """Stands for Ctrl-C or a killed process in the middle of a run."""
 

@@ -444,8 +444,12 @@ def _generate_valid(
     progress: bool,
 ) -> Path:
     """:func:`generate_run` of a ``valid_only`` run (see :func:`generate_valid_to_directory`)."""
-    n, batch_size, cap = settings.n, settings.batch_size, settings.max_draws
+    n, cap = settings.n, settings.max_draws
     assert cap is not None  # valid-only settings always have a cap (SamplingSettings)
+    # batches of at most n: a batch is sampled and decoded whole, so `-n 2` with the default
+    # batch of 100 made 100 crystals to keep 2 (15 s instead of 2). This size, the seed and k
+    # fix sample k, as batch_size does for the other runs
+    batch_size = min(settings.batch_size, n)
     if cap < n:
         raise InputError(f"max draws ({cap}) must be at least n ({n})")
     check_run_settings(out, settings.to_json(), migrate=migrate_run_json)
