@@ -5,6 +5,7 @@ interrupted screen resumes without losing or duplicating a row."""
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import gzip
 import json
@@ -584,32 +585,35 @@ def test_each_command_is_registered_by_the_module_main_imports_for_it():
         assert command in only.choices, (command, module)
 
 
+def _loaded_after(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter holds after running ``imports``."""
+    code = f"import sys; {imports}; print([m for m in {modules!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return ast.literal_eval(out.stdout.strip())
+
+
 def test_generate_starts_without_the_other_commands_stacks():
     """`pccd generate` must not import the CSP benchmark, the structure matcher, the
     point-cloud decoder's scikit-learn or ASE's readers, optimisers and symmetry stack (only
     `--relax`, `--format extxyz` and ASE input files need them): each costs a fraction of a
     second per call."""
-    code = (
-        "import sys; from pccd.cli import build_parser; build_parser('generate'); "
-        "import pccd.cli.generate, pccd.runs, pccd.families.atoms.family; "
-        "print(sorted(m for m in ('pccd.experiments.csp', 'sklearn.cluster', "
-        "'pymatgen.analysis.structure_matcher', 'matplotlib', 'ase.io', 'ase.optimize', "
-        "'ase.spacegroup', 'pymatgen.io.ase', 'pccd.screen.batched') if m in sys.modules))"
+    imports = (
+        "from pccd.cli import build_parser; build_parser('generate'); "
+        "import pccd.cli.generate, pccd.runs, pccd.families.atoms.family"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    heavy = ("pccd.experiments.csp", "sklearn.cluster", "pymatgen.analysis.structure_matcher",
+             "matplotlib", "ase.io", "ase.optimize", "ase.spacegroup", "pymatgen.io.ase",
+             "pccd.screen.batched")  # fmt: skip
+    assert _loaded_after(imports, heavy) == []
 
 
 def test_packing_and_exporting_a_checkpoint_load_neither_lightning_nor_scikit_learn():
     """`pccd checkpoint pack|unpack` and `pccd export` only move tensors: Lightning (4.7 s) and
     the decoder's scikit-learn (1.3 s) are for training and decoding, and halved these commands'
     time when `pccd.training` imported them all."""
-    code = (
-        "import sys; from pccd.cli import build_parser; build_parser('checkpoint'); "
-        "import pccd.cli.train; "
+    imports = (
+        "from pccd.cli import build_parser; build_parser('checkpoint'); import pccd.cli.train; "
         "from pccd.training import export_pretrained, pack_checkpoint, unpack_checkpoint; "
-        "from pccd.training import TrainConfig, CrystalDataset; "
-        "print(sorted(m for m in ('lightning', 'sklearn.cluster') if m in sys.modules))"
+        "from pccd.training import TrainConfig, CrystalDataset"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert _loaded_after(imports, ("lightning", "sklearn.cluster")) == []
