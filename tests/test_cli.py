@@ -617,3 +617,17 @@ def test_packing_and_exporting_a_checkpoint_load_neither_lightning_nor_scikit_le
         "from pccd.training import TrainConfig, CrystalDataset"
     )
     assert _loaded_after(imports, ("lightning", "sklearn.cluster")) == []
+
+
+@pytest.mark.parametrize("package", ["pccd.evaluate", "pccd.training"])
+def test_every_public_name_of_a_lazy_package_resolves(package):
+    """The packages that import their submodules on first use (so that the commands above start
+    without them) still give every name of ``__all__`` (a wrong home in their map fails here),
+    and refuse a name they lack as a module does."""
+    namespace: dict = {}
+    exec(f"from {package} import *", namespace)  # star import reads every name of __all__
+    lazy = sys.modules[package]
+    assert set(lazy.__all__) <= set(namespace)
+    assert all(namespace[name] is getattr(lazy, name) for name in lazy.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
+        lazy.nonexistent  # noqa: B018

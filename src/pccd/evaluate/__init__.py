@@ -61,32 +61,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "METRICS",
-    "AtomMatch",
-    "CSPDistances",
-    "CompositionScaler",
-    "Coverage",
-    "Distance",
-    "PairComparison",
-    "ReferenceIndex",
-    "atom_count_wasserstein",
-    "compare_structures",
-    "coverage",
-    "density_wasserstein",
-    "effective_rate",
-    "element_count_wasserstein",
-    "graph_edit_distance",
-    "greedy_periodic_match",
-    "has_exact_elements",
-    "is_compositionally_valid",
-    "is_structurally_valid",
-    "min_interatomic_distance",
-    "periodic_difference",
-    "plain_rate",
-    "property_wasserstein",
-    "request_quality",
-    "superpose_distance",
-    "unique_mask",
-    "whisker_bounds",
-]
+__all__ = list(_HOMES)

@@ -48,26 +48,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "ATOM_ORDERS",
-    "LEGACY_PACK_FILES",
-    "MAX_FILE_MB",
-    "PACK_MANIFEST",
-    "PACK_SHARD",
-    "AtomicCheckpoint",
-    "CrystalDataset",
-    "PCCDLightning",
-    "RunTimeLimit",
-    "TrainConfig",
-    "UNetConfig",
-    "band_gap_contrast_rows",
-    "collate",
-    "contrast_sampler",
-    "export_pretrained",
-    "fit_conditions_to_weights",
-    "lr_factor",
-    "pack_checkpoint",
-    "train",
-    "trained_conditions",
-    "unpack_checkpoint",
-]
+__all__ = list(_HOMES)
